@@ -1,0 +1,427 @@
+"""A compact decoder for the Llama and GPT-2 families, read top-down (config, cache, blocks, model, loading).
+
+We keep our own implementation rather than transformers' classes because the inference tier needs control that
+those classes hide: a KV cache laid out as a fixed pool of slots for continuous batching, parameters addressed by
+their Hugging Face names so a delta from the store is applied in place by name, and a layer loop that a later step
+can wrap to offload weights layer by layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from llmk.errors import InvalidInput
+from torch import Tensor, nn
+
+# Buffers some checkpoints carry that are derived from the config, not learned: safe to ignore when loading.
+_DERIVED_BUFFERS = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str  # "llama" | "gpt2"
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    max_positions: int
+    norm_eps: float
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any]) -> ModelConfig:
+        """Read a Hugging Face config.json dict; refuse what this decoder would silently get wrong."""
+        family = config.get("model_type")
+        if family == "llama":
+            return cls._from_llama(config)
+        if family == "gpt2":
+            return cls._from_gpt2(config)
+        raise InvalidInput(f"unsupported model_type {family!r}: expected 'llama' or 'gpt2'")
+
+    @classmethod
+    def _from_llama(cls, c: Mapping[str, Any]) -> ModelConfig:
+        rope = c.get("rope_parameters") or {}
+        scaling = c.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+        if rope_type != "default":
+            raise InvalidInput(f"unsupported rope type {rope_type!r}")
+        if c.get("hidden_act", "silu") != "silu":
+            raise InvalidInput(f"unsupported hidden_act {c['hidden_act']!r}")
+        dim, n_heads = c["hidden_size"], c["num_attention_heads"]
+        return cls(
+            family="llama",
+            vocab_size=c["vocab_size"],
+            dim=dim,
+            n_layers=c["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=c.get("num_key_value_heads") or n_heads,
+            head_dim=c.get("head_dim") or dim // n_heads,
+            hidden_dim=c["intermediate_size"],
+            max_positions=c.get("max_position_embeddings", 2048),
+            norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta") or c.get("rope_theta") or 10000.0),
+            tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+            attention_bias=bool(c.get("attention_bias", False)),
+            mlp_bias=bool(c.get("mlp_bias", False)),
+        )
+
+    @classmethod
+    def _from_gpt2(cls, c: Mapping[str, Any]) -> ModelConfig:
+        if c.get("activation_function", "gelu_new") != "gelu_new":
+            raise InvalidInput(f"unsupported activation_function {c['activation_function']!r}")
+        if not c.get("scale_attn_weights", True) or c.get("scale_attn_by_inverse_layer_idx", False):
+            raise InvalidInput("unsupported GPT-2 attention scaling")
+        dim, n_heads = c["n_embd"], c["n_head"]
+        return cls(
+            family="gpt2",
+            vocab_size=c["vocab_size"],
+            dim=dim,
+            n_layers=c["n_layer"],
+            n_heads=n_heads,
+            n_kv_heads=n_heads,
+            head_dim=dim // n_heads,
+            hidden_dim=c.get("n_inner") or 4 * dim,
+            max_positions=c.get("n_positions", 1024),
+            norm_eps=c.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=bool(c.get("tie_word_embeddings", True)),
+            attention_bias=True,
+            mlp_bias=True,
+        )
+
+
+class KVCache:
+    """A fixed pool of sequence slots; each slot has its own length, so sequences that started at different
+    times share one batched decode step."""
+
+    def __init__(self, config: ModelConfig, n_slots: int, max_len: int, device: Any, dtype: torch.dtype):
+        shape = (n_slots, config.n_kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.lengths = [0] * n_slots
+        self.max_len = max_len
+
+    def update(self, layer: int, step: Step, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new keys/values at their positions, return each slot's cache up to the longest one."""
+        # k, v: [B, Hkv, T, hd]; slots: [B]; positions: [B, T]
+        assert step.slots is not None
+        rows = step.slots[:, None].expand_as(step.positions)
+        self.k[layer][rows, :, step.positions] = k.transpose(1, 2)
+        self.v[layer][rows, :, step.positions] = v.transpose(1, 2)
+        span = step.mask.shape[-1]
+        # returns: [B, Hkv, S, hd]
+        return self.k[layer][step.slots, :, :span], self.v[layer][step.slots, :, :span]
+
+
+@dataclass
+class Step:
+    """What one pass attends to: positions of the new tokens, the attention mask, and the cache slots if any."""
+
+    positions: Tensor  # [B, T]
+    mask: Tensor  # [B, 1, T, S] bool, True where a query may attend a key
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin: [B, 1, T, hd]
+    cache: KVCache | None = None
+    slots: Tensor | None = None  # [B]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, step: Step, layer: int) -> Tensor:
+    # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
+    if step.cache is not None:
+        k, v = step.cache.update(layer, step, k, v)  # k, v: [B, Hkv, S, hd]
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)  # y: [B, H, T, hd]
+    return y.transpose(1, 2).flatten(2)  # [B, T, H * hd]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    cos, sin = rope
+    return x * cos + rotate_half(x) * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32 as Hugging Face does, so half-precision logits match theirs.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: the weight is stored [in, out], the transpose of nn.Linear's."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addmm(self.bias, x.flatten(0, -2), self.weight).view(*x.shape[:-1], -1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, c: ModelConfig, layer: int):
+        super().__init__()
+        self.q_proj = nn.Linear(c.dim, c.n_heads * c.head_dim, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=c.attention_bias)
+        self.layer, self.head_dim = layer, c.head_dim
+
+    def forward(self, x: Tensor, step: Step) -> Tensor:
+        # x: [B, T, D]
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        assert step.rope is not None
+        q, k = apply_rope(q, step.rope), apply_rope(k, step.rope)
+        return self.o_proj(attend(q, k, v, step, self.layer))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.dim, c.hidden_dim, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.dim, c.hidden_dim, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.hidden_dim, c.dim, bias=c.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, c: ModelConfig, layer: int):
+        super().__init__()
+        self.self_attn = LlamaAttention(c, layer)
+        self.mlp = LlamaMLP(c)
+        self.input_layernorm = RMSNorm(c.dim, c.norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.dim, c.norm_eps)
+
+    def forward(self, x: Tensor, step: Step) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), step)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Gpt2Attention(nn.Module):
+    def __init__(self, c: ModelConfig, layer: int):
+        super().__init__()
+        self.c_attn = Conv1D(c.dim, 3 * c.dim)
+        self.c_proj = Conv1D(c.dim, c.dim)
+        self.layer, self.head_dim = layer, c.head_dim
+
+    def forward(self, x: Tensor, step: Step) -> Tensor:
+        # x: [B, T, D]
+        B, T, D = x.shape
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(D, dim=-1))
+        return self.c_proj(attend(q, k, v, step, self.layer))
+
+
+class Gpt2MLP(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c_fc = Conv1D(c.dim, c.hidden_dim)
+        self.c_proj = Conv1D(c.hidden_dim, c.dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Gpt2Block(nn.Module):
+    def __init__(self, c: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.attn = Gpt2Attention(c, layer)
+        self.ln_2 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.mlp = Gpt2MLP(c)
+
+    def forward(self, x: Tensor, step: Step) -> Tensor:
+        x = x + self.attn(self.ln_1(x), step)
+        return x + self.mlp(self.ln_2(x))
+
+
+class LlamaBody(nn.Module):
+    """Everything under Hugging Face's `model.` prefix."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.dim)
+        self.layers = nn.ModuleList(LlamaBlock(c, i) for i in range(c.n_layers))
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+
+    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        return self.embed_tokens(tokens)
+
+
+class Gpt2Body(nn.Module):
+    """Everything under Hugging Face's `transformer.` prefix."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.wte = nn.Embedding(c.vocab_size, c.dim)
+        self.wpe = nn.Embedding(c.max_positions, c.dim)
+        self.h = nn.ModuleList(Gpt2Block(c, i) for i in range(c.n_layers))
+        self.ln_f = nn.LayerNorm(c.dim, eps=c.norm_eps)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.h
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.ln_f
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.wte
+
+    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        return self.wte(tokens) + self.wpe(positions)
+
+
+_BODY_NAMES = {"llama": "model", "gpt2": "transformer"}
+
+
+class Model(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.body_name = _BODY_NAMES[config.family]
+        body = LlamaBody(config) if config.family == "llama" else Gpt2Body(config)
+        self.add_module(self.body_name, body)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.cache: KVCache | None = None
+
+    @property
+    def body(self) -> LlamaBody | Gpt2Body:
+        return getattr(self, self.body_name)  # type: ignore[no-any-return]
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.body.layers
+
+    def run_layers(self, x: Tensor, step: Step) -> Tensor:
+        """The one place the decoder layers run, so offloading can wrap it layer by layer."""
+        for layer in self.layers:
+            x = layer(x, step)
+        return x
+
+    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
+        c = self.config
+        if c.family != "llama":
+            return None
+        exponents = torch.arange(0, c.head_dim, 2, device=positions.device, dtype=torch.float32) / c.head_dim
+        inv_freq = 1.0 / (c.rope_theta**exponents)  # [hd / 2]
+        freqs = positions[..., None].float() * inv_freq  # [B, T, hd / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, hd]
+        dtype = self.lm_head.weight.dtype
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def _hidden(self, tokens: Tensor, step: Step) -> Tensor:
+        # tokens: [B, T] -> x: [B, T, D], after the final norm
+        step.rope = self._rope(step.positions)
+        x = self.body.embed(tokens, step.positions)
+        return self.body.norm(self.run_layers(x, step))
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Final hidden states [B, T, D] without a cache; padding may sit on either side."""
+        # input_ids, attention_mask: [B, T]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        valid = attention_mask.bool()
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        T = input_ids.shape[1]
+        idx = torch.arange(T, device=input_ids.device)
+        causal = idx[None, :] <= idx[:, None]  # [T, T]
+        # A padded query attends to itself alone so that its row is never empty (no NaN); it is ignored anyway.
+        mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=input_ids.device)
+        return self._hidden(input_ids, Step(positions=positions, mask=mask[:, None]))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits [B, T, V] for every position; differentiable, used by classification and training."""
+        return self.lm_head(self.features(input_ids, attention_mask))
+
+    def setup_cache(self, n_slots: int, max_len: int) -> None:
+        weight = self.lm_head.weight
+        self.cache = KVCache(self.config, n_slots, max_len, weight.device, weight.dtype)
+
+    def _cached_logits(self, slots: Sequence[int], tokens: Tensor) -> Tensor:
+        # tokens: [B, T] -> logits of each slot's last token: [B, V]
+        cache = self.cache
+        if cache is None:
+            raise RuntimeError("call setup_cache() before prefill or decode_step")
+        device, T = tokens.device, tokens.shape[1]
+        starts = torch.tensor([cache.lengths[s] for s in slots], device=device)
+        if int(starts.max()) + T > cache.max_len:
+            raise InvalidInput(f"sequence would exceed the cache length {cache.max_len}")
+        positions = starts[:, None] + torch.arange(T, device=device)  # [B, T]
+        span = int(positions.max()) + 1
+        mask = torch.arange(span, device=device) <= positions[..., None]  # [B, T, S]
+        slot_ids = torch.tensor(list(slots), device=device)
+        step = Step(positions=positions, mask=mask[:, None], cache=cache, slots=slot_ids)
+        x = self._hidden(tokens, step)
+        for s in slots:
+            cache.lengths[s] += T
+        return self.lm_head(x[:, -1])
+
+    def prefill(self, slot: int, token_ids: Sequence[int] | Tensor) -> Tensor:
+        """Append tokens to one slot's sequence; return the logits [V] that predict the next token."""
+        tokens = torch.as_tensor(token_ids, device=self.lm_head.weight.device).view(1, -1)
+        return self._cached_logits([slot], tokens)[0]
+
+    def decode_step(self, slots: Sequence[int], last_tokens: Sequence[int] | Tensor) -> Tensor:
+        """One token for each slot, each at its own position; returns next-token logits [B, V]."""
+        tokens = torch.as_tensor(last_tokens, device=self.lm_head.weight.device).view(-1, 1)
+        return self._cached_logits(slots, tokens)
+
+    def free_slot(self, slot: int) -> None:
+        """Forget a slot's sequence; stale keys beyond a slot's length are masked, so nothing is cleared."""
+        if self.cache is not None:
+            self.cache.lengths[slot] = 0
+
+
+def build_model(
+    config: Mapping[str, Any], tensors: Mapping[str, Tensor], device: Any = "cpu", dtype: torch.dtype = torch.float32
+) -> Model:
+    """Build on the meta device (no wasted init), then adopt the given tensors under their Hugging Face names."""
+    cfg = ModelConfig.from_hf(config)
+    with torch.device("meta"):
+        model = Model(cfg)
+    expected = set(model.state_dict())
+    state = {n: t.to(device=device, dtype=dtype) for n, t in tensors.items() if n in expected}
+    embed_name = f"{model.body_name}.{'embed_tokens' if cfg.family == 'llama' else 'wte'}.weight"
+    if cfg.tie_embeddings and embed_name in state:
+        state.setdefault("lm_head.weight", state[embed_name])
+    unexpected = [n for n in tensors if n not in expected and not n.endswith(_DERIVED_BUFFERS)]
+    missing = sorted(expected - state.keys())
+    if missing or unexpected:
+        raise InvalidInput(f"state dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(state, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.body.embed_tokens.weight
+    return model.eval()
+
+
+def count_parameters(model: Model) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())

@@ -1,0 +1,312 @@
+"""PostgreSQL or SQLite metadata through SQLAlchemy 2. Branch heads move by compare-and-swap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from llmk.domain.versions import Entry, Model, Ref, Version
+from llmk.errors import AlreadyExists, Conflict, NotFound
+
+BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER keys
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    files: Mapped[dict[str, str]] = mapped_column(JSON)
+    frozen: Mapped[list[str]] = mapped_column(JSON)
+
+
+class VersionRow(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("model_id", "idempotency_key"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
+    basis_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
+    author: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+
+
+class EntryRow(Base):
+    __tablename__ = "entries"
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(500), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    object: Mapped[str] = mapped_column(String(64), index=True)
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    dtype: Mapped[str] = mapped_column(String(20))
+    nnz: Mapped[int] = mapped_column(BigInteger)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class RefRow(Base):
+    __tablename__ = "refs"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+
+
+class SnapshotRow(Base):
+    """A cached full materialization of a version (an ordinary, verified object)."""
+
+    __tablename__ = "snapshots"
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    object: Mapped[str] = mapped_column(String(64))
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):  # noqa: ANN001 - take the write lock up front: no upgrade deadlocks
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Catalog:
+    """Every metadata read and write the store makes; each public method is one transaction."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    # models -----------------------------------------------------------------
+    def create_model(self, name: str, config: dict[str, Any], files: dict[str, str]) -> Model:
+        try:
+            with self._tx() as s:
+                row = ModelRow(name=name, created_at=_now(), config=config, files=files, frozen=[])
+                s.add(row)
+                s.flush()
+                return _model(row)
+        except IntegrityError:
+            raise AlreadyExists(f"model {name!r} already exists") from None
+
+    def model(self, name: str) -> Model:
+        with self._tx() as s:
+            return _model(self._model_row(s, name))
+
+    def models(self) -> list[Model]:
+        with self._tx() as s:
+            return [_model(r) for r in s.scalars(select(ModelRow).order_by(ModelRow.name))]
+
+    def update_model(self, name: str, **fields: Any) -> Model:
+        with self._tx() as s:
+            row = self._model_row(s, name)
+            for k, v in fields.items():
+                setattr(row, k, v)
+            return _model(row)
+
+    @staticmethod
+    def _model_row(s: Session, name: str) -> ModelRow:
+        row = s.scalar(select(ModelRow).where(ModelRow.name == name))
+        if row is None:
+            raise NotFound(f"unknown model {name!r}")
+        return row
+
+    # versions -----------------------------------------------------------------
+    def add_version(
+        self, model: str, branch: str, expected: int | None, version: Version, create_branch: bool = False
+    ) -> Version:
+        """Insert a version and its entries, then move `branch` from `expected` to it, atomically."""
+        try:
+            with self._tx() as s:
+                m = self._model_row(s, model)
+                row = VersionRow(
+                    model_id=m.id, parent_id=version.parent, basis_id=version.basis, author=version.author,
+                    message=version.message, created_at=_now(), meta=version.metadata,
+                    idempotency_key=version.idempotency_key,
+                )
+                s.add(row)
+                s.flush()
+                s.add_all(_entry_rows(row.id, version.entries))
+                self._move(s, m.id, branch, expected, row.id, create_branch)
+                return _version(row, model, version.entries)
+        except IntegrityError as e:
+            if version.idempotency_key and self.by_idempotency_key(model, version.idempotency_key):
+                raise AlreadyExists(f"idempotency key {version.idempotency_key!r} already used") from None
+            raise Conflict(f"commit to {model}@{branch} raced with another: {e.orig}") from None
+
+    def _move(self, s: Session, model_id: int, branch: str, expected: int | None, new: int, create: bool) -> None:
+        if expected is None or create:
+            existing = s.get(RefRow, (model_id, branch))
+            if existing is not None and expected is None:
+                raise Conflict(f"branch {branch!r} already exists; name the parent you computed against")
+            if existing is None:
+                s.add(RefRow(model_id=model_id, name=branch, kind="branch", version_id=new))
+                s.flush()
+                return
+        moved = s.execute(
+            update(RefRow)
+            .where(RefRow.model_id == model_id, RefRow.name == branch, RefRow.kind == "branch")
+            .where(RefRow.version_id == expected)
+            .values(version_id=new)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            head = s.get(RefRow, (model_id, branch))
+            where = f"is at {head.version_id}" if head else "does not exist"
+            raise Conflict(f"branch {branch!r} moved: expected head {expected}, but it {where}")
+
+    def version(self, model: str, version_id: int, with_entries: bool = True) -> Version:
+        with self._tx() as s:
+            row = s.get(VersionRow, version_id)
+            m = self._model_row(s, model)
+            if row is None or row.model_id != m.id:
+                raise NotFound(f"model {model!r} has no version {version_id}")
+            entries = self._entries(s, [version_id]).get(version_id, []) if with_entries else []
+            return _version(row, model, entries)
+
+    def versions(self, model: str) -> list[Version]:
+        with self._tx() as s:
+            m = self._model_row(s, model)
+            rows = list(s.scalars(select(VersionRow).where(VersionRow.model_id == m.id).order_by(VersionRow.id)))
+            entries = self._entries(s, [r.id for r in rows])
+            return [_version(r, model, entries.get(r.id, [])) for r in rows]
+
+    def by_idempotency_key(self, model: str, key: str) -> Version | None:
+        with self._tx() as s:
+            m = self._model_row(s, model)
+            row = s.scalar(select(VersionRow).where(VersionRow.model_id == m.id, VersionRow.idempotency_key == key))
+            return _version(row, model, []) if row else None
+
+    def chain(self, model: str, version_id: int) -> tuple[list[Version], str | None]:
+        """Versions from `version_id` back along basis links, newest first, entries loaded.
+
+        Stops at the newest version with a cached snapshot, whose object sha is returned.
+        """
+        with self._tx() as s:
+            rows: list[VersionRow] = []
+            snapshot = None
+            vid: int | None = version_id
+            while vid is not None:
+                row = s.get(VersionRow, vid)
+                if row is None:
+                    raise NotFound(f"model {model!r} has no version {vid}")
+                snap = s.get(SnapshotRow, vid)
+                if snap is not None:
+                    snapshot = snap.object
+                    break
+                rows.append(row)
+                vid = row.basis_id
+            entries = self._entries(s, [r.id for r in rows])
+            return [_version(r, model, entries.get(r.id, [])) for r in rows], snapshot
+
+    @staticmethod
+    def _entries(s: Session, ids: list[int]) -> dict[int, list[Entry]]:
+        out: dict[int, list[Entry]] = {}
+        for i in range(0, len(ids), 500):
+            for e in s.scalars(select(EntryRow).where(EntryRow.version_id.in_(ids[i : i + 500]))):
+                out.setdefault(e.version_id, []).append(
+                    Entry(e.name, e.kind, e.object, tuple(e.shape), e.dtype, e.nnz, e.nbytes)
+                )
+        return out
+
+    # refs ---------------------------------------------------------------------
+    def refs(self, model: str) -> list[Ref]:
+        with self._tx() as s:
+            m = self._model_row(s, model)
+            rows = s.scalars(select(RefRow).where(RefRow.model_id == m.id).order_by(RefRow.kind, RefRow.name))
+            return [Ref(r.name, r.kind, r.version_id) for r in rows]
+
+    def ref(self, model: str, name: str) -> Ref | None:
+        with self._tx() as s:
+            m = self._model_row(s, model)
+            r = s.get(RefRow, (m.id, name))
+            return Ref(r.name, r.kind, r.version_id) if r else None
+
+    def create_ref(self, model: str, name: str, kind: str, version_id: int) -> Ref:
+        try:
+            with self._tx() as s:
+                m = self._model_row(s, model)
+                s.add(RefRow(model_id=m.id, name=name, kind=kind, version_id=version_id))
+                s.flush()
+                return Ref(name, kind, version_id)
+        except IntegrityError:
+            raise AlreadyExists(f"{model!r} already has a branch or tag named {name!r}") from None
+
+    def move_branch(self, model: str, branch: str, expected: int, new: int) -> None:
+        with self._tx() as s:
+            self._move(s, self._model_row(s, model).id, branch, expected, new, False)
+
+    # objects ------------------------------------------------------------------
+    def add_snapshot(self, version_id: int, sha: str) -> None:
+        try:
+            with self._tx() as s:
+                s.merge(SnapshotRow(version_id=version_id, object=sha))
+        except IntegrityError:
+            pass  # another process cached the same version first
+
+    def referenced_objects(self) -> set[str]:
+        with self._tx() as s:
+            refs = set(s.scalars(select(EntryRow.object).distinct()))
+            refs |= set(s.scalars(select(SnapshotRow.object)))
+            for files in s.scalars(select(ModelRow.files)):
+                refs |= set(files.values())
+            return refs
+
+
+def _entry_rows(version_id: int, entries: list[Entry]) -> list[EntryRow]:
+    return [
+        EntryRow(version_id=version_id, name=e.name, kind=e.kind, object=e.object, shape=list(e.shape),
+                 dtype=e.dtype, nnz=e.nnz, nbytes=e.nbytes)
+        for e in entries
+    ]
+
+
+def _model(r: ModelRow) -> Model:
+    return Model(r.id, r.name, r.created_at, dict(r.config), dict(r.files), list(r.frozen))
+
+
+def _version(r: VersionRow, model: str, entries: list[Entry]) -> Version:
+    return Version(
+        r.id, model, r.parent_id, r.basis_id, r.author, r.message, r.created_at, dict(r.meta or {}),
+        r.idempotency_key, sorted(entries, key=lambda e: e.name),
+    )

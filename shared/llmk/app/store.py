@@ -1,0 +1,288 @@
+"""Parameter store use cases: one method per user operation, shared by every transport."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from llmk.app import reading
+from llmk.app.ports import Catalog, Events, Objects
+from llmk.domain import deltas
+from llmk.domain.names import any_match
+from llmk.domain.versions import Entry, Model, Ref, Version, part_key
+from llmk.errors import Frozen, InvalidDelta, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+MAIN = "main"
+Meta = tuple[tuple[int, ...], torch.dtype]
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    author: str = "llmk"
+    message: str = ""
+    metadata: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    version: int
+    stored_bytes: int
+    full_bytes: int
+
+
+class Store:
+    def __init__(self, catalog: Catalog, objects: Objects, events: Events, cache_chain_length: int = 8,
+                 gc_grace_seconds: float = 3600.0):
+        self.catalog = catalog
+        self.objects = objects
+        self.events = events
+        self.cache_chain_length = cache_chain_length
+        self.gc_grace_seconds = gc_grace_seconds
+
+    # models ---------------------------------------------------------------------
+    def create_model(self, name: str, tensors: Mapping[str, torch.Tensor], config: dict[str, Any],
+                     files: Mapping[str, bytes], info: CommitInfo) -> Version:
+        """A new model whose first version on `main` holds every tensor in full."""
+        _check_name(name)
+        blobs = {fname: self.objects.put_bytes(data)[0] for fname, data in files.items()}
+        self.catalog.create_model(name, config, blobs)
+        return self.commit(name, {k: deltas.full(t) for k, t in tensors.items()}, MAIN, None, info)
+
+    def model(self, name: str) -> Model:
+        return self.catalog.model(name)
+
+    def models(self) -> list[Model]:
+        return self.catalog.models()
+
+    def file(self, model: str, name: str) -> bytes:
+        m = self.catalog.model(model)
+        if name not in m.files:
+            raise NotFound(f"model {model!r} has no file {name!r}; it has {sorted(m.files)}")
+        return self.objects.get_bytes(m.files[name])
+
+    def freeze(self, model: str, patterns: list[str]) -> Model:
+        m = self.catalog.model(model)
+        return self.catalog.update_model(model, frozen=sorted(set(m.frozen) | set(patterns)))
+
+    # commits ----------------------------------------------------------------------
+    def commit(self, model: str, entries: Mapping[str, deltas.Delta], branch: str = MAIN,
+               parent: int | None = None, info: CommitInfo = CommitInfo()) -> Version:
+        """Store typed entries as a child of `parent` and move `branch` to it if still at `parent`.
+
+        With parent None the branch is created (first commit) or its current head is used.
+        """
+        if info.idempotency_key and (done := self.catalog.by_idempotency_key(model, info.idempotency_key)):
+            return done
+        m = self.catalog.model(model)
+        head = self.catalog.ref(model, branch)
+        if head is not None and head.kind != "branch":
+            raise InvalidInput(f"{branch!r} is a tag of {model!r}; commits go to branches")
+        expected = parent if parent is not None else (head.version if head else None)
+        if parent is not None and head is None:
+            raise NotFound(f"model {model!r} has no branch {branch!r}")
+        if not entries:
+            raise InvalidInput("a commit needs at least one tensor entry")
+        frozen = sorted(n for n in entries if any_match(n, m.frozen))
+        if frozen:
+            raise Frozen(f"commit touches frozen tensor(s) of {model!r}: {', '.join(frozen[:10])}")
+        shapes = self._validate(model, expected, entries)
+        return self._write(model, branch, expected, entries, shapes, info)
+
+    def commit_full(self, model: str, tensors: Mapping[str, torch.Tensor], branch: str = MAIN,
+                    parent: int | None = None, info: CommitInfo = CommitInfo()) -> Version:
+        """Commit complete new values; the store keeps the cheapest exact encoding of each change."""
+        head = parent if parent is not None else self.resolve(model, branch)
+        current = self.materialize(model, str(head), names=list(tensors))
+        entries: dict[str, deltas.Delta] = {}
+        for name, new in tensors.items():
+            old = current.get(name)
+            if old is not None and (old.shape != new.shape or old.dtype != new.dtype):
+                raise InvalidDelta(f"{name}: {tuple(new.shape)} {new.dtype} does not match stored "
+                                   f"{tuple(old.shape)} {old.dtype}")
+            if (d := deltas.encode_exact(old, new)) is not None:
+                entries[name] = d
+        if not entries:
+            raise InvalidInput(f"nothing changed against {model}@{head}")
+        return self.commit(model, entries, branch, head, info)
+
+    def _validate(self, model: str, basis: int | None, entries: Mapping[str, deltas.Delta]) -> dict[str, Meta]:
+        """Check every entry against the tensor it changes; returns each tensor's shape and dtype."""
+        needs_base = [n for n, d in entries.items() if d.kind is not deltas.Kind.FULL]
+        shapes: dict[str, Meta] = {}
+        if needs_base and basis is not None:
+            p = reading.plan(self.catalog, self.objects, model, basis, reading.selector_filter("", needs_base))
+            shapes = {n: (es[0].shape, _dtype(es[0].dtype)) for n, es in p.lineage.items()}
+            if p.snapshot:
+                with self.objects.open_tensors(p.snapshot) as f:
+                    for n in p.snapshot_names:
+                        if n not in shapes:
+                            sl = f.get_slice(n)
+                            shapes[n] = (tuple(sl.get_shape()), _dtype(sl.get_dtype()))
+        for name, d in entries.items():
+            shape, dtype = shapes.get(name, (None, None))
+            if d.kind is not deltas.Kind.FULL and shape is None:
+                raise InvalidDelta(f"{name}: unknown tensor in {model!r}; a delta needs an existing tensor")
+            deltas.validate(name, d, shape, dtype)
+            if d.kind is deltas.Kind.FULL:
+                shapes[name] = (tuple(d.parts["tensor"].shape), d.parts["tensor"].dtype)
+        return shapes
+
+    def _write(self, model: str, branch: str, expected: int | None, entries: Mapping[str, deltas.Delta],
+               shapes: dict[str, Meta], info: CommitInfo) -> Version:
+        pack = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
+        sha, _ = self.objects.put_tensors(pack)  # the file lands before the row that points at it
+        rows = [
+            Entry(n, d.kind.value, sha, shapes[n][0], _dtype_name(shapes[n][1]), d.nnz, d.nbytes)
+            for n, d in sorted(entries.items())
+        ]
+        version = Version(0, model, expected, expected, info.author, info.message, _now(),
+                          dict(info.metadata or {}), info.idempotency_key, rows)
+        v = self.catalog.add_version(model, branch, expected, version)
+        self._announce(v, branch)
+        return v
+
+    def _announce(self, v: Version, branch: str) -> None:
+        event = {"model": v.model, "branch": branch, "version": v.id, "parent": v.parent,
+                 "changed": [e.name for e in v.entries]}
+        try:
+            self.events.publish(event)
+        except Exception:  # the version is durable; workers also poll heads, so log and go on
+            log.exception("could not publish version event %s", event)
+
+    # refs -------------------------------------------------------------------------
+    def resolve(self, model: str, ref: str | None = None) -> int:
+        """A version id from a branch, a tag or a number (default: the main branch)."""
+        ref = ref or MAIN
+        found = self.catalog.ref(model, ref)
+        if found is not None:
+            return found.version
+        if ref.isdigit():
+            return self.catalog.version(model, int(ref), with_entries=False).id
+        raise NotFound(f"model {model!r} has no branch, tag or version {ref!r}")
+
+    def version(self, model: str, ref: str | None = None) -> Version:
+        return self.catalog.version(model, self.resolve(model, ref))
+
+    def refs(self, model: str) -> list[Ref]:
+        return self.catalog.refs(model)
+
+    def branch(self, model: str, name: str, from_ref: str | None = None) -> Ref:
+        _check_name(name)
+        return self.catalog.create_ref(model, name, "branch", self.resolve(model, from_ref))
+
+    def tag(self, model: str, name: str, ref: str | None = None) -> Ref:
+        _check_name(name)
+        return self.catalog.create_ref(model, name, "tag", self.resolve(model, ref))
+
+    def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
+        by_id = {v.id: v for v in self.catalog.versions(model)}
+        out, vid = [], self.resolve(model, ref)
+        while vid is not None and len(out) < limit:
+            out.append(by_id[vid])
+            vid = by_id[vid].parent
+        return out
+
+    def rollback(self, model: str, to: str, branch: str = MAIN, info: CommitInfo = CommitInfo()) -> Version:
+        """Point `branch` at the values of `to` through a new version; history keeps everything."""
+        target = self.resolve(model, to)
+        head = self.resolve(model, branch)
+        meta = {**(info.metadata or {}), "rollback_to": target}
+        version = Version(0, model, head, target, info.author, info.message or f"rollback to {target}",
+                          _now(), meta, info.idempotency_key, [])
+        v = self.catalog.add_version(model, branch, head, version)
+        self._announce(replace(v, entries=self.catalog.version(model, target).entries), branch)
+        return v
+
+    def squash(self, model: str, ref: str | None = None, info: CommitInfo = CommitInfo()) -> Version:
+        """A new base version holding every tensor in full, bit-identical to `ref`'s values."""
+        vid = self.resolve(model, ref)
+        tensors = self.materialize(model, str(vid))
+        head_ref = self.catalog.ref(model, ref or MAIN)
+        branch = head_ref.name if head_ref and head_ref.kind == "branch" else f"squash-{vid}"
+        pack = {part_key(n, "tensor"): t for n, t in tensors.items()}
+        sha, _ = self.objects.put_tensors(pack)
+        rows = [Entry(n, "full", sha, tuple(t.shape), _dtype_name(t.dtype), t.numel(),
+                      t.numel() * t.element_size()) for n, t in tensors.items()]
+        meta = {**(info.metadata or {}), "squashed": vid}
+        version = Version(0, model, vid, None, info.author, info.message or f"squash of {vid}", _now(), meta,
+                          info.idempotency_key, rows)
+        v = self.catalog.add_version(model, branch, vid, version, create_branch=branch != (ref or MAIN))
+        self._announce(replace(v, entries=[]), branch)
+        return v
+
+    # reads -------------------------------------------------------------------------
+    def materialize(self, model: str, ref: str | None = None, selector: str = "",
+                    names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        vid = self.resolve(model, ref)
+        p = reading.plan(self.catalog, self.objects, model, vid, reading.selector_filter(selector, names))
+        tensors = reading.load(self.objects, p)
+        if p.depth >= self.cache_chain_length and not selector and names is None:
+            sha, _ = self.objects.put_tensors(tensors)
+            self.catalog.add_snapshot(vid, sha)
+        return tensors
+
+    def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
+        tensors = self.materialize(model, ref, selector)
+        if not tensors:
+            raise NotFound(f"no tensor of {model}@{ref or MAIN} matches {selector!r}")
+        tmp = out.with_name(out.name + ".partial")
+        save_file(tensors, str(tmp), metadata={"model": model, "version": str(self.resolve(model, ref))})
+        tmp.replace(out)
+        return len(tensors)
+
+    def diff(self, model: str, a: str, b: str) -> list[reading.Change]:
+        return reading.changes(self.catalog, self.objects, model, self.resolve(model, a), self.resolve(model, b))
+
+    def stats(self, model: str) -> list[VersionStats]:
+        versions = self.catalog.versions(model)
+        full = reading.state_bytes(versions)
+        sizes: dict[str, int] = {}
+        out = []
+        for v in versions:
+            objs = {e.object for e in v.entries}
+            for sha in objs - set(sizes):
+                sizes[sha] = self.objects.verify(sha).stat().st_size
+            out.append(VersionStats(v.id, sum(sizes[s] for s in objs), full[v.id]))
+        return out
+
+    def gc(self, dry_run: bool = False) -> list[str]:
+        """Delete object files no version references, once older than the grace period."""
+        referenced = self.catalog.referenced_objects()
+        removed = []
+        for sha, path in list(self.objects.list()):
+            if sha not in referenced and self.objects.age_seconds(path) >= self.gc_grace_seconds:
+                removed.append(sha)
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+        for tmp in list(self.objects.temp_files()):
+            if self.objects.age_seconds(tmp) >= self.gc_grace_seconds and not dry_run:
+                tmp.unlink(missing_ok=True)
+        return removed
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c in name for c in "@/ \t\n") or name.isdigit():
+        raise InvalidInput(f"invalid name {name!r}: use letters, digits, '.', '-', '_' (not only digits)")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype(name: str) -> torch.dtype:
+    aliases = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+               "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+    return getattr(torch, aliases.get(name, name))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

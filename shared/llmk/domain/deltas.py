@@ -1,0 +1,170 @@
+"""Typed parameter deltas and the exact encoding of one tensor's change.
+
+A version entry is either a full tensor or a delta against the same tensor in the parent.
+Each delta is a handful of named parts (plain tensors) so it stores as one safetensors
+object: no pickle, and the parts are all a reader needs to rebuild it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+from llmk.errors import InvalidDelta
+
+
+class Kind(StrEnum):
+    FULL = "full"  # parts: tensor
+    DENSE = "dense"  # parts: diff            -> base + diff
+    SPARSE = "sparse"  # parts: indices, values -> base.flat[indices] += values
+    SPARSE_SET = "sparse_set"  # parts: indices, values -> base.flat[indices] = values (exact)
+    ROWS = "rows"  # parts: rows, values  -> base[rows] += values
+    ROWS_SET = "rows_set"  # parts: rows, values  -> base[rows] = values (exact)
+    LOW_RANK = "low_rank"  # parts: a, b          -> base + a @ b
+
+
+PARTS: dict[Kind, tuple[str, ...]] = {
+    Kind.FULL: ("tensor",),
+    Kind.DENSE: ("diff",),
+    Kind.SPARSE: ("indices", "values"),
+    Kind.SPARSE_SET: ("indices", "values"),
+    Kind.ROWS: ("rows", "values"),
+    Kind.ROWS_SET: ("rows", "values"),
+    Kind.LOW_RANK: ("a", "b"),
+}
+
+
+@dataclass(frozen=True)
+class Delta:
+    kind: Kind
+    parts: dict[str, Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parts.values())
+
+    @property
+    def nnz(self) -> int:
+        """How many values of the tensor this entry can change."""
+        p = self.parts
+        if self.kind in (Kind.SPARSE, Kind.SPARSE_SET):
+            return p["indices"].numel()
+        if self.kind in (Kind.ROWS, Kind.ROWS_SET):
+            return p["values"].numel()
+        if self.kind is Kind.LOW_RANK:
+            return p["a"].shape[0] * p["b"].shape[1]
+        return next(iter(p.values())).numel()
+
+
+def full(tensor: Tensor) -> Delta:
+    return Delta(Kind.FULL, {"tensor": tensor})
+
+
+def parse_kind(name: str) -> Kind:
+    try:
+        return Kind(name)
+    except ValueError:
+        raise InvalidDelta(f"unknown delta kind {name!r}; expected one of {[k.value for k in Kind]}") from None
+
+
+def validate(name: str, delta: Delta, shape: tuple[int, ...] | None, dtype: torch.dtype | None) -> None:
+    """Reject a delta that cannot apply to a tensor of `shape`/`dtype` (None: a new tensor)."""
+    missing = set(PARTS[delta.kind]) - set(delta.parts)
+    if missing:
+        raise InvalidDelta(f"{name}: {delta.kind} delta lacks part(s) {sorted(missing)}")
+    for part, t in delta.parts.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InvalidDelta(f"{name}: part {part!r} contains NaN or Inf")
+    if delta.kind is Kind.FULL:
+        return
+    if shape is None or dtype is None:
+        raise InvalidDelta(f"{name}: a {delta.kind} delta needs an existing tensor; send it as full")
+    _validate_against(name, delta, shape, dtype)
+
+
+def _validate_against(name: str, delta: Delta, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    p, numel = delta.parts, math.prod(shape)
+    values = p.get("values", p.get("diff"))
+    if values is not None and values.dtype != dtype:
+        raise InvalidDelta(f"{name}: delta dtype {values.dtype} does not match tensor dtype {dtype}")
+    if delta.kind is Kind.DENSE and tuple(p["diff"].shape) != shape:
+        raise InvalidDelta(f"{name}: shape mismatch: diff {tuple(p['diff'].shape)} vs tensor {shape}")
+    if delta.kind in (Kind.SPARSE, Kind.SPARSE_SET):
+        _check_index(name, p["indices"], numel, "index")
+        if p["values"].shape != p["indices"].shape:
+            raise InvalidDelta(f"{name}: {p['indices'].numel()} indices but {p['values'].numel()} values")
+    if delta.kind in (Kind.ROWS, Kind.ROWS_SET):
+        _check_index(name, p["rows"], shape[0] if shape else 0, "row")
+        if tuple(p["values"].shape) != (p["rows"].numel(), *shape[1:]):
+            raise InvalidDelta(f"{name}: rows values shape {tuple(p['values'].shape)} does not fit {shape}")
+    if delta.kind is Kind.LOW_RANK:
+        a, b = p["a"], p["b"]
+        if len(shape) != 2 or a.dim() != 2 or b.dim() != 2 or (a.shape[0], b.shape[1]) != shape:
+            raise InvalidDelta(f"{name}: low-rank a{tuple(a.shape)} @ b{tuple(b.shape)} does not give {shape}")
+        if a.shape[1] != b.shape[0] or a.dtype != dtype or b.dtype != dtype:
+            raise InvalidDelta(f"{name}: low-rank factors disagree in rank or dtype")
+
+
+def _check_index(name: str, idx: Tensor, bound: int, what: str) -> None:
+    if idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
+        raise InvalidDelta(f"{name}: {what} ids must be a 1-D int32/int64 tensor")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bound):
+        raise InvalidDelta(f"{name}: {what} out of range [0, {bound}): {int(idx.min())}..{int(idx.max())}")
+
+
+def apply(base: Tensor | None, delta: Delta) -> Tensor:
+    """Return base with delta applied. Mutates and returns `base` when it is a writable copy."""
+    p = delta.parts
+    if delta.kind is Kind.FULL:
+        return p["tensor"]
+    assert base is not None
+    if delta.kind is Kind.DENSE:
+        return base.add_(p["diff"])
+    if delta.kind is Kind.LOW_RANK:
+        return base.add_((p["a"].float() @ p["b"].float()).to(base.dtype))
+    if delta.kind in (Kind.ROWS, Kind.ROWS_SET):
+        rows = p["rows"].long()
+        if delta.kind is Kind.ROWS_SET:
+            base[rows] = p["values"]
+        else:
+            base.index_add_(0, rows, p["values"])
+        return base
+    flat, idx = base.view(-1), p["indices"].long()
+    if delta.kind is Kind.SPARSE_SET:
+        flat[idx] = p["values"]
+    else:
+        flat.index_add_(0, idx, p["values"])
+    return base
+
+
+def changed_mask(old: Tensor, new: Tensor) -> Tensor:
+    """Positions whose bits differ (so -0.0 vs 0.0 and NaN payloads count as changes)."""
+    if old.dtype.is_floating_point and old.element_size() in (2, 4, 8):
+        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[old.element_size()]
+        return old.view(view) != new.view(view)
+    return old != new
+
+
+def encode_exact(old: Tensor | None, new: Tensor) -> Delta | None:
+    """The cheapest entry that turns `old` into exactly `new`, or None when nothing changed.
+
+    Differences are not exact in floating point (a + (b - a) may differ from b), so the
+    sparse and row encodings carry replacement values; a full copy wins past ~50% change.
+    """
+    if old is None or old.shape != new.shape or old.dtype != new.dtype:
+        return full(new)
+    mask = changed_mask(old, new)
+    idx = mask.view(-1).nonzero().view(-1)
+    if idx.numel() == 0:
+        return None
+    index_dtype = torch.int32 if new.numel() < 2**31 else torch.int64
+    candidates = [full(new)]
+    candidates.append(Delta(Kind.SPARSE_SET, {"indices": idx.to(index_dtype), "values": new.view(-1)[idx]}))
+    if new.dim() >= 2:
+        rows = mask.view(new.shape[0], -1).any(dim=1).nonzero().view(-1)
+        candidates.append(Delta(Kind.ROWS_SET, {"rows": rows.to(index_dtype), "values": new[rows]}))
+    return min(candidates, key=lambda d: d.nbytes)
