@@ -27,5 +27,10 @@ def open_store(settings: Settings) -> Store:
     if settings.auto_migrate:
         upgrade(engine)
     objects = ObjectStore(settings.objects_path, settings.max_header_bytes)
-    return Store(Catalog(engine), objects, open_events(settings), settings.cache_chain_length,
-                 settings.gc_grace_seconds)
+    return Store(
+        Catalog(engine),
+        objects,
+        open_events(settings),
+        settings.cache_chain_length,
+        settings.gc_grace_seconds,
+    )

@@ -1,22 +1,22 @@
 """A compact decoder for the Llama and GPT-2 families, read top-down (config, cache, blocks, model, loading).
 
-We keep our own implementation rather than transformers' classes because the inference tier needs control that
-those classes hide: a KV cache laid out as a fixed pool of slots for continuous batching, parameters addressed by
-their Hugging Face names so a delta from the store is applied in place by name, and a layer loop that a later step
-can wrap to offload weights layer by layer.
+We keep our own implementation rather than transformers' classes because the inference tier needs control
+that those classes hide: a KV cache laid out as a fixed pool of slots for continuous batching, parameters
+addressed by their Hugging Face names so a delta from the store is applied in place by name, and a layer
+loop that a later step can wrap to offload weights layer by layer.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from llmk.errors import InvalidInput
 from torch import Tensor, nn
+
+from llmk.errors import InvalidInput
 
 # Buffers some checkpoints carry that are derived from the config, not learned: safe to ignore when loading.
 _DERIVED_BUFFERS = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
@@ -125,7 +125,7 @@ class KVCache:
 
 @dataclass
 class Step:
-    """What one pass attends to: positions of the new tokens, the attention mask, and the cache slots if any."""
+    """What one pass attends to: positions of the new tokens, the mask, and the cache slots if any."""
 
     positions: Tensor  # [B, T]
     mask: Tensor  # [B, 1, T, S] bool, True where a query may attend a key
@@ -354,7 +354,7 @@ class Model(nn.Module):
         T = input_ids.shape[1]
         idx = torch.arange(T, device=input_ids.device)
         causal = idx[None, :] <= idx[:, None]  # [T, T]
-        # A padded query attends to itself alone so that its row is never empty (no NaN); it is ignored anyway.
+        # A padded query attends to itself alone so its row is never empty (no NaN); it is ignored anyway.
         mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=input_ids.device)
         return self._hidden(input_ids, Step(positions=positions, mask=mask[:, None]))
 
@@ -402,9 +402,12 @@ class Model(nn.Module):
 
 
 def build_model(
-    config: Mapping[str, Any], tensors: Mapping[str, Tensor], device: Any = "cpu", dtype: torch.dtype = torch.float32
+    config: Mapping[str, Any],
+    tensors: Mapping[str, Tensor],
+    device: Any = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Model:
-    """Build on the meta device (no wasted init), then adopt the given tensors under their Hugging Face names."""
+    """Build on the meta device (no wasted init), then adopt the tensors under their Hugging Face names."""
     cfg = ModelConfig.from_hf(config)
     with torch.device("meta"):
         model = Model(cfg)
@@ -416,12 +419,10 @@ def build_model(
     unexpected = [n for n in tensors if n not in expected and not n.endswith(_DERIVED_BUFFERS)]
     missing = sorted(expected - state.keys())
     if missing or unexpected:
-        raise InvalidInput(f"state dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InvalidInput(
+            f"state dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     model.load_state_dict(state, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.body.embed_tokens.weight
     return model.eval()
-
-
-def count_parameters(model: Model) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

@@ -161,8 +161,13 @@ class Catalog:
             with self._tx() as s:
                 m = self._model_row(s, model)
                 row = VersionRow(
-                    model_id=m.id, parent_id=version.parent, basis_id=version.basis, author=version.author,
-                    message=version.message, created_at=_now(), meta=version.metadata,
+                    model_id=m.id,
+                    parent_id=version.parent,
+                    basis_id=version.basis,
+                    author=version.author,
+                    message=version.message,
+                    created_at=_now(),
+                    meta=version.metadata,
                     idempotency_key=version.idempotency_key,
                 )
                 s.add(row)
@@ -175,7 +180,9 @@ class Catalog:
                 raise AlreadyExists(f"idempotency key {version.idempotency_key!r} already used") from None
             raise Conflict(f"commit to {model}@{branch} raced with another: {e.orig}") from None
 
-    def _move(self, s: Session, model_id: int, branch: str, expected: int | None, new: int, create: bool) -> None:
+    def _move(
+        self, s: Session, model_id: int, branch: str, expected: int | None, new: int, create: bool
+    ) -> None:
         if expected is None or create:
             existing = s.get(RefRow, (model_id, branch))
             if existing is not None and expected is None:
@@ -207,14 +214,18 @@ class Catalog:
     def versions(self, model: str) -> list[Version]:
         with self._tx() as s:
             m = self._model_row(s, model)
-            rows = list(s.scalars(select(VersionRow).where(VersionRow.model_id == m.id).order_by(VersionRow.id)))
+            rows = list(
+                s.scalars(select(VersionRow).where(VersionRow.model_id == m.id).order_by(VersionRow.id))
+            )
             entries = self._entries(s, [r.id for r in rows])
             return [_version(r, model, entries.get(r.id, [])) for r in rows]
 
     def by_idempotency_key(self, model: str, key: str) -> Version | None:
         with self._tx() as s:
             m = self._model_row(s, model)
-            row = s.scalar(select(VersionRow).where(VersionRow.model_id == m.id, VersionRow.idempotency_key == key))
+            row = s.scalar(
+                select(VersionRow).where(VersionRow.model_id == m.id, VersionRow.idempotency_key == key)
+            )
             return _version(row, model, []) if row else None
 
     def chain(self, model: str, version_id: int) -> tuple[list[Version], str | None]:
@@ -295,8 +306,16 @@ class Catalog:
 
 def _entry_rows(version_id: int, entries: list[Entry]) -> list[EntryRow]:
     return [
-        EntryRow(version_id=version_id, name=e.name, kind=e.kind, object=e.object, shape=list(e.shape),
-                 dtype=e.dtype, nnz=e.nnz, nbytes=e.nbytes)
+        EntryRow(
+            version_id=version_id,
+            name=e.name,
+            kind=e.kind,
+            object=e.object,
+            shape=list(e.shape),
+            dtype=e.dtype,
+            nnz=e.nnz,
+            nbytes=e.nbytes,
+        )
         for e in entries
     ]
 
@@ -307,6 +326,14 @@ def _model(r: ModelRow) -> Model:
 
 def _version(r: VersionRow, model: str, entries: list[Entry]) -> Version:
     return Version(
-        r.id, model, r.parent_id, r.basis_id, r.author, r.message, r.created_at, dict(r.meta or {}),
-        r.idempotency_key, sorted(entries, key=lambda e: e.name),
+        r.id,
+        model,
+        r.parent_id,
+        r.basis_id,
+        r.author,
+        r.message,
+        r.created_at,
+        dict(r.meta or {}),
+        r.idempotency_key,
+        sorted(entries, key=lambda e: e.name),
     )

@@ -17,8 +17,15 @@ from llmk.domain import synthetic
 from llmk.errors import InvalidInput, NotFound
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "generation_config.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 
 
 @dataclass
@@ -58,8 +65,12 @@ def _synthetic(preset: str) -> Imported:
         config = synthetic.llama_config(preset)
     except KeyError:
         raise NotFound(f"unknown synthetic preset {preset!r}; known: {sorted(synthetic.PRESETS)}") from None
-    return Imported(synthetic.llama_tensors(config), config, {"config.json": json.dumps(config).encode()},
-                    f"synthetic:{preset}")
+    return Imported(
+        synthetic.llama_tensors(config),
+        config,
+        {"config.json": json.dumps(config).encode()},
+        f"synthetic:{preset}",
+    )
 
 
 def _hf_folder(path: Path, max_header_bytes: int) -> Imported:

@@ -41,7 +41,9 @@ def check_safetensors_header(path: Path, max_header_bytes: int) -> None:
             raise InvalidInput(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
         (n,) = struct.unpack("<Q", raw)
         if n > max_header_bytes:
-            raise InvalidInput(f"{path}: safetensors header of {n} bytes exceeds the {max_header_bytes} limit")
+            raise InvalidInput(
+                f"{path}: safetensors header of {n} bytes exceeds the {max_header_bytes} limit"
+            )
         if n > size - 8:
             raise InvalidInput(f"{path}: safetensors header claims {n} bytes but the file has {size - 8}")
         try:
@@ -55,11 +57,15 @@ def check_safetensors_header(path: Path, max_header_bytes: int) -> None:
         if key == "__metadata__":
             continue
         offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data_len):
+        if not (
+            isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
             raise InvalidInput(f"{path}: tensor {key!r} lies outside the file (truncated?)")
 
 
-def read_safetensors(path: Path, max_header_bytes: int, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+def read_safetensors(
+    path: Path, max_header_bytes: int, names: list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Load a user-supplied safetensors file with a clear error for every kind of damage."""
     if not path.is_file():
         raise NotFound(f"no such file: {path}")

@@ -37,7 +37,9 @@ class Change:
     shape: tuple[int, ...]
 
 
-def plan(catalog: Catalog, objects: Objects, model: str, version_id: int, want: Callable[[str], bool]) -> Plan:
+def plan(
+    catalog: Catalog, objects: Objects, model: str, version_id: int, want: Callable[[str], bool]
+) -> Plan:
     chain, snapshot = catalog.chain(model, version_id)
     lineage: Lineage = {}
     done: set[str] = set()
@@ -96,7 +98,9 @@ def changes(catalog: Catalog, objects: Objects, model: str, a: int, b: int) -> l
     if la.snapshot or lb.snapshot:  # lineages are cut at snapshots: compare values instead
         suspects = sorted(set(la.lineage) | set(lb.lineage) | set(la.snapshot_names) | set(lb.snapshot_names))
     else:
-        suspects = sorted(n for n in set(la.lineage) | set(lb.lineage) if la.lineage.get(n) != lb.lineage.get(n))
+        suspects = sorted(
+            n for n in set(la.lineage) | set(lb.lineage) if la.lineage.get(n) != lb.lineage.get(n)
+        )
     want = selector_filter("", suspects)
     va = load(objects, plan(catalog, objects, model, a, want))
     vb = load(objects, plan(catalog, objects, model, b, want))
@@ -106,8 +110,15 @@ def changes(catalog: Catalog, objects: Objects, model: str, a: int, b: int) -> l
         if new is None or old is None or old.shape != new.shape or old.dtype != new.dtype:
             ref = new if new is not None else old
             assert ref is not None
-            out.append(Change(name, "added" if old is None else "removed" if new is None else "replaced",
-                              ref.numel(), float(ref.float().norm()), tuple(ref.shape)))
+            out.append(
+                Change(
+                    name,
+                    "added" if old is None else "removed" if new is None else "replaced",
+                    ref.numel(),
+                    float(ref.float().norm()),
+                    tuple(ref.shape),
+                )
+            )
             continue
         nnz = int(deltas.changed_mask(old, new).sum())
         if nnz:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,14 @@ class VersionStats:
 
 
 class Store:
-    def __init__(self, catalog: Catalog, objects: Objects, events: Events, cache_chain_length: int = 8,
-                 gc_grace_seconds: float = 3600.0):
+    def __init__(
+        self,
+        catalog: Catalog,
+        objects: Objects,
+        events: Events,
+        cache_chain_length: int = 8,
+        gc_grace_seconds: float = 3600.0,
+    ):
         self.catalog = catalog
         self.objects = objects
         self.events = events
@@ -49,8 +55,14 @@ class Store:
         self.gc_grace_seconds = gc_grace_seconds
 
     # models ---------------------------------------------------------------------
-    def create_model(self, name: str, tensors: Mapping[str, torch.Tensor], config: dict[str, Any],
-                     files: Mapping[str, bytes], info: CommitInfo) -> Version:
+    def create_model(
+        self,
+        name: str,
+        tensors: Mapping[str, torch.Tensor],
+        config: dict[str, Any],
+        files: Mapping[str, bytes],
+        info: CommitInfo,
+    ) -> Version:
         """A new model whose first version on `main` holds every tensor in full."""
         _check_name(name)
         blobs = {fname: self.objects.put_bytes(data)[0] for fname, data in files.items()}
@@ -74,8 +86,14 @@ class Store:
         return self.catalog.update_model(model, frozen=sorted(set(m.frozen) | set(patterns)))
 
     # commits ----------------------------------------------------------------------
-    def commit(self, model: str, entries: Mapping[str, deltas.Delta], branch: str = MAIN,
-               parent: int | None = None, info: CommitInfo = CommitInfo()) -> Version:
+    def commit(
+        self,
+        model: str,
+        entries: Mapping[str, deltas.Delta],
+        branch: str = MAIN,
+        parent: int | None = None,
+        info: CommitInfo = CommitInfo(),
+    ) -> Version:
         """Store typed entries as a child of `parent` and move `branch` to it if still at `parent`.
 
         With parent None the branch is created (first commit) or its current head is used.
@@ -97,8 +115,14 @@ class Store:
         shapes = self._validate(model, expected, entries)
         return self._write(model, branch, expected, entries, shapes, info)
 
-    def commit_full(self, model: str, tensors: Mapping[str, torch.Tensor], branch: str = MAIN,
-                    parent: int | None = None, info: CommitInfo = CommitInfo()) -> Version:
+    def commit_full(
+        self,
+        model: str,
+        tensors: Mapping[str, torch.Tensor],
+        branch: str = MAIN,
+        parent: int | None = None,
+        info: CommitInfo = CommitInfo(),
+    ) -> Version:
         """Commit complete new values; the store keeps the cheapest exact encoding of each change."""
         head = parent if parent is not None else self.resolve(model, branch)
         current = self.materialize(model, str(head), names=list(tensors))
@@ -106,20 +130,26 @@ class Store:
         for name, new in tensors.items():
             old = current.get(name)
             if old is not None and (old.shape != new.shape or old.dtype != new.dtype):
-                raise InvalidDelta(f"{name}: {tuple(new.shape)} {new.dtype} does not match stored "
-                                   f"{tuple(old.shape)} {old.dtype}")
+                raise InvalidDelta(
+                    f"{name}: {tuple(new.shape)} {new.dtype} does not match stored "
+                    f"{tuple(old.shape)} {old.dtype}"
+                )
             if (d := deltas.encode_exact(old, new)) is not None:
                 entries[name] = d
         if not entries:
             raise InvalidInput(f"nothing changed against {model}@{head}")
         return self.commit(model, entries, branch, head, info)
 
-    def _validate(self, model: str, basis: int | None, entries: Mapping[str, deltas.Delta]) -> dict[str, Meta]:
+    def _validate(
+        self, model: str, basis: int | None, entries: Mapping[str, deltas.Delta]
+    ) -> dict[str, Meta]:
         """Check every entry against the tensor it changes; returns each tensor's shape and dtype."""
         needs_base = [n for n, d in entries.items() if d.kind is not deltas.Kind.FULL]
         shapes: dict[str, Meta] = {}
         if needs_base and basis is not None:
-            p = reading.plan(self.catalog, self.objects, model, basis, reading.selector_filter("", needs_base))
+            p = reading.plan(
+                self.catalog, self.objects, model, basis, reading.selector_filter("", needs_base)
+            )
             shapes = {n: (es[0].shape, _dtype(es[0].dtype)) for n, es in p.lineage.items()}
             if p.snapshot:
                 with self.objects.open_tensors(p.snapshot) as f:
@@ -136,23 +166,45 @@ class Store:
                 shapes[name] = (tuple(d.parts["tensor"].shape), d.parts["tensor"].dtype)
         return shapes
 
-    def _write(self, model: str, branch: str, expected: int | None, entries: Mapping[str, deltas.Delta],
-               shapes: dict[str, Meta], info: CommitInfo) -> Version:
+    def _write(
+        self,
+        model: str,
+        branch: str,
+        expected: int | None,
+        entries: Mapping[str, deltas.Delta],
+        shapes: dict[str, Meta],
+        info: CommitInfo,
+    ) -> Version:
         pack = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
         sha, _ = self.objects.put_tensors(pack)  # the file lands before the row that points at it
         rows = [
             Entry(n, d.kind.value, sha, shapes[n][0], _dtype_name(shapes[n][1]), d.nnz, d.nbytes)
             for n, d in sorted(entries.items())
         ]
-        version = Version(0, model, expected, expected, info.author, info.message, _now(),
-                          dict(info.metadata or {}), info.idempotency_key, rows)
+        version = Version(
+            0,
+            model,
+            expected,
+            expected,
+            info.author,
+            info.message,
+            _now(),
+            dict(info.metadata or {}),
+            info.idempotency_key,
+            rows,
+        )
         v = self.catalog.add_version(model, branch, expected, version)
         self._announce(v, branch)
         return v
 
     def _announce(self, v: Version, branch: str) -> None:
-        event = {"model": v.model, "branch": branch, "version": v.id, "parent": v.parent,
-                 "changed": [e.name for e in v.entries]}
+        event = {
+            "model": v.model,
+            "branch": branch,
+            "version": v.id,
+            "parent": v.parent,
+            "changed": [e.name for e in v.entries],
+        }
         try:
             self.events.publish(event)
         except Exception:  # the version is durable; workers also poll heads, so log and go on
@@ -196,8 +248,18 @@ class Store:
         target = self.resolve(model, to)
         head = self.resolve(model, branch)
         meta = {**(info.metadata or {}), "rollback_to": target}
-        version = Version(0, model, head, target, info.author, info.message or f"rollback to {target}",
-                          _now(), meta, info.idempotency_key, [])
+        version = Version(
+            0,
+            model,
+            head,
+            target,
+            info.author,
+            info.message or f"rollback to {target}",
+            _now(),
+            meta,
+            info.idempotency_key,
+            [],
+        )
         v = self.catalog.add_version(model, branch, head, version)
         self._announce(replace(v, entries=self.catalog.version(model, target).entries), branch)
         return v
@@ -210,18 +272,33 @@ class Store:
         branch = head_ref.name if head_ref and head_ref.kind == "branch" else f"squash-{vid}"
         pack = {part_key(n, "tensor"): t for n, t in tensors.items()}
         sha, _ = self.objects.put_tensors(pack)
-        rows = [Entry(n, "full", sha, tuple(t.shape), _dtype_name(t.dtype), t.numel(),
-                      t.numel() * t.element_size()) for n, t in tensors.items()]
+        rows = [
+            Entry(
+                n, "full", sha, tuple(t.shape), _dtype_name(t.dtype), t.numel(), t.numel() * t.element_size()
+            )
+            for n, t in tensors.items()
+        ]
         meta = {**(info.metadata or {}), "squashed": vid}
-        version = Version(0, model, vid, None, info.author, info.message or f"squash of {vid}", _now(), meta,
-                          info.idempotency_key, rows)
+        version = Version(
+            0,
+            model,
+            vid,
+            None,
+            info.author,
+            info.message or f"squash of {vid}",
+            _now(),
+            meta,
+            info.idempotency_key,
+            rows,
+        )
         v = self.catalog.add_version(model, branch, vid, version, create_branch=branch != (ref or MAIN))
         self._announce(replace(v, entries=[]), branch)
         return v
 
     # reads -------------------------------------------------------------------------
-    def materialize(self, model: str, ref: str | None = None, selector: str = "",
-                    names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def materialize(
+        self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         vid = self.resolve(model, ref)
         p = reading.plan(self.catalog, self.objects, model, vid, reading.selector_filter(selector, names))
         tensors = reading.load(self.objects, p)
@@ -240,7 +317,9 @@ class Store:
         return len(tensors)
 
     def diff(self, model: str, a: str, b: str) -> list[reading.Change]:
-        return reading.changes(self.catalog, self.objects, model, self.resolve(model, a), self.resolve(model, b))
+        return reading.changes(
+            self.catalog, self.objects, model, self.resolve(model, a), self.resolve(model, b)
+        )
 
     def stats(self, model: str) -> list[VersionStats]:
         versions = self.catalog.versions(model)
@@ -279,8 +358,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _dtype(name: str) -> torch.dtype:
-    aliases = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-               "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+    aliases = {
+        "F32": "float32",
+        "F16": "float16",
+        "BF16": "bfloat16",
+        "F64": "float64",
+        "I64": "int64",
+        "I32": "int32",
+        "I8": "int8",
+        "U8": "uint8",
+        "BOOL": "bool",
+    }
     return getattr(torch, aliases.get(name, name))
 
 

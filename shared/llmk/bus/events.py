@@ -49,13 +49,15 @@ class AmqpEvents:
     def publish(self, event: dict[str, Any]) -> None:
         with Connection(self.url, connect_timeout=5) as conn:
             producer = conn.Producer(serializer="json")
-            producer.publish(event, exchange=EXCHANGE, declare=[EXCHANGE], retry=True,
-                             retry_policy={"max_retries": 3})
+            producer.publish(
+                event, exchange=EXCHANGE, declare=[EXCHANGE], retry=True, retry_policy={"max_retries": 3}
+            )
 
     def subscribe(self, handler: Handler) -> Callable[[], None]:
         ready, stop = threading.Event(), threading.Event()
-        thread = threading.Thread(target=self._consume, args=(handler, ready, stop), daemon=True,
-                                  name="llmk-version-events")
+        thread = threading.Thread(
+            target=self._consume, args=(handler, ready, stop), daemon=True, name="llmk-version-events"
+        )
         thread.start()
         if not ready.wait(10):
             raise ConnectionError(f"could not subscribe to version events at {self.url}")

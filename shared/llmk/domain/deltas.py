@@ -68,7 +68,9 @@ def parse_kind(name: str) -> Kind:
     try:
         return Kind(name)
     except ValueError:
-        raise InvalidDelta(f"unknown delta kind {name!r}; expected one of {[k.value for k in Kind]}") from None
+        raise InvalidDelta(
+            f"unknown delta kind {name!r}; expected one of {[k.value for k in Kind]}"
+        ) from None
 
 
 def validate(name: str, delta: Delta, shape: tuple[int, ...] | None, dtype: torch.dtype | None) -> None:
@@ -104,7 +106,9 @@ def _validate_against(name: str, delta: Delta, shape: tuple[int, ...], dtype: to
     if delta.kind is Kind.LOW_RANK:
         a, b = p["a"], p["b"]
         if len(shape) != 2 or a.dim() != 2 or b.dim() != 2 or (a.shape[0], b.shape[1]) != shape:
-            raise InvalidDelta(f"{name}: low-rank a{tuple(a.shape)} @ b{tuple(b.shape)} does not give {shape}")
+            raise InvalidDelta(
+                f"{name}: low-rank a{tuple(a.shape)} @ b{tuple(b.shape)} does not give {shape}"
+            )
         if a.shape[1] != b.shape[0] or a.dtype != dtype or b.dtype != dtype:
             raise InvalidDelta(f"{name}: low-rank factors disagree in rank or dtype")
 

@@ -1,9 +1,9 @@
 """Optimizer math as pure functions over named tensors.
 
-A job keeps its optimizer state as a flat ``dict[str, Tensor]`` (``"NAME::exp_avg"``, ``"::step"``, ...) rather than
-inside a ``torch.optim.Optimizer``, so the whole state saves to one safetensors file and a crashed job resumes with
-bit-identical results. The arithmetic follows torch.optim's single-tensor code paths op for op, always in fp32, so a
-job that switches between this module and torch.optim sees the same numbers.
+A job keeps its optimizer state as a flat ``dict[str, Tensor]`` (``"NAME::exp_avg"``, ``"::step"``, ...)
+rather than inside a ``torch.optim.Optimizer``, so the whole state saves to one safetensors file and a crashed
+job resumes with bit-identical results. The arithmetic follows torch.optim's single-tensor code paths op
+for op, always in fp32, so a job that switches between this module and torch.optim sees the same numbers.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def _is_real(value: object) -> bool:
 class OptimizerSpec:
     """Hyperparameters of one optimizer; validated on construction so a bad job fails before its first step.
 
-    ``momentum`` and ``nesterov`` apply to SGD only; ``betas`` and ``eps`` to Adam and AdamW only. ``weight_decay``
-    is an L2 term added to the gradient for SGD and Adam, and decoupled (applied to the parameter) for AdamW.
+    ``momentum`` and ``nesterov`` apply to SGD only; ``betas`` and ``eps`` to Adam and AdamW only.
+    ``weight_decay`` is an L2 term added to the gradient for SGD and Adam, and decoupled (applied to the
+    parameter) for AdamW.
     ``max_grad_norm`` clips the global gradient norm before the step; ``None`` disables clipping.
     """
 
@@ -121,10 +122,10 @@ def optimizer_step(
 ) -> dict[str, Tensor]:
     """Advance the optimizer one step and return each parameter's fp32 update ``new_param - param``.
 
-    ``params`` are only read; the caller decides how (and whether, e.g. after sparsifying) to apply the update.
-    ``state`` is updated in place, and only after every input was validated and every update computed, so an
-    error leaves it exactly as it was. ``grads`` must name exactly the tensors in ``params``: the step counter is
-    shared, so a parameter that skipped a step would get the wrong bias correction.
+    ``params`` are only read; the caller decides how (and whether, e.g. after sparsifying) to apply the
+    update. ``state`` is updated in place, and only after every input was validated and every update computed,
+    so an error leaves it exactly as it was. ``grads`` must name exactly the tensors in ``params``: the step
+    counter is shared, so a parameter that skipped a step would get the wrong bias correction.
     """
     _check_inputs(params, grads)
     grads32 = {name: grad.float() for name, grad in grads.items()}

@@ -1,10 +1,10 @@
 """Compress optimizer updates before they are committed, carrying what was dropped into the next step.
 
-Sending only the top 1% of an update is cheap but, on its own, throws the other 99% away and training stalls.
-Error feedback keeps the dropped part as a residual and adds it to the next update, so every bit of every update is
-eventually applied: the sum of what was sent plus the current residual always equals the sum of the updates.
-Residuals live in a flat dict of tensors (``"NAME::residual"``) that merges into the optimizer state and is saved
-with it, so a resumed job loses nothing either.
+Sending only the top 1% of an update is cheap but, on its own, throws the other 99% away and training
+stalls. Error feedback keeps the dropped part as a residual and adds it to the next update, so every update is
+eventually applied in full: what was sent plus the current residual always sums to the updates so far.
+Residuals live in a flat dict of tensors (``"NAME::residual"``) that merges into the optimizer state and is
+saved with it, so a resumed job loses nothing either.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ RESIDUAL_SLOT = "residual"
 def topk_count(numel: int, fraction: float) -> int:
     """How many entries top-k keeps: ``ceil(fraction * numel)``, at least one, at most ``numel``."""
     _check_fraction(fraction)
-    # Rounding first keeps float noise (0.07 * 100 == 7.000000000000001) from adding an entry.
-    return min(numel, max(1, math.ceil(round(fraction * numel, 6))))
+    # The tolerance keeps float noise (0.07 * 100 == 7.000000000000001) from adding an entry.
+    return min(numel, max(1, math.ceil(fraction * numel - 1e-6)))
 
 
 def topk_with_feedback(
@@ -44,9 +44,9 @@ def topk_with_feedback(
 
 
 def low_rank(delta: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """The best rank-``rank`` approximation ``a @ b`` of ``delta`` viewed as ``[shape[0], -1]``, via truncated SVD.
+    """The best rank-``rank`` approximation ``a @ b`` of ``delta`` seen as ``[shape[0], -1]`` (truncated SVD).
 
-    ``a`` is ``[m, r]`` with the singular values folded in and ``b`` is ``[r, n]``, with ``r = min(rank, m, n)``.
+    ``a`` is ``[m, r]`` with the singular values folded in and ``b`` is ``[r, n]``; ``r = min(rank, m, n)``.
     """
     _check_matrix(delta, rank)
     matrix = delta.float().reshape(delta.shape[0], -1)  # matrix: [m, n]
@@ -55,8 +55,10 @@ def low_rank(delta: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     return u[:, :r] * s[:r], vh[:r]
 
 
-def low_rank_with_feedback(delta: Tensor, residual: Tensor | None, rank: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``low_rank`` of ``delta + residual``; what the factors miss becomes the new residual (shape of ``delta``)."""
+def low_rank_with_feedback(
+    delta: Tensor, residual: Tensor | None, rank: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``low_rank`` of ``delta + residual``; what the factors miss becomes the new residual."""
     total = _accumulate(delta, residual)
     a, b = low_rank(total, rank)
     return a, b, total - (a @ b).reshape(total.shape)
@@ -104,9 +106,7 @@ def _accumulate(delta: Tensor, residual: Tensor | None) -> Tensor:
     total = delta.to(dtype)
     if residual is not None:
         if residual.shape != delta.shape:
-            raise InvalidInput(
-                f"residual has shape {tuple(residual.shape)}, update has {tuple(delta.shape)}"
-            )
+            raise InvalidInput(f"residual has shape {tuple(residual.shape)}, update has {tuple(delta.shape)}")
         total = total + residual.to(dtype)
     if not bool(torch.isfinite(total).all()):
         raise InvalidInput("update or residual contains NaN or Inf")

@@ -8,14 +8,32 @@ import torch
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a few MB: fast tests
-    "llama-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=49152),
+    "llama-tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+    ),
     # SmolLM2-135M's shapes
-    "llama-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                       num_key_value_heads=3, vocab_size=49152),
+    "llama-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+    ),
     # scale tests
-    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8, vocab_size=49152),
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=49152,
+    ),
 }
 
 
@@ -24,10 +42,18 @@ def llama_config(preset: str) -> dict[str, Any]:
         raise KeyError(preset)
     p = PRESETS[preset]
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-5,
-        "rope_theta": 100000.0, "max_position_embeddings": 2048, "tie_word_embeddings": True,
-        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
-        "head_dim": p["hidden_size"] // p["num_attention_heads"], **p,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
+        "head_dim": p["hidden_size"] // p["num_attention_heads"],
+        **p,
     }
 
 

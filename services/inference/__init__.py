@@ -1,0 +1,1 @@
+"""Inference tier: engine (model runner, batcher, offload, hot-apply), gRPC servicer and queue consumer."""

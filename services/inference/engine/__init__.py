@@ -1,0 +1,1 @@
+"""Pure-torch inference engine: the decoder, sampling, continuous-batching generation and classification."""

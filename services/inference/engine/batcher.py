@@ -1,0 +1,131 @@
+"""Dynamic batching for classification: many caller threads, one forward pass per batch.
+
+Requests wait at most `max_wait_ms` for company, and a batch holds at most `max_batch_size` prompts;
+requests that share labels and template run as one forward pass. The queue is bounded so an overload is
+refused at once (ResourceExhausted) instead of growing latency without limit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmk.errors import ResourceExhausted, Unavailable
+from services.inference.engine.classifier import classify, validate
+from services.inference.engine.model import Model
+
+Probabilities = list[dict[str, float]]
+
+
+@dataclass
+class _Job:
+    prompts: list[str]
+    labels: tuple[str, ...]
+    template: str
+    future: Future[Probabilities] = field(default_factory=Future)
+
+
+class ClassifyBatcher:
+    """Collects classify requests from any thread; `lock` is held while a batch runs, so a caller that
+    holds it can change the weights between batches."""
+
+    def __init__(
+        self,
+        model: Model,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        separator: str = " ",
+    ):
+        self.model, self.tokenizer, self.separator = model, tokenizer, separator
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
+        self.lock = threading.Lock()
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+        self._carry: list[_Job | None] = []  # at most one item that opens the next batch
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="llmk-classify-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, prompts: Sequence[str], labels: Sequence[str], template: str = "{prompt}"
+    ) -> Future[Probabilities]:
+        validate(prompts, labels, template)
+        if self._closed:
+            raise Unavailable("the batcher is closed")
+        job = _Job(list(prompts), tuple(labels), template)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise ResourceExhausted(
+                f"{self._queue.maxsize} classify requests already queued; retry later"
+            ) from None
+        return job.future
+
+    def classify(
+        self, prompts: Sequence[str], labels: Sequence[str], template: str = "{prompt}"
+    ) -> Probabilities:
+        return self.submit(prompts, labels, template).result()
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (jobs := self._collect()) is not None:
+            self._run(jobs)
+        self._drain()
+
+    def _collect(self) -> list[_Job] | None:
+        """Block for a first job, then gather more until the batch is full or the wait is over."""
+        first = self._carry.pop() if self._carry else self._queue.get()
+        if first is None:
+            return None
+        jobs, size, deadline = [first], len(first.prompts), time.monotonic() + self.max_wait_s
+        while size < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+            try:
+                job = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if job is None or size + len(job.prompts) > self.max_batch_size:
+                self._carry.append(job)  # the sentinel or a job that does not fit opens the next round
+                break
+            jobs.append(job)
+            size += len(job.prompts)
+        return jobs
+
+    def _run(self, jobs: list[_Job]) -> None:
+        groups: dict[tuple[tuple[str, ...], str], list[_Job]] = {}
+        for job in jobs:
+            if job.future.set_running_or_notify_cancel():
+                groups.setdefault((job.labels, job.template), []).append(job)
+        for (labels, template), group in groups.items():
+            prompts = [p for job in group for p in job.prompts]
+            try:
+                with self.lock:
+                    results = classify(self.model, self.tokenizer, prompts, labels, template, self.separator)
+            except Exception as error:  # one bad group fails its own callers only
+                for job in group:
+                    job.future.set_exception(error)
+                continue
+            start = 0
+            for job in group:
+                job.future.set_result(results[start : start + len(job.prompts)])
+                start += len(job.prompts)
+
+    def _drain(self) -> None:
+        """Refuse whatever arrived after close()."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(Unavailable("the batcher was closed"))

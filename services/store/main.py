@@ -1,0 +1,44 @@
+"""`llmk serve store` / `python -m services.store.main`: the parameter store as a gRPC service."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from llmk.config import Settings
+from llmk.rpc.server import make_server
+from llmk.v1 import store_pb2_grpc
+from llmk.wiring import open_store
+from services.store.servicer import MUTATING, SERVICE, StoreServicer
+
+log = logging.getLogger("llmk.store")
+
+
+def build(settings: Settings):  # noqa: ANN201 - returns (grpc.Server, port)
+    servicer = StoreServicer(open_store(settings), settings)
+    return make_server(
+        [lambda s: store_pb2_grpc.add_ParameterStoreServicer_to_server(servicer, s)],
+        [SERVICE],
+        settings.listen,
+        settings.auth_token,
+        MUTATING,
+        settings.max_message_bytes,
+    )
+
+
+def main(settings: Settings | None = None) -> None:
+    settings = settings or Settings()
+    server, port = build(settings)
+    server.start()
+    log.warning("llmk store serving on port %d (database %s)", port, settings.sqlalchemy_url.split("@")[-1])
+    print(f"llmk store listening on {settings.listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+
+
+if __name__ == "__main__":
+    main()

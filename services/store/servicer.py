@@ -1,0 +1,131 @@
+"""gRPC ParameterStore: each handler decodes, calls one Store use case, encodes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+
+from llmk.app.store import CommitInfo, Store
+from llmk.config import Settings
+from llmk.domain.deltas import PARTS, Delta, parse_kind
+from llmk.domain.versions import part_key
+from llmk.errors import InvalidInput
+from llmk.rpc import codec
+from llmk.rpc.tensors import from_chunks, to_chunks
+from llmk.v1 import common_pb2, store_pb2_grpc
+from llmk.v1 import store_pb2 as pb
+
+SERVICE = "llmk.v1.ParameterStore"
+MUTATING = {
+    f"/{SERVICE}/{m}" for m in ("CreateModel", "Commit", "CreateRef", "Rollback", "Freeze", "Squash", "Gc")
+}
+
+
+class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.chunk_bytes = min(settings.chunk_bytes, 4 << 20)
+
+    def CreateModel(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
+        header, parts = _read_commit(request_iterator)
+        tensors = {n: parts[part_key(n, "tensor")] for n in header.kinds}
+        v = self.store.create_model(
+            header.model, tensors, json.loads(header.config_json or "{}"), dict(header.files), _info(header)
+        )
+        return codec.version_to_pb(v)
+
+    def Commit(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
+        header, parts = _read_commit(request_iterator)
+        parent = header.parent if header.HasField("parent") else None
+        branch = header.branch or "main"
+        if header.full_weights:
+            tensors = {n: parts[part_key(n, "tensor")] for n in header.kinds}
+            return codec.version_to_pb(
+                self.store.commit_full(header.model, tensors, branch, parent, _info(header))
+            )
+        entries = {n: _delta(n, kind, parts) for n, kind in header.kinds.items()}
+        return codec.version_to_pb(self.store.commit(header.model, entries, branch, parent, _info(header)))
+
+    def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
+        return codec.model_to_pb(self.store.model(request.model), self.store.refs(request.model))
+
+    def ListModels(self, request: common_pb2.Empty, context: grpc.ServicerContext):
+        return pb.ModelList(
+            models=[codec.model_to_pb(m, self.store.refs(m.name)) for m in self.store.models()]
+        )
+
+    def GetFile(self, request: pb.FileRequest, context: grpc.ServicerContext):
+        return pb.FileData(data=self.store.file(request.model, request.name))
+
+    def GetVersion(self, request: pb.VersionRequest, context: grpc.ServicerContext):
+        return codec.version_to_pb(self.store.version(request.model, request.ref or None))
+
+    def ListVersions(self, request: pb.LogRequest, context: grpc.ServicerContext):
+        versions = self.store.log(request.model, request.ref or None, request.limit or 100)
+        return pb.VersionList(versions=[codec.version_to_pb(v) for v in versions])
+
+    def FetchTensors(self, request: pb.FetchRequest, context: grpc.ServicerContext):
+        tensors = self.store.materialize(
+            request.model, request.ref or None, request.selector, list(request.names) or None
+        )
+        yield from to_chunks(tensors, self.chunk_bytes)
+
+    def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext):
+        changes = self.store.diff(request.model, request.a, request.b)
+        return pb.DiffReply(
+            a=self.store.resolve(request.model, request.a),
+            b=self.store.resolve(request.model, request.b),
+            changes=[codec.change_to_pb(c) for c in changes],
+        )
+
+    def CreateRef(self, request: pb.RefRequest, context: grpc.ServicerContext):
+        if request.kind not in ("branch", "tag"):
+            raise InvalidInput(f"ref kind must be 'branch' or 'tag', not {request.kind!r}")
+        make = self.store.branch if request.kind == "branch" else self.store.tag
+        return codec.ref_to_pb(make(request.model, request.name, request.from_ref or None))
+
+    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext):
+        v = self.store.rollback(
+            request.model, request.to, request.branch or "main", CommitInfo(author=request.author or "llmk")
+        )
+        return codec.version_to_pb(v)
+
+    def Freeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext):
+        m = self.store.freeze(request.model, list(request.patterns))
+        return codec.model_to_pb(m, self.store.refs(request.model))
+
+    def Squash(self, request: pb.SquashRequest, context: grpc.ServicerContext):
+        v = self.store.squash(request.model, request.ref or None, CommitInfo(author=request.author or "llmk"))
+        return codec.version_to_pb(v)
+
+    def Gc(self, request: pb.GcRequest, context: grpc.ServicerContext):
+        return pb.GcReply(removed=self.store.gc(request.dry_run))
+
+    def Stats(self, request: pb.ModelRequest, context: grpc.ServicerContext):
+        return pb.StatsReply(versions=[codec.stats_to_pb(s) for s in self.store.stats(request.model)])
+
+
+def _read_commit(requests: Iterator[pb.CommitRequest]) -> tuple[pb.CommitHeader, dict]:
+    first = next(requests, None)
+    if first is None or not first.HasField("header"):
+        raise InvalidInput("a commit stream must start with its header")
+    parts = from_chunks(r.chunk for r in requests)
+    return first.header, parts
+
+
+def _delta(name: str, kind: str, parts: dict) -> Delta:
+    k = parse_kind(kind)
+    missing = [p for p in PARTS[k] if part_key(name, p) not in parts]
+    if missing:
+        raise InvalidInput(f"{name}: {kind} entry sent without part(s) {missing}")
+    return Delta(k, {p: parts[part_key(name, p)] for p in PARTS[k]})
+
+
+def _info(h: pb.CommitHeader) -> CommitInfo:
+    try:
+        metadata = json.loads(h.metadata_json or "{}")
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"metadata_json is not JSON: {e}") from None
+    return CommitInfo(h.author or "llmk", h.message, metadata, h.idempotency_key or None)

@@ -1,0 +1,67 @@
+"""The `llmk` command. Failures print one line and exit non-zero (code per error class)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from llmk.cli import store
+from llmk.config import Settings
+from llmk.errors import LlmkError
+
+app = typer.Typer(
+    help="llmk: versioned LLM parameters, inference workers and an online optimizer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(store.app, name="store")
+db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
+app.add_typer(db, name="db")
+
+TIERS = ("store", "inference", "optimizer")
+
+
+@db.command()
+def upgrade() -> None:
+    """Apply Alembic migrations to LLMK_DATABASE_URL (SQLite under .llmk/ by default)."""
+    from llmk.adapters.db import make_engine
+    from llmk.adapters.migrate import current
+    from llmk.adapters.migrate import upgrade as run_upgrade
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    run_upgrade(engine)
+    print(f"database at revision {current(engine)}")
+
+
+@app.command()
+def serve(
+    tier: Annotated[str, typer.Argument(help="store, inference or optimizer")],
+    listen: Annotated[str, typer.Option(help="host:port (default LLMK_LISTEN)")] = "",
+) -> None:
+    """Run one tier as a gRPC service (health and reflection included) until SIGTERM."""
+    if tier not in TIERS:
+        raise typer.BadParameter(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+    settings = Settings(**({"listen": listen} if listen else {}))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # tiers are separate deployables: loaded by name so the shared package never imports them
+    importlib.import_module(f"services.{tier}.main").main(settings)
+
+
+def run() -> None:
+    try:
+        app()
+    except LlmkError as e:
+        print(f"llmk: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()
