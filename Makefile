@@ -39,7 +39,7 @@ test-fast: proto
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not smollm2" $(PYTEST_ARGS)
 
 demo: proto
-	HF_HUB_OFFLINE=1 bash scripts/demo.sh
+	HF_HUB_OFFLINE=1 bash infra/demo.sh
 
 bench: proto
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -88,12 +88,16 @@ class TextDecoder:
         self.text, self.sent, self.stopped = "", 0, False
 
     def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
         self.ids.append(token_id)
         self.text += self._new_text(final=False)
         return self._release(final=False)
 
     def flush(self) -> str:
         """Everything still held back, at the end of the sequence."""
+        if self.stopped:
+            return ""
         self.text += self._new_text(final=True)
         return self._release(final=True)
 
@@ -108,8 +112,6 @@ class TextDecoder:
         return after[len(before) :]
 
     def _release(self, final: bool) -> str:
-        if self.stopped:
-            return ""
         start = max(0, self.sent - max((len(s) for s in self.stop), default=0))
         hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
         if hits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 from llmk.errors import InvalidInput
@@ -56,6 +57,7 @@ def from_chunks(
     """Reassemble; every chunk is checked so a malformed stream is an error, not a crash."""
     buffers: dict[str, torch.Tensor] = {}
     meta: dict[str, tuple[torch.dtype, list[int]]] = {}
+    arrays: dict[str, np.ndarray] = {}  # numpy views of the buffers: one copy per chunk
     received = 0
     for c in chunks:
         if c.name not in buffers:
@@ -69,11 +71,11 @@ def from_chunks(
             if max_total_bytes is not None and received > max_total_bytes:
                 raise InvalidInput(f"stream exceeds the {max_total_bytes}-byte limit")
             buffers[c.name] = torch.empty(expected, dtype=torch.uint8)
+            arrays[c.name] = buffers[c.name].numpy()
             meta[c.name] = (dtype, shape)
         buf = buffers[c.name]
         end = c.offset + len(c.data)
         if end > buf.numel():
             raise InvalidInput(f"{c.name}: chunk at {c.offset} overruns the tensor's {buf.numel()} bytes")
-        if c.data:
-            buf[c.offset : end] = torch.frombuffer(bytearray(c.data), dtype=torch.uint8)
+        arrays[c.name][c.offset : end] = np.frombuffer(c.data, dtype=np.uint8)
     return {n: buffers[n].view(meta[n][0]).reshape(meta[n][1]) for n in buffers}

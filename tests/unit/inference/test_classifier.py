@@ -1,0 +1,95 @@
+"""Classification by label likelihood, alone and through the dynamic batcher."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+import torch
+from llmk.errors import InvalidInput, ResourceExhausted
+
+from services.inference.engine.batcher import ClassifyBatcher
+from services.inference.engine.classifier import classify
+
+from .conftest import Pair
+
+PROMPTS = ["stocks soar", "bank fails", "rates unchanged today", "x"]
+LABELS = ["positive", "negative", "neutral"]
+TEMPLATE = "Headline: {prompt}\nSentiment:"
+
+
+def test_probabilities_follow_label_log_likelihoods(tiny: Pair, byte_tokenizer: Any) -> None:
+    [probs] = classify(tiny.ours, byte_tokenizer, ["up"], LABELS, TEMPLATE)
+    context = byte_tokenizer.encode(TEMPLATE.replace("{prompt}", "up"))
+    scores = []
+    with torch.no_grad():
+        for label in LABELS:
+            ids = context + byte_tokenizer.encode(" " + label)
+            logp = tiny.ours(torch.tensor([ids]))[0].log_softmax(-1)
+            scores.append(sum(float(logp[t - 1, ids[t]]) for t in range(len(context), len(ids))))
+    expected = torch.tensor(scores).softmax(-1).tolist()
+    assert list(probs) == LABELS
+    assert [probs[lab] for lab in LABELS] == pytest.approx(expected, abs=1e-5)
+
+
+def test_batched_equals_one_at_a_time(tiny: Pair, byte_tokenizer: Any) -> None:
+    batched = classify(tiny.ours, byte_tokenizer, PROMPTS, LABELS, TEMPLATE)
+    for prompt, probs in zip(PROMPTS, batched, strict=True):
+        [alone] = classify(tiny.ours, byte_tokenizer, [prompt], LABELS, TEMPLATE)
+        assert probs == pytest.approx(alone, abs=1e-5)
+        assert sum(probs.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "labels", "template"),
+    [([], LABELS, TEMPLATE), (PROMPTS, [], TEMPLATE), (PROMPTS, ["a", "a"], TEMPLATE), (PROMPTS, LABELS, "no slot")],
+)
+def test_bad_requests_are_refused(
+    tiny_llama: Pair, byte_tokenizer: Any, prompts: list[str], labels: list[str], template: str
+) -> None:
+    with pytest.raises(InvalidInput):
+        classify(tiny_llama.ours, byte_tokenizer, prompts, labels, template)
+
+
+def test_batcher_serves_many_threads_like_direct_calls(tiny_llama: Pair, byte_tokenizer: Any) -> None:
+    direct = classify(tiny_llama.ours, byte_tokenizer, PROMPTS, LABELS, TEMPLATE)
+    other_labels = ["yes", "no"]
+    direct_other = classify(tiny_llama.ours, byte_tokenizer, PROMPTS, other_labels, TEMPLATE)
+    batcher = ClassifyBatcher(tiny_llama.ours, byte_tokenizer, max_batch_size=3, max_wait_ms=20)
+    results: dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        labels = LABELS if i % 2 == 0 else other_labels
+        results[i] = batcher.classify([PROMPTS[i % 4]], labels, TEMPLATE)[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+    for i, probs in results.items():
+        expected = direct[i % 4] if i % 2 == 0 else direct_other[i % 4]
+        assert probs == pytest.approx(expected, abs=1e-5)
+    assert len(results) == 8
+
+
+def test_batcher_refuses_when_its_queue_is_full(tiny_llama: Pair, byte_tokenizer: Any) -> None:
+    batcher = ClassifyBatcher(tiny_llama.ours, byte_tokenizer, max_batch_size=1, max_wait_ms=0, max_queue=2)
+    accepted: list[Future[Any]] = []
+    with batcher.lock:  # the worker blocks before its first batch
+        with pytest.raises(ResourceExhausted):
+            for _ in range(5):
+                accepted.append(batcher.submit(["up"], LABELS, TEMPLATE))
+    assert 2 <= len(accepted) <= 3
+    assert all(sum(f.result(timeout=10)[0].values()) == pytest.approx(1.0) for f in accepted)
+    batcher.close()
+
+
+def test_batcher_refuses_bad_requests_at_once(tiny_llama: Pair, byte_tokenizer: Any) -> None:
+    batcher = ClassifyBatcher(tiny_llama.ours, byte_tokenizer)
+    with pytest.raises(InvalidInput):
+        batcher.submit(PROMPTS, ["same", "same"], TEMPLATE)
+    batcher.close()
