@@ -5,6 +5,10 @@ python -m bench.bench_store
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +24,12 @@ from llmk.client import GrpcStoreClient
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
 from llmk.wiring import open_store
-from services.store.main import build
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 CHAIN = 10
 FRACTION = 0.01
@@ -60,11 +69,12 @@ def materialize(store: Store, flat: Path, nbytes: int) -> list[dict[str, Any]]:
     touch_all(store.materialize("m"))  # writes the cached materialization
     cached = best_of(lambda: touch_all(store.materialize("m")))
     base = f"load_file {nbytes / baseline / 1e6:.0f} MB/s"
+    metric = f"materialize end of {CHAIN}-delta chain"
     return [
-        {"metric": f"materialize end of {CHAIN}-delta chain, chain applied", "value": nbytes / cold / 1e6,
-         "unit": "MB/s", "baseline": base, "ratio": round(baseline / cold, 3), "goal": "(reported)"},
-        {"metric": f"materialize end of {CHAIN}-delta chain, served from cache", "value": nbytes / cached / 1e6,
-         "unit": "MB/s", "baseline": base, "ratio": round(baseline / cached, 3), "goal": ">= 0.7x (aim 0.9x)"},
+        {"metric": f"{metric}, chain applied", "value": nbytes / cold / 1e6, "unit": "MB/s", "baseline": base,
+         "ratio": round(baseline / cold, 3), "goal": "(reported)"},
+        {"metric": f"{metric}, served from cache", "value": nbytes / cached / 1e6, "unit": "MB/s",
+         "baseline": base, "ratio": round(baseline / cached, 3), "goal": ">= 0.7x (aim 0.9x)"},
     ]
 
 
@@ -84,18 +94,24 @@ def full_commit(store: Store, full: int) -> list[dict[str, Any]]:
 
 
 def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, Any]]:
-    server, port = build(settings)
-    server.start()
+    """The service runs in its own process, as deployed: client and server do not share a GIL."""
+    port = free_port()
+    env = {**os.environ, "LLMK_HOME": str(settings.home), "LLMK_LISTEN": f"127.0.0.1:{port}"}
+    server = subprocess.Popen([sys.executable, "-m", "services.store.main"], env=env, stdout=subprocess.PIPE)
     client = GrpcStoreClient(f"127.0.0.1:{port}", max_message_bytes=settings.max_message_bytes)
     try:
+        assert server.stdout is not None
+        server.stdout.readline()  # "listening on ..."
+        touch_all(client.fetch("m"))  # the service verifies object checksums on first read
         local = best_of(lambda: touch_all(store.materialize("m")))
         remote = best_of(lambda: touch_all(client.fetch("m")))
     finally:
         client.close()
-        server.stop(0)
-    return [{"metric": "fetch over gRPC (loopback), throughput", "value": nbytes / remote / 1e6, "unit": "MB/s",
-             "baseline": f"local materialize {nbytes / local / 1e6:.0f} MB/s", "ratio": round(local / remote, 3),
-             "goal": ">= 0.5x"}]
+        server.terminate()
+        server.wait(10)
+    return [{"metric": "fetch over gRPC (loopback, server process), throughput", "value": nbytes / remote / 1e6,
+             "unit": "MB/s", "baseline": f"local materialize from cache {nbytes / local / 1e6:.0f} MB/s",
+             "ratio": round(local / remote, 3), "goal": ">= 0.5x"}]
 
 
 def main() -> None:

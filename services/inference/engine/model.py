@@ -145,14 +145,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, step: Step, layer: int) -> Tensor:
     return y.transpose(1, 2).flatten(2)  # [B, T, H * hd]
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-    cos, sin = rope
-    return x * cos + rotate_half(x) * sin
+    # x: [B, H, T, hd]; rotates the two halves of each head, as Hugging Face's Llama does
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * rope[0] + torch.cat((-x2, x1), dim=-1) * rope[1]
 
 
 class RMSNorm(nn.Module):
@@ -292,22 +288,15 @@ class Gpt2Body(nn.Module):
     def norm(self) -> nn.Module:
         return self.ln_f
 
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        return self.wte
-
     def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
         return self.wte(tokens) + self.wpe(positions)
-
-
-_BODY_NAMES = {"llama": "model", "gpt2": "transformer"}
 
 
 class Model(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.body_name = _BODY_NAMES[config.family]
+        self.body_name = "model" if config.family == "llama" else "transformer"
         body = LlamaBody(config) if config.family == "llama" else Gpt2Body(config)
         self.add_module(self.body_name, body)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -407,7 +396,9 @@ def build_model(
     device: Any = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Model:
-    """Build on the meta device (no wasted init), then adopt the tensors under their Hugging Face names."""
+    """Build on the meta device (no wasted init), then adopt the tensors under their Hugging Face names.
+
+    Tensors already on `device` in `dtype` are shared, not copied: an in-place update reaches the model."""
     cfg = ModelConfig.from_hf(config)
     with torch.device("meta"):
         model = Model(cfg)
@@ -424,5 +415,5 @@ def build_model(
         )
     model.load_state_dict(state, assign=True)
     if cfg.tie_embeddings:
-        model.lm_head.weight = model.body.embed_tokens.weight
+        model.lm_head.weight = model.get_parameter(embed_name)
     return model.eval()

@@ -320,8 +320,13 @@ def _entry_rows(version_id: int, entries: list[Entry]) -> list[EntryRow]:
     ]
 
 
+def _utc(t: datetime) -> datetime:
+    """SQLite drops the zone of a stored time; every backend returns aware UTC times."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
 def _model(r: ModelRow) -> Model:
-    return Model(r.id, r.name, r.created_at, dict(r.config), dict(r.files), list(r.frozen))
+    return Model(r.id, r.name, _utc(r.created_at), dict(r.config), dict(r.files), list(r.frozen))
 
 
 def _version(r: VersionRow, model: str, entries: list[Entry]) -> Version:
@@ -332,7 +337,7 @@ def _version(r: VersionRow, model: str, entries: list[Entry]) -> Version:
         r.basis_id,
         r.author,
         r.message,
-        r.created_at,
+        _utc(r.created_at),
         dict(r.meta or {}),
         r.idempotency_key,
         sorted(entries, key=lambda e: e.name),

@@ -32,7 +32,11 @@ CHAT_TEMPLATE = (
 
 def _byte_symbols() -> dict[int, str]:
     """GPT-2's printable stand-in for every byte, so token id == byte value."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = (b for b in range(256) if b not in printable)
     symbols = {b: chr(b) for b in printable}
     symbols.update({b: chr(256 + i) for i, b in enumerate(extra)})

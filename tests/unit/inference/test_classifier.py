@@ -44,7 +44,12 @@ def test_batched_equals_one_at_a_time(tiny: Pair, byte_tokenizer: Any) -> None:
 
 @pytest.mark.parametrize(
     ("prompts", "labels", "template"),
-    [([], LABELS, TEMPLATE), (PROMPTS, [], TEMPLATE), (PROMPTS, ["a", "a"], TEMPLATE), (PROMPTS, LABELS, "no slot")],
+    [
+        ([], LABELS, TEMPLATE),
+        (PROMPTS, [], TEMPLATE),
+        (PROMPTS, ["a", "a"], TEMPLATE),
+        (PROMPTS, LABELS, "no slot"),
+    ],
 )
 def test_bad_requests_are_refused(
     tiny_llama: Pair, byte_tokenizer: Any, prompts: list[str], labels: list[str], template: str

@@ -54,7 +54,9 @@ def make_generator(tiny_llama: Pair, byte_tokenizer: Any) -> Iterator[Callable[.
         generator.close()
 
 
-def test_greedy_generation_equals_full_forward(make_generator: Any, tiny_llama: Pair, byte_tokenizer: Any) -> None:
+def test_greedy_generation_equals_full_forward(
+    make_generator: Any, tiny_llama: Pair, byte_tokenizer: Any
+) -> None:
     generator = make_generator()
     pieces, result = _collect(generator.submit(Request("hello", max_tokens=12)))
     assert result.token_ids == greedy_reference(tiny_llama.ours, byte_tokenizer.encode("hello"), 12)
@@ -64,7 +66,11 @@ def test_greedy_generation_equals_full_forward(make_generator: Any, tiny_llama: 
 
 def test_sequences_joining_mid_run_get_their_solo_tokens(make_generator: Any) -> None:
     generator = make_generator(max_active=4)
-    requests = [Request("hello", max_tokens=90), Request("abc", max_tokens=20), Request("The fox", max_tokens=25)]
+    requests = [
+        Request("hello", max_tokens=90),
+        Request("abc", max_tokens=20),
+        Request("The fox", max_tokens=25),
+    ]
     alone = [generator.submit(r).result().token_ids for r in requests]
     first = generator.submit(requests[0])
     _wait_until(lambda: generator.active_count == 1)
@@ -86,7 +92,9 @@ def test_seeded_sampling_is_reproducible(make_generator: Any) -> None:
 def test_stop_string_truncates_the_output(make_generator: Any) -> None:
     generator = make_generator()
     reference = generator.submit(Request("hello", max_tokens=30)).result().text
-    start = next(i for i in range(1, len(reference) - 1) if reference[i : i + 2].isascii() and reference[i].isalpha())
+    start = next(
+        i for i in range(1, len(reference) - 1) if reference[i : i + 2].isascii() and reference[i].isalpha()
+    )
     stop = reference[start : start + 2]
     pieces, result = _collect(generator.submit(Request("hello", max_tokens=30, stop=["zzz", stop])))
     assert result.finish_reason == "stop"
@@ -145,7 +153,9 @@ def test_between_steps_runs_only_while_no_sequence_is_active(make_generator: Any
 
 def test_chat_requests_use_the_chat_template(make_generator: Any) -> None:
     generator = make_generator()
-    by_messages = generator.submit(Request(messages=[{"role": "user", "content": "hi"}], max_tokens=1)).result()
+    by_messages = generator.submit(
+        Request(messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    ).result()
     by_prompt = generator.submit(Request("hi", chat=True, max_tokens=1)).result()
     assert by_messages.prompt_tokens == by_prompt.prompt_tokens == len("<user>hi\n<assistant>")
 

@@ -93,7 +93,8 @@ def test_tied_head_is_built_when_missing(tiny: Pair) -> None:
     tensors = {k: v for k, v in tiny.hf.state_dict().items() if k != "lm_head.weight"}
     config = {**tiny.hf.config.to_dict(), "tie_word_embeddings": True}
     model = build_model(config, tensors)
-    assert model.lm_head.weight is model.body.embed_tokens.weight
+    embed = "model.embed_tokens.weight" if model.config.family == "llama" else "transformer.wte.weight"
+    assert model.lm_head.weight is model.get_parameter(embed)
 
 
 def test_missing_tensor_is_refused(tiny: Pair) -> None:

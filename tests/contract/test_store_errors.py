@@ -1,0 +1,182 @@
+"""Every bad input gets its error class on every client and backend, and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from contract_support import (
+    EMBED,
+    NORM,
+    Q0,
+    UP0,
+    assert_same_tensors,
+    corrupt_in_place,
+    rows,
+    sparse,
+    truncate,
+)
+
+from llmk.app.store import CommitInfo
+from llmk.domain.deltas import Delta, Kind, full
+from llmk.errors import AlreadyExists, Conflict, Corrupt, InvalidDelta, InvalidInput, NotFound
+
+NOT_FOUND = {
+    "fetch of an unknown model": lambda e, tmp: e.client.fetch("nope"),
+    "fetch of an unknown version": lambda e, tmp: e.client.fetch(e.model, "999"),
+    "fetch of an unknown branch": lambda e, tmp: e.client.fetch(e.model, "nobranch"),
+    "version of an unknown model": lambda e, tmp: e.client.version("nope"),
+    "model that does not exist": lambda e, tmp: e.client.model("nope"),
+    "log of an unknown branch": lambda e, tmp: e.client.log(e.model, "nobranch"),
+    "commit to an unknown model": lambda e, tmp: e.client.commit("nope", {NORM: full(torch.ones(64))}),
+    "commit on a parent of an unknown branch": lambda e, tmp: e.client.commit(
+        e.model, {NORM: sparse([0], [1.0])}, "nobranch", e.first
+    ),
+    "commit_full to an unknown model": lambda e, tmp: e.client.commit_full("nope", {NORM: torch.ones(64)}),
+    "diff against an unknown version": lambda e, tmp: e.client.diff(e.model, "main", "999"),
+    "branch from an unknown ref": lambda e, tmp: e.client.branch(e.model, "b", "nope"),
+    "tag of an unknown ref": lambda e, tmp: e.client.tag(e.model, "t", "999"),
+    "rollback to an unknown version": lambda e, tmp: e.client.rollback(e.model, "999"),
+    "rollback of an unknown branch": lambda e, tmp: e.client.rollback(e.model, str(e.first), "nobranch"),
+    "squash of an unknown ref": lambda e, tmp: e.client.squash(e.model, "nobranch"),
+    "stats of an unknown model": lambda e, tmp: e.client.stats("nope"),
+    "freeze of an unknown model": lambda e, tmp: e.client.freeze("nope", ["model"]),
+    "unknown model file": lambda e, tmp: e.client.file(e.model, "nope.json"),
+    "export of an unknown model": lambda e, tmp: e.client.export("nope", None, tmp / "x.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_FOUND))
+def test_not_found(env, tmp_path, case: str) -> None:
+    before, refs = env.history(), env.client.refs(env.model)
+    with pytest.raises(NotFound):
+        NOT_FOUND[case](env, tmp_path)
+    assert env.history() == before and env.client.refs(env.model) == refs
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_version_of_another_model_is_not_found(env) -> None:
+    other = env.client.create_model("other", {"w": torch.ones(2)}, {}, {})
+    with pytest.raises(NotFound):
+        env.client.fetch(env.model, str(other.id))
+    with pytest.raises(NotFound):
+        env.client.rollback(env.model, str(other.id))
+
+
+def test_a_stale_parent_is_a_conflict(env) -> None:
+    v2 = env.client.commit(env.model, {UP0: sparse([0], [1.0])}, "main", env.first)
+    before = env.history()
+    with pytest.raises(Conflict, match="moved"):
+        env.client.commit(env.model, {UP0: sparse([1], [1.0])}, "main", env.first)
+    new = env.client.fetch(env.model, names=[UP0])
+    new[UP0] += 1
+    with pytest.raises(Conflict):
+        env.client.commit_full(env.model, new, "main", env.first)
+    assert env.history() == before and env.head() == v2.id
+    assert env.client.fetch(env.model, names=[UP0])[UP0].view(-1)[1] == env.tensors[UP0].view(-1)[1]
+
+
+BAD_DELTAS = {
+    "shape": {NORM: Delta(Kind.DENSE, {"diff": torch.zeros(63)})},
+    "rows shape": {EMBED: rows([1], torch.zeros(1, 65))},
+    "dtype": {UP0: Delta(Kind.SPARSE, {"indices": torch.tensor([0]), "values": torch.ones(1).half()})},
+    "index": {UP0: sparse([0, 128 * 64], [1.0, 1.0])},
+    "negative index": {UP0: sparse([-1], [1.0], Kind.SPARSE_SET)},
+    "row": {EMBED: rows([49152], torch.zeros(1, 64))},
+    "nan": {UP0: sparse([0, 1], [1.0, float("nan")])},
+    "inf": {Q0: Delta(Kind.LOW_RANK, {"a": torch.full((64, 1), float("inf")), "b": torch.ones(1, 64)})},
+    "low rank shape": {Q0: Delta(Kind.LOW_RANK, {"a": torch.ones(64, 1), "b": torch.ones(1, 32)})},
+    "unknown tensor": {"model.layers.9.mlp.up_proj.weight": sparse([0], [1.0])},
+    "nan in a new full tensor": {"model.extra": full(torch.tensor([float("nan")]))},
+    "one bad among good": {NORM: full(torch.zeros(64)), UP0: sparse([0], [float("inf")])},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DELTAS))
+def test_an_invalid_delta_is_rejected_whole(env, case: str) -> None:
+    before = env.history()
+    with pytest.raises(InvalidDelta):
+        env.client.commit(env.model, BAD_DELTAS[case], "main", env.first)
+    assert env.history() == before
+    assert_same_tensors(env.client.fetch(env.model), env.tensors)
+
+
+BAD_FULL = {
+    "shape": {NORM: torch.ones(65)},
+    "dtype": {NORM: torch.ones(64, dtype=torch.bfloat16)},
+    "nan": {NORM: torch.full((64,), float("nan"))},
+    "inf in a new tensor": {"model.extra": torch.tensor([float("inf")])},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FULL))
+def test_commit_full_rejects_values_that_do_not_fit(env, case: str) -> None:
+    before = env.history()
+    with pytest.raises(InvalidDelta):
+        env.client.commit_full(env.model, BAD_FULL[case])
+    assert env.history() == before
+
+
+def test_bad_names_and_empty_commits_are_invalid_input(env) -> None:
+    before = env.history()
+    with pytest.raises(InvalidInput):
+        env.client.commit(env.model, {})
+    with pytest.raises(InvalidInput):
+        env.client.create_model("a/b", {"w": torch.ones(1)}, {}, {})
+    with pytest.raises(InvalidInput):
+        env.client.create_model("42", {"w": torch.ones(1)}, {}, {})
+    with pytest.raises(InvalidInput):
+        env.client.tag(env.model, "with space", "main")
+    with pytest.raises(AlreadyExists):
+        env.client.create_model(env.model, {"w": torch.ones(1)}, {}, {})
+    assert env.history() == before
+    assert [m.name for m in env.client.models()] == [env.model]
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [{"w": torch.tensor([1.0, float("nan")])}, {}],
+    ids=["nan", "no tensors"],
+)
+def test_a_rejected_import_creates_no_model(env, tensors) -> None:
+    with pytest.raises(InvalidInput):  # InvalidDelta is an InvalidInput
+        env.client.create_model("broken", tensors, {}, {"config.json": b"{}"})
+    assert [m.name for m in env.client.models()] == [env.model]
+    with pytest.raises(NotFound):
+        env.client.model("broken")
+    v = env.client.create_model("broken", {"w": torch.ones(2)}, {}, {}, CommitInfo(message="retry"))
+    assert env.client.version("broken").id == v.id
+
+
+def object_of(env, version: int, name: str):  # noqa: ANN201
+    sha = next(e.object for e in env.client.version(env.model, str(version)).entries if e.name == name)
+    return env.objects / sha[:2] / sha[2:]
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncate", "delete"])
+def test_a_damaged_object_is_never_served(env, tmp_path, damage: str) -> None:
+    v2 = env.client.commit(env.model, {UP0: sparse([0], [1.0])})
+    path = object_of(env, env.first, UP0)
+    {"corrupt": corrupt_in_place, "truncate": truncate, "delete": lambda p: p.unlink()}[damage](path)
+    before = env.history()
+    with pytest.raises(Corrupt):
+        env.client.fetch(env.model)
+    with pytest.raises(Corrupt):
+        env.client.fetch(env.model, str(env.first), names=[UP0])
+    with pytest.raises(Corrupt):
+        env.client.export(env.model, None, tmp_path / "out.safetensors")
+    assert not list(tmp_path.glob("out.safetensors*")), "no partial export"
+    new = {UP0: env.tensors[UP0] + 1}
+    with pytest.raises(Corrupt):
+        env.client.commit_full(env.model, new, "main", v2.id)
+    with pytest.raises(Corrupt):
+        env.client.squash(env.model)
+    assert env.history() == before
+    with pytest.raises(Corrupt):
+        env.client.stats(env.model)
+
+
+def test_a_corrupt_model_file_is_never_served(env) -> None:
+    sha = env.inspect.model(env.model).files["config.json"]
+    corrupt_in_place(env.objects / sha[:2] / sha[2:])
+    with pytest.raises(Corrupt):
+        env.client.file(env.model, "config.json")
