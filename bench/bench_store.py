@@ -31,6 +31,7 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
+
 CHAIN = 10
 FRACTION = 0.01
 
@@ -55,10 +56,18 @@ def commit_chain(store: Store, tensors: dict[str, torch.Tensor], full: int) -> l
         added = sum(e.nbytes for e in v.entries)
     times.sort()
     return [
-        {"metric": "commit 1%-sparse delta (typed), p50 latency", "value": times[len(times) // 2] * 1000,
-         "unit": "ms", "goal": "< 200 ms"},
-        {"metric": "commit 1%-sparse delta, bytes added / full copy", "value": added / full, "unit": "ratio",
-         "goal": "<= 0.025"},
+        {
+            "metric": "commit 1%-sparse delta (typed), p50 latency",
+            "value": times[len(times) // 2] * 1000,
+            "unit": "ms",
+            "goal": "< 200 ms",
+        },
+        {
+            "metric": "commit 1%-sparse delta, bytes added / full copy",
+            "value": added / full,
+            "unit": "ratio",
+            "goal": "<= 0.025",
+        },
     ]
 
 
@@ -71,10 +80,22 @@ def materialize(store: Store, flat: Path, nbytes: int) -> list[dict[str, Any]]:
     base = f"load_file {nbytes / baseline / 1e6:.0f} MB/s"
     metric = f"materialize end of {CHAIN}-delta chain"
     return [
-        {"metric": f"{metric}, chain applied", "value": nbytes / cold / 1e6, "unit": "MB/s", "baseline": base,
-         "ratio": round(baseline / cold, 3), "goal": "(reported)"},
-        {"metric": f"{metric}, served from cache", "value": nbytes / cached / 1e6, "unit": "MB/s",
-         "baseline": base, "ratio": round(baseline / cached, 3), "goal": ">= 0.7x (aim 0.9x)"},
+        {
+            "metric": f"{metric}, chain applied",
+            "value": nbytes / cold / 1e6,
+            "unit": "MB/s",
+            "baseline": base,
+            "ratio": round(baseline / cold, 3),
+            "goal": "(reported)",
+        },
+        {
+            "metric": f"{metric}, served from cache",
+            "value": nbytes / cached / 1e6,
+            "unit": "MB/s",
+            "baseline": base,
+            "ratio": round(baseline / cached, 3),
+            "goal": ">= 0.7x (aim 0.9x)",
+        },
     ]
 
 
@@ -86,10 +107,18 @@ def full_commit(store: Store, full: int) -> list[dict[str, Any]]:
     v = store.commit_full("m", changed, info=CommitInfo(message="full weights"))
     elapsed = time.perf_counter() - t0
     return [
-        {"metric": "commit full weights with 1% changed (--from), latency", "value": elapsed * 1000,
-         "unit": "ms", "goal": "(reported)"},
-        {"metric": "commit full weights with 1% changed, bytes added / full copy",
-         "value": sum(e.nbytes for e in v.entries) / full, "unit": "ratio", "goal": "<= 0.025"},
+        {
+            "metric": "commit full weights with 1% changed (--from), latency",
+            "value": elapsed * 1000,
+            "unit": "ms",
+            "goal": "(reported)",
+        },
+        {
+            "metric": "commit full weights with 1% changed, bytes added / full copy",
+            "value": sum(e.nbytes for e in v.entries) / full,
+            "unit": "ratio",
+            "goal": "<= 0.025",
+        },
     ]
 
 
@@ -109,9 +138,16 @@ def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, 
         client.close()
         server.terminate()
         server.wait(10)
-    return [{"metric": "fetch over gRPC (loopback, server process), throughput", "value": nbytes / remote / 1e6,
-             "unit": "MB/s", "baseline": f"local materialize from cache {nbytes / local / 1e6:.0f} MB/s",
-             "ratio": round(local / remote, 3), "goal": ">= 0.5x"}]
+    return [
+        {
+            "metric": "fetch over gRPC (loopback, server process), throughput",
+            "value": nbytes / remote / 1e6,
+            "unit": "MB/s",
+            "baseline": f"local materialize from cache {nbytes / local / 1e6:.0f} MB/s",
+            "ratio": round(local / remote, 3),
+            "goal": ">= 0.5x",
+        }
+    ]
 
 
 def main() -> None:

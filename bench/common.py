@@ -27,12 +27,19 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> float:
 def write(name: str, rows: list[dict[str, Any]], command: str) -> Path:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{name}.json"
-    payload = {"bench": name, "command": command, "when": datetime.now(UTC).isoformat(timespec="seconds"),
-               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "rows": rows}
+    payload = {
+        "bench": name,
+        "command": command,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "rows": rows,
+    }
     out.write_text(json.dumps(payload, indent=2) + "\n")
     for r in rows:
-        print(f"  {r['metric']}: {r['value']:.4g} {r.get('unit', '')}   (baseline {r.get('baseline', '-')}; "
-              f"ratio {r.get('ratio', '-')}; goal {r.get('goal', '-')})")
+        print(
+            f"  {r['metric']}: {r['value']:.4g} {r.get('unit', '')}   (baseline {r.get('baseline', '-')}; "
+            f"ratio {r.get('ratio', '-')}; goal {r.get('goal', '-')})"
+        )
     return out
 
 

@@ -12,6 +12,7 @@ sequences of the old version therefore always finish before any sequence of the 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
@@ -25,6 +26,8 @@ import torch
 from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
 from services.inference.engine.model import Model
 from services.inference.engine.sampling import SamplingParams, make_rng, sample, sample_batch
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -274,12 +277,19 @@ class Generator:
                 if self._active:
                     self._run_step(admitted)
                     continue
-                if self.between_steps is not None:
-                    self.between_steps()
+                self._call_between_steps()
                 with self._cond:
                     if not self._closed and not self._can_admit():
                         self._cond.wait(self.idle_poll_s)
         self._fail_all(Unavailable("the generator was closed"))
+
+    def _call_between_steps(self) -> None:
+        if self.between_steps is None:
+            return
+        try:
+            self.between_steps()
+        except Exception:  # a failing hook must not stop generation; it is retried at the next idle moment
+            _log.exception("between_steps hook failed")
 
     def _can_admit(self) -> bool:
         return bool(self._waiting) and bool(self._free_slots) and self._pauses == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,10 @@ class Store:
     ) -> Version:
         """A new model whose first version on `main` holds every tensor in full."""
         _check_name(name)
+        if not tensors:
+            raise InvalidInput(f"model {name!r} needs at least one tensor")
+        for tensor_name, tensor in tensors.items():  # reject before the model row exists
+            deltas.validate(tensor_name, deltas.full(tensor), None, None)
         blobs = {fname: self.objects.put_bytes(data)[0] for fname, data in files.items()}
         self.catalog.create_model(name, config, blobs)
         return self.commit(name, {k: deltas.full(t) for k, t in tensors.items()}, MAIN, None, info)
@@ -194,17 +198,12 @@ class Store:
             rows,
         )
         v = self.catalog.add_version(model, branch, expected, version)
-        self._announce(v, branch)
+        self._announce(v, branch, [e.name for e in v.entries])
         return v
 
-    def _announce(self, v: Version, branch: str) -> None:
-        event = {
-            "model": v.model,
-            "branch": branch,
-            "version": v.id,
-            "parent": v.parent,
-            "changed": [e.name for e in v.entries],
-        }
+    def _announce(self, v: Version, branch: str, changed: list[str] | None) -> None:
+        """Tell workers: `changed` names the tensors that differ from the parent (None: any may)."""
+        event = {"model": v.model, "branch": branch, "version": v.id, "parent": v.parent, "changed": changed}
         try:
             self.events.publish(event)
         except Exception:  # the version is durable; workers also poll heads, so log and go on
@@ -237,7 +236,8 @@ class Store:
 
     def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
         by_id = {v.id: v for v in self.catalog.versions(model)}
-        out, vid = [], self.resolve(model, ref)
+        out: list[Version] = []
+        vid: int | None = self.resolve(model, ref)
         while vid is not None and len(out) < limit:
             out.append(by_id[vid])
             vid = by_id[vid].parent
@@ -261,7 +261,7 @@ class Store:
             [],
         )
         v = self.catalog.add_version(model, branch, head, version)
-        self._announce(replace(v, entries=self.catalog.version(model, target).entries), branch)
+        self._announce(v, branch, None)
         return v
 
     def squash(self, model: str, ref: str | None = None, info: CommitInfo = CommitInfo()) -> Version:
@@ -292,7 +292,7 @@ class Store:
             rows,
         )
         v = self.catalog.add_version(model, branch, vid, version, create_branch=branch != (ref or MAIN))
-        self._announce(replace(v, entries=[]), branch)
+        self._announce(v, branch, [])  # same values, new id
         return v
 
     # reads -------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def serve(
     """Run one tier as a gRPC service (health and reflection included) until SIGTERM."""
     if tier not in TIERS:
         raise typer.BadParameter(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
-    settings = Settings(**({"listen": listen} if listen else {}))
+    settings = Settings()
+    if listen:
+        settings.listen = listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # tiers are separate deployables: loaded by name so the shared package never imports them
     importlib.import_module(f"services.{tier}.main").main(settings)

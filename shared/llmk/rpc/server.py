@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from llmk import errors
-from llmk.rpc.errors import status_of
+from llmk.rpc.errors import error_metadata, status_of
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,14 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             try:
                 yield from fn(request, context)
             except errors.LlmkError as e:
+                context.set_trailing_metadata(error_metadata(e))
                 context.abort(status_of(e), str(e))
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return fn(request, context)
             except errors.LlmkError as e:
+                context.set_trailing_metadata(error_metadata(e))
                 context.abort(status_of(e), str(e))
 
         return stream if handler.response_streaming else unary

@@ -1,4 +1,4 @@
-"""Fixtures: a byte-level tokenizer, tiny seeded Llama and GPT-2 models, and the real SmolLM2 (session-wide)."""
+"""Fixtures: a byte-level tokenizer, tiny seeded Llama and GPT-2 models, the real SmolLM2 (session-wide)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def tiny_llama_pair() -> Pair:
         num_key_value_heads=2,
         vocab_size=VOCAB,
         max_position_embeddings=256,
-        rope_theta=500.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
         bos_token_id=None,
         eos_token_id=EOS,
         pad_token_id=None,
@@ -106,7 +106,7 @@ def tiny(request: pytest.FixtureRequest) -> Pair:
 
 @dataclass
 class SmolLM2:
-    hf: PreTrainedModel
+    hf: Any  # LlamaForCausalLM
     tokenizer: Any
     ours: Model
 

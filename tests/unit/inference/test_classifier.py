@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
-from llmk.errors import InvalidInput, ResourceExhausted
 
+from llmk.errors import InvalidInput, ResourceExhausted
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.classifier import classify
 
@@ -84,10 +84,9 @@ def test_batcher_serves_many_threads_like_direct_calls(tiny_llama: Pair, byte_to
 def test_batcher_refuses_when_its_queue_is_full(tiny_llama: Pair, byte_tokenizer: Any) -> None:
     batcher = ClassifyBatcher(tiny_llama.ours, byte_tokenizer, max_batch_size=1, max_wait_ms=0, max_queue=2)
     accepted: list[Future[Any]] = []
-    with batcher.lock:  # the worker blocks before its first batch
-        with pytest.raises(ResourceExhausted):
-            for _ in range(5):
-                accepted.append(batcher.submit(["up"], LABELS, TEMPLATE))
+    with batcher.lock, pytest.raises(ResourceExhausted):  # the lock blocks the worker before its first batch
+        for _ in range(5):
+            accepted.append(batcher.submit(["up"], LABELS, TEMPLATE))
     assert 2 <= len(accepted) <= 3
     assert all(sum(f.result(timeout=10)[0].values()) == pytest.approx(1.0) for f in accepted)
     batcher.close()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
-from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
 
+from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
 from services.inference.engine.generator import Generator, Request, Result, Stream, TextDecoder
 from services.inference.engine.model import Model
 
@@ -149,6 +148,18 @@ def test_between_steps_runs_only_while_no_sequence_is_active(make_generator: Any
         stream.result()
     _wait_until(lambda: len(seen) > 2)
     assert set(seen) == {0}
+
+
+def test_a_failing_between_steps_hook_does_not_stop_generation(make_generator: Any) -> None:
+    calls: list[int] = []
+
+    def hook() -> None:
+        calls.append(1)
+        raise RuntimeError("swap failed")
+
+    generator = make_generator(idle_poll_s=0.005, between_steps=hook)
+    _wait_until(lambda: len(calls) > 1)
+    assert generator.submit(Request("hello", max_tokens=3)).result().completion_tokens == 3
 
 
 def test_chat_requests_use_the_chat_template(make_generator: Any) -> None:

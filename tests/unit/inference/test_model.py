@@ -1,11 +1,11 @@
-"""The decoder computes what transformers computes, with padding, with the KV cache, and across cache slots."""
+"""The decoder computes what transformers computes: with padding, with the KV cache, across cache slots."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from llmk.errors import InvalidInput
 
+from llmk.errors import InvalidInput
 from services.inference.engine.model import ModelConfig, build_model
 
 from .conftest import VOCAB, Pair

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from llmk.errors import InvalidInput
 
+from llmk.errors import InvalidInput
 from services.inference.engine.sampling import SamplingParams, filter_logits, make_rng, sample, sample_batch
 
 LOGITS = torch.randn(50, generator=torch.Generator().manual_seed(0))
