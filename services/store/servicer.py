@@ -30,9 +30,9 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
 
     def CreateModel(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
         header, parts = _read_commit(request_iterator)
-        tensors = {n: parts[part_key(n, "tensor")] for n in header.kinds}
+        tensors = _full_tensors(header, parts)
         v = self.store.create_model(
-            header.model, tensors, json.loads(header.config_json or "{}"), dict(header.files), _info(header)
+            header.model, tensors, _json(header.config_json, "config_json"), dict(header.files), _info(header)
         )
         return codec.version_to_pb(v)
 
@@ -41,7 +41,7 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         parent = header.parent if header.HasField("parent") else None
         branch = header.branch or "main"
         if header.full_weights:
-            tensors = {n: parts[part_key(n, "tensor")] for n in header.kinds}
+            tensors = _full_tensors(header, parts)
             return codec.version_to_pb(
                 self.store.commit_full(header.model, tensors, branch, parent, _info(header))
             )
@@ -123,9 +123,17 @@ def _delta(name: str, kind: str, parts: dict) -> Delta:
     return Delta(k, {p: parts[part_key(name, p)] for p in PARTS[k]})
 
 
-def _info(h: pb.CommitHeader) -> CommitInfo:
+def _full_tensors(header: pb.CommitHeader, parts: dict) -> dict:
+    return {n: _delta(n, "full", parts).parts["tensor"] for n in header.kinds}
+
+
+def _json(text: str, field: str) -> dict:
     try:
-        metadata = json.loads(h.metadata_json or "{}")
+        return json.loads(text or "{}")
     except json.JSONDecodeError as e:
-        raise InvalidInput(f"metadata_json is not JSON: {e}") from None
+        raise InvalidInput(f"{field} is not JSON: {e}") from None
+
+
+def _info(h: pb.CommitHeader) -> CommitInfo:
+    metadata = _json(h.metadata_json, "metadata_json")
     return CommitInfo(h.author or "llmk", h.message, metadata, h.idempotency_key or None)

@@ -48,7 +48,7 @@ def check_safetensors_header(path: Path, max_header_bytes: int) -> None:
             raise InvalidInput(f"{path}: safetensors header claims {n} bytes but the file has {size - 8}")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise InvalidInput(f"{path}: malformed safetensors header: {e}") from None
     if not isinstance(header, dict):
         raise InvalidInput(f"{path}: malformed safetensors header: not a JSON object")
@@ -58,7 +58,10 @@ def check_safetensors_header(path: Path, max_header_bytes: int) -> None:
             continue
         offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
         if not (
-            isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data_len
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_len
         ):
             raise InvalidInput(f"{path}: tensor {key!r} lies outside the file (truncated?)")
 
