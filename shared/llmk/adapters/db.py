@@ -176,8 +176,8 @@ class Catalog:
                 self._move(s, m.id, branch, expected, row.id, create_branch)
                 return _version(row, model, version.entries)
         except IntegrityError as e:
-            if version.idempotency_key and self.by_idempotency_key(model, version.idempotency_key):
-                raise AlreadyExists(f"idempotency key {version.idempotency_key!r} already used") from None
+            if version.idempotency_key and (first := self.by_idempotency_key(model, version.idempotency_key)):
+                return self.version(model, first.id)  # a redelivered commit: the first one stands
             raise Conflict(f"commit to {model}@{branch} raced with another: {e.orig}") from None
 
     def _move(

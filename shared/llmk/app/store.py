@@ -109,8 +109,8 @@ class Store:
         if head is not None and head.kind != "branch":
             raise InvalidInput(f"{branch!r} is a tag of {model!r}; commits go to branches")
         expected = parent if parent is not None else (head.version if head else None)
-        if parent is not None and head is None:
-            raise NotFound(f"model {model!r} has no branch {branch!r}")
+        if head is None and (parent is not None or self.catalog.refs(model)):
+            raise NotFound(f"model {model!r} has no branch {branch!r}; create it with `llmk store branch`")
         if not entries:
             raise InvalidInput("a commit needs at least one tensor entry")
         frozen = sorted(n for n in entries if any_match(n, m.frozen))
