@@ -9,13 +9,23 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pytest
 import torch
+
+if TYPE_CHECKING:  # imported lazily below: generated gRPC code exists only after `make proto`
+    import grpc
+    import psycopg
+
+    from llmk.adapters.importers import Imported
+    from llmk.app.store import Store
+    from llmk.client import GrpcStoreClient, LocalStoreClient
+    from llmk.config import Settings
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -44,12 +54,12 @@ def _with_database(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
-def _drop(admin, name: str) -> None:  # noqa: ANN001 - a psycopg connection
+def _drop(admin: psycopg.Connection, name: str) -> None:
     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[tuple]:
+def postgres_admin() -> Iterator[tuple[psycopg.Connection, str]]:
     """An autocommit connection to the server's maintenance database and a migrated template."""
     import psycopg
     from sqlalchemy import create_engine
@@ -78,7 +88,7 @@ def postgres_admin() -> Iterator[tuple]:
 
 
 @pytest.fixture
-def postgres_url(postgres_admin: tuple) -> Iterator[str]:
+def postgres_url(postgres_admin: tuple[psycopg.Connection, str]) -> Iterator[str]:
     """A fresh, migrated database for one test, dropped afterwards: tests never share rows."""
     admin, template = postgres_admin
     name = f"llmk_test_{uuid.uuid4().hex[:12]}"
@@ -103,7 +113,7 @@ def rabbitmq_url() -> str:
     return AMQP_URL
 
 
-def make_settings(home: Path, database_url: str = "", **overrides):  # noqa: ANN201
+def make_settings(home: Path, database_url: str = "", **overrides: object) -> Settings:
     """Settings independent of the caller's LLMK_* environment."""
     from llmk.config import Settings
 
@@ -122,7 +132,7 @@ def make_settings(home: Path, database_url: str = "", **overrides):  # noqa: ANN
 @pytest.fixture(
     params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
 )
-def settings(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Embedded settings over SQLite under a temporary home, or over a fresh PostgreSQL database."""
     home = tmp_path / "home"
     if request.param == "sqlite":
@@ -131,7 +141,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
 
 
 @pytest.fixture
-def store(settings):  # noqa: ANN001, ANN201
+def store(settings: Settings) -> Iterator[Store]:
     from llmk.wiring import open_store
 
     s = open_store(settings)
@@ -143,23 +153,23 @@ def store(settings):  # noqa: ANN001, ANN201
 class Tiny:
     """A store holding synthetic:llama-tiny as model `tiny`, and the tensors it was imported from."""
 
-    store: object  # llmk.app.store.Store
-    client: object  # llmk.client.LocalStoreClient
-    settings: object
+    store: Store
+    client: LocalStoreClient
+    settings: Settings
     model: str
     tensors: dict[str, torch.Tensor]
     version: int
 
 
 @pytest.fixture(scope="session")
-def llama_tiny():  # noqa: ANN201
+def llama_tiny() -> Imported:
     from llmk.adapters.importers import load_source
 
     return load_source("synthetic:llama-tiny")
 
 
 @pytest.fixture
-def tiny(store, settings, llama_tiny) -> Tiny:  # noqa: ANN001
+def tiny(store: Store, settings: Settings, llama_tiny: Imported) -> Tiny:
     from llmk.app.store import CommitInfo
     from llmk.client import LocalStoreClient
 
@@ -171,12 +181,12 @@ def tiny(store, settings, llama_tiny) -> Tiny:  # noqa: ANN001
 
 @dataclass
 class GrpcStore:
-    client: object  # llmk.client.GrpcStoreClient
+    client: GrpcStoreClient
     address: str
-    settings: object
+    settings: Settings
 
 
-def start_grpc_store(settings) -> tuple[object, GrpcStore]:  # noqa: ANN001
+def start_grpc_store(settings: Settings) -> tuple[grpc.Server, GrpcStore]:
     """A store service on a free loopback port and a client with the service's token."""
     from llmk.client import GrpcStoreClient
     from services.store.main import build
@@ -190,11 +200,11 @@ def start_grpc_store(settings) -> tuple[object, GrpcStore]:  # noqa: ANN001
 
 
 @pytest.fixture
-def grpc_server():  # noqa: ANN201
+def grpc_server() -> Iterator[Callable[[Settings], GrpcStore]]:
     """Factory: start_grpc_store(settings), stopped at teardown."""
-    running = []
+    running: list[tuple[grpc.Server, GrpcStore]] = []
 
-    def start(settings) -> GrpcStore:  # noqa: ANN001
+    def start(settings: Settings) -> GrpcStore:
         server, handle = start_grpc_store(settings)
         running.append((server, handle))
         return handle
@@ -206,5 +216,6 @@ def grpc_server():  # noqa: ANN201
 
 
 @pytest.fixture
-def grpc_store(settings, grpc_server) -> GrpcStore:  # noqa: ANN001
+def grpc_store(settings: Settings, grpc_server: Callable[[Settings], GrpcStore]) -> GrpcStore:
+    """The store service on a free loopback port over `settings`, and a GrpcStoreClient to it."""
     return grpc_server(settings)

@@ -55,7 +55,7 @@ def make_env(
     """Factory: an Env over `settings` changed by keyword overrides, llama-tiny imported as `tiny`."""
     stores: list[Store] = []
 
-    def make(import_tiny: bool = True, **overrides) -> Env:  # noqa: ANN003
+    def make(import_tiny: bool = True, **overrides: object) -> Env:
         s = settings.model_copy(update=overrides)
         if transport == "local":
             stores.append(open_store(s))

@@ -39,9 +39,7 @@ BAD_FILES = {
     "tensor entry not an object": file_with_header({"w": 5}, bytes(16)),
     "unknown dtype": file_with_header({"w": {**F32x4, "dtype": "Q3"}}, bytes(16)),
     "shape disagrees with offsets": file_with_header({"w": {**F32x4, "shape": [5]}}, bytes(16)),
-    "overlapping tensors": file_with_header(
-        {"a": F32x4, "b": {**F32x4, "data_offsets": [8, 24]}}, bytes(24)
-    ),
+    "overlapping tensors": file_with_header({"a": F32x4, "b": {**F32x4, "data_offsets": [8, 24]}}, bytes(24)),
     "deeply nested metadata": file_with_header(b'{"__metadata__": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
     "metadata values not strings": file_with_header({"__metadata__": {"a": 1}, "w": F32x4}, bytes(16)),
 }

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
 import torch
 from contract_support import NORM, UP0, corrupt_in_place, sparse
 
+from llmk.adapters.importers import Imported
+from llmk.app.store import Store
 from llmk.client import GrpcStoreClient
+from llmk.config import Settings
 from llmk.domain.deltas import Delta, full
 from llmk.domain.versions import part_key
 from llmk.errors import Unauthenticated
@@ -23,7 +26,7 @@ MODEL = "tiny"
 
 
 @pytest.fixture
-def served(settings, grpc_server, llama_tiny):  # noqa: ANN001, ANN201
+def served(settings: Settings, grpc_server: Callable, llama_tiny: Imported) -> Iterator[tuple]:
     """A store service holding llama-tiny, a raw stub to it, and a store to inspect its rows."""
     handle = grpc_server(settings)
     t = llama_tiny
@@ -45,7 +48,7 @@ def commit_stream(
         yield pb.CommitRequest(chunk=chunk)
 
 
-def status(call) -> grpc.StatusCode:  # noqa: ANN001
+def status(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as caught:
         result = call()
         if isinstance(result, Iterator):
@@ -53,7 +56,7 @@ def status(call) -> grpc.StatusCode:  # noqa: ANN001
     return caught.value.code()
 
 
-def history(inspect) -> list[tuple[int, int | None]]:  # noqa: ANN001
+def history(inspect: Store) -> list[tuple[int, int | None]]:
     return [(v.id, v.parent) for v in inspect.catalog.versions(MODEL)]
 
 
@@ -74,14 +77,10 @@ def test_each_error_class_has_its_status_code(served) -> None:
     assert status(lambda: stub.Commit(commit_stream(frozen))) == code.PERMISSION_DENIED
     assert [v for v, _ in history(inspect)] == [1, 2]
     sha = inspect.version(MODEL, "1").entries[0].object
-    corrupt_in_place(settings_objects(handle) / sha[:2] / sha[2:])
+    corrupt_in_place(handle.settings.objects_path / sha[:2] / sha[2:])
     assert status(lambda: stub.FetchTensors(pb.FetchRequest(model=MODEL))) == code.DATA_LOSS
     assert status(lambda: stub.Squash(pb.SquashRequest(model=MODEL))) == code.DATA_LOSS
     assert [v for v, _ in history(inspect)] == [1, 2]
-
-
-def settings_objects(handle):  # noqa: ANN001, ANN201
-    return handle.settings.objects_path
 
 
 BAD_STREAMS = {
@@ -106,7 +105,11 @@ BAD_STREAMS = {
             pb.CommitRequest(header=pb.CommitHeader(model=MODEL, kinds={NORM: "full"})),
             pb.CommitRequest(
                 chunk=common_pb2.TensorChunk(
-                    name=part_key(NORM, "tensor"), dtype="float32", shape=[64], total_bytes=256, data=bytes(300)
+                    name=part_key(NORM, "tensor"),
+                    dtype="float32",
+                    shape=[64],
+                    total_bytes=256,
+                    data=bytes(300),
                 )
             ),
         ]
@@ -202,9 +205,10 @@ def test_an_oversized_message_is_refused_and_commits_nothing(settings, grpc_serv
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert [v.id for v in inspect.catalog.versions(MODEL)] == [v1.id]
         v2 = handle.client.commit(MODEL, big)  # the client's own chunks stay under the limit
-        assert handle.client.fetch(MODEL, names=["model.big"])["model.big"].numel() == big[
-            "model.big"
-        ].parts["tensor"].numel()
+        assert (
+            handle.client.fetch(MODEL, names=["model.big"])["model.big"].numel()
+            == big["model.big"].parts["tensor"].numel()
+        )
         assert handle.client.version(MODEL).id == v2.id
     finally:
         channel.close()

@@ -36,7 +36,9 @@ def test_import_then_export_is_bit_exact(env, tmp_path) -> None:
     model = env.client.model(env.model)
     assert model.config["hidden_size"] == 64 and "config.json" in model.files
     assert b'"hidden_size": 64' in env.client.file(env.model, "config.json")
-    assert [(r.name, r.kind, r.version) for r in env.client.refs(env.model)] == [("main", "branch", env.first)]
+    assert [(r.name, r.kind, r.version) for r in env.client.refs(env.model)] == [
+        ("main", "branch", env.first)
+    ]
     v = env.client.version(env.model)
     assert v.id == env.first and v.parent is None and v.message == "import"
     assert {e.name for e in v.entries} == set(env.tensors) and {e.kind for e in v.entries} == {"full"}
@@ -205,6 +207,8 @@ def test_branch_tag_and_rollback_only_add_history(env) -> None:
     assert (rb.parent, rb.basis, rb.metadata.get("rollback_to")) == (v2.id, first, first)
     assert env.head("main") == rb.id
     assert [v.id for v in env.client.log(env.model)] == [rb.id, v2.id, first]
+    assert [v.id for v in env.client.log(env.model, "main", limit=2)] == [rb.id, v2.id]
+    assert [(c.name, c.nnz) for c in env.client.diff(env.model, str(v2.id), "main")] == [(NORM, 64)]
     assert_same_tensors(env.client.fetch(env.model), env.tensors)
     v2_values = env.client.fetch(env.model, str(v2.id))
     assert torch.equal(v2_values[NORM], env.tensors[NORM] + 1)  # nothing was deleted
@@ -292,7 +296,9 @@ def test_idempotency_key_returns_the_first_version(env) -> None:
     assert again.id == v.id and env.history() == history
     assert env.client.fetch(env.model, names=[UP0])[UP0][0, 0] == env.tensors[UP0][0, 0] + 1
     assert env.client.version(env.model).idempotency_key == "job-42/step-7"
-    other = env.client.commit(env.model, {UP0: sparse([0], [1.0])}, "main", v.id, CommitInfo(idempotency_key="b"))
+    other = env.client.commit(
+        env.model, {UP0: sparse([0], [1.0])}, "main", v.id, CommitInfo(idempotency_key="b")
+    )
     assert other.id != v.id
 
 
@@ -308,9 +314,10 @@ def test_long_chains_are_served_from_a_cached_materialization(make_env) -> None:
     chain, snapshot = env.inspect.catalog.chain(env.model, head)
     assert snapshot is not None and chain == []
     assert_same_tensors(env.client.fetch(env.model), expected)
-    assert_same_tensors(env.client.fetch(env.model, selector="model.layers.0.mlp"), {
-        n: t for n, t in expected.items() if n.startswith("model.layers.0.mlp.")
-    })
+    assert_same_tensors(
+        env.client.fetch(env.model, selector="model.layers.0.mlp"),
+        {n: t for n, t in expected.items() if n.startswith("model.layers.0.mlp.")},
+    )
     for i in range(4):
         head = env.client.commit(env.model, {UP0: sparse([100 + i], [1.0])}, "main", head).id
         expected[UP0].view(-1)[100 + i] += 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from contract_support import (
@@ -31,6 +33,15 @@ NOT_FOUND = {
     "commit on a parent of an unknown branch": lambda e, tmp: e.client.commit(
         e.model, {NORM: sparse([0], [1.0])}, "nobranch", e.first
     ),
+    "commit of full values on an unknown parent": lambda e, tmp: e.client.commit(
+        e.model, {NORM: full(torch.ones(64))}, "main", 999
+    ),
+    "commit of a delta on an unknown parent": lambda e, tmp: e.client.commit(
+        e.model, {NORM: sparse([0], [1.0])}, "main", 999
+    ),
+    "commit_full on an unknown parent": lambda e, tmp: e.client.commit_full(
+        e.model, {NORM: torch.zeros(64)}, "main", 999
+    ),
     "commit_full to an unknown model": lambda e, tmp: e.client.commit_full("nope", {NORM: torch.ones(64)}),
     "diff against an unknown version": lambda e, tmp: e.client.diff(e.model, "main", "999"),
     "branch from an unknown ref": lambda e, tmp: e.client.branch(e.model, "b", "nope"),
@@ -45,7 +56,7 @@ NOT_FOUND = {
 }
 
 
-def expect_each(error: type[Exception], cases: dict, *args) -> None:  # noqa: ANN002
+def expect_each(error: type[Exception], cases: dict, *args: object) -> None:
     """Run every case (one store set-up for all); report each case that raised anything else."""
     wrong = {}
     for label, call in cases.items():
@@ -54,7 +65,7 @@ def expect_each(error: type[Exception], cases: dict, *args) -> None:  # noqa: AN
             wrong[label] = "no error"
         except error:
             pass
-        except Exception as e:  # noqa: BLE001 - reported below, with the case's name
+        except Exception as e:  # reported below, with the case's name
             wrong[label] = f"{type(e).__name__}: {e}"
     assert not wrong, f"expected {error.__name__}: {wrong}"
 
@@ -163,7 +174,7 @@ def test_a_rejected_import_creates_no_model(env, tensors) -> None:
     assert env.client.version("broken").id == v.id
 
 
-def object_of(env, version: int, name: str):  # noqa: ANN201
+def object_of(env, version: int, name: str) -> Path:  # env: conftest.Env
     sha = next(e.object for e in env.client.version(env.model, str(version)).entries if e.name == name)
     return env.objects / sha[:2] / sha[2:]
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -85,6 +86,20 @@ class SnapshotRow(Base):
     __tablename__ = "snapshots"
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
     object: Mapped[str] = mapped_column(String(64))
+
+
+# A version's basis chain back to the first version holding a snapshot (or to the root).
+_CHAIN = text("""
+    WITH RECURSIVE chain(id, basis_id, depth, snap) AS (
+        SELECT v.id, v.basis_id, 0, s.object FROM versions v
+            LEFT JOIN snapshots s ON s.version_id = v.id WHERE v.id = :v
+        UNION ALL
+        SELECT v.id, v.basis_id, c.depth + 1, s.object FROM versions v
+            JOIN chain c ON v.id = c.basis_id AND c.snap IS NULL
+            LEFT JOIN snapshots s ON s.version_id = v.id
+    )
+    SELECT id, snap FROM chain ORDER BY depth
+""")
 
 
 def make_engine(url: str) -> Engine:
@@ -234,21 +249,18 @@ class Catalog:
         Stops at the newest version with a cached snapshot, whose object sha is returned.
         """
         with self._tx() as s:
-            rows: list[VersionRow] = []
-            snapshot = None
-            vid: int | None = version_id
-            while vid is not None:
-                row = s.get(VersionRow, vid)
-                if row is None:
-                    raise NotFound(f"model {model!r} has no version {vid}")
-                snap = s.get(SnapshotRow, vid)
+            links = s.execute(_CHAIN, {"v": version_id}).all()  # one round trip, however long the chain
+            if not links:
+                raise NotFound(f"model {model!r} has no version {version_id}")
+            ids, snapshot = [], None
+            for vid, snap in links:
                 if snap is not None:
-                    snapshot = snap.object
+                    snapshot = snap
                     break
-                rows.append(row)
-                vid = row.basis_id
-            entries = self._entries(s, [r.id for r in rows])
-            return [_version(r, model, entries.get(r.id, [])) for r in rows], snapshot
+                ids.append(vid)
+            rows = {r.id: r for r in s.scalars(select(VersionRow).where(VersionRow.id.in_(ids or [-1])))}
+            entries = self._entries(s, ids)
+            return [_version(rows[i], model, entries.get(i, [])) for i in ids], snapshot
 
     @staticmethod
     def _entries(s: Session, ids: list[int]) -> dict[int, list[Entry]]:

@@ -157,7 +157,11 @@ class ObjectStore:
 
     @staticmethod
     def age_seconds(path: Path) -> float:
-        return time.time() - path.stat().st_mtime
+        """Seconds since the file was written; 0 for a file a writer renamed or removed meanwhile."""
+        try:
+            return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
 
 def _file_state(p: Path) -> tuple[int, int, int]:

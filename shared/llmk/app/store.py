@@ -111,6 +111,8 @@ class Store:
         expected = parent if parent is not None else (head.version if head else None)
         if head is None and (parent is not None or self.catalog.refs(model)):
             raise NotFound(f"model {model!r} has no branch {branch!r}; create it with `llmk store branch`")
+        if parent is not None and head is not None and parent != head.version:
+            self.catalog.version(model, parent, with_entries=False)  # unknown: NotFound; else a Conflict
         if not entries:
             raise InvalidInput("a commit needs at least one tensor entry")
         frozen = sorted(n for n in entries if any_match(n, m.frozen))

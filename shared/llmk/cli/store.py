@@ -10,6 +10,7 @@ import typer
 from llmk.app.store import CommitInfo
 from llmk.cli.context import Json, client, split_ref
 from llmk.cli.output import emit, human_bytes
+from llmk.errors import InvalidInput
 
 app = typer.Typer(
     help="Versioned model parameters: import, commit, export, diff, roll back, collect.", no_args_is_help=True
@@ -124,7 +125,7 @@ def diff(
     """Which tensors differ between two versions: delta type, changed values, norm of the change."""
     (model, ra), (model_b, rb) = split_ref(a), split_ref(b)
     if model != model_b:
-        raise typer.BadParameter(f"both sides must name the same model ({model} vs {model_b})")
+        raise InvalidInput(f"both sides must name the same model ({model} vs {model_b})")
     with client() as c:
         changes = c.store.diff(model, ra or "main", rb or "main")
     emit(json_, changes, title=f"{a} .. {b}")
