@@ -316,3 +316,12 @@ def test_valid_deltas_pass() -> None:
         Delta(Kind.DENSE, {"diff": torch.zeros(SHAPE)}),
     ):
         deltas.validate("model.w", delta, SHAPE, F32)
+
+
+@pytest.mark.parametrize("kind", [Kind.SPARSE_SET, Kind.ROWS_SET])
+def test_a_replacement_naming_one_position_twice_is_rejected(kind: Kind) -> None:
+    key = "indices" if kind is Kind.SPARSE_SET else "rows"
+    values = torch.ones(2) if kind is Kind.SPARSE_SET else torch.ones(2, 3)
+    d = Delta(kind, {key: torch.tensor([1, 1]), "values": values})
+    with pytest.raises(InvalidDelta, match="twice"):
+        deltas.validate("w", d, (4, 3), torch.float32)
