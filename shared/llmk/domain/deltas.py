@@ -100,7 +100,8 @@ def _validate_against(name: str, delta: Delta, shape: tuple[int, ...], dtype: to
         if p["values"].shape != p["indices"].shape:
             raise InvalidDelta(f"{name}: {p['indices'].numel()} indices but {p['values'].numel()} values")
     ids = p["indices"] if "indices" in p else p.get("rows")
-    if delta.kind in (Kind.SPARSE_SET, Kind.ROWS_SET) and ids is not None and ids.numel() != ids.unique().numel():
+    replaces = delta.kind in (Kind.SPARSE_SET, Kind.ROWS_SET)
+    if replaces and ids is not None and ids.numel() != ids.unique().numel():
         raise InvalidDelta(f"{name}: a {delta.kind} delta names a position twice (ambiguous replacement)")
     if delta.kind in (Kind.ROWS, Kind.ROWS_SET):
         _check_index(name, p["rows"], shape[0] if shape else 0, "row")
