@@ -207,3 +207,13 @@ def test_a_corrupt_model_file_is_never_served(env) -> None:
     corrupt_in_place(env.objects / sha[:2] / sha[2:])
     with pytest.raises(Corrupt):
         env.client.file(env.model, "config.json")
+
+
+def test_an_import_that_died_before_its_first_version_can_be_redone(store) -> None:  # noqa: ANN001
+    from llmk.adapters.importers import load_source
+    from llmk.app.store import CommitInfo
+
+    imported = load_source("synthetic:llama-tiny")
+    store.catalog.create_model("half", imported.config, {})  # the row a killed import leaves behind
+    v = store.create_model("half", imported.tensors, imported.config, imported.files, CommitInfo())
+    assert [r.name for r in store.refs("half")] == ["main"] and store.resolve("half") == v.id

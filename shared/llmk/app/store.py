@@ -17,7 +17,7 @@ from llmk.app.ports import Catalog, Events, Objects
 from llmk.domain import deltas
 from llmk.domain.names import any_match
 from llmk.domain.versions import Entry, Model, Ref, Version, part_key
-from llmk.errors import Frozen, InvalidDelta, InvalidInput, NotFound
+from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 MAIN = "main"
@@ -70,7 +70,13 @@ class Store:
         for tensor_name, tensor in tensors.items():  # reject before the model row exists
             deltas.validate(tensor_name, deltas.full(tensor), None, None)
         blobs = {fname: self.objects.put_bytes(data)[0] for fname, data in files.items()}
-        self.catalog.create_model(name, config, blobs)
+        try:
+            self.catalog.create_model(name, config, blobs)
+        except AlreadyExists:
+            if self.catalog.refs(name):
+                raise
+            # an import that died before its first version committed: take the name over
+            self.catalog.update_model(name, config=config, files=blobs)
         return self.commit(name, {k: deltas.full(t) for k, t in tensors.items()}, MAIN, None, info)
 
     def model(self, name: str) -> Model:
