@@ -7,7 +7,7 @@ import sys
 
 from bench import report
 
-BENCHES = ["bench.bench_store", "bench.bench_inference", "bench.bench_optimizer"]
+BENCHES = ["bench.bench_store", "bench.bench_inference", "bench.bench_compress", "bench.bench_optimizer"]
 
 
 def main() -> None:

@@ -40,10 +40,59 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(2048, description="Longest accepted prompt")
     max_new_tokens: int = Field(1024, description="Largest max_tokens a request may ask for")
     max_labels: int = Field(32, description="Most labels a classify request may score")
+    max_texts: int = Field(64, description="Most texts one classify request may carry")
+    max_sequences: int = Field(8, description="Generation sequences decoded together (KV cache slots)")
+    max_context_tokens: int = Field(
+        2048, description="KV cache length of one sequence (prompt + completion); capped by the model"
+    )
+    serve_model: str = Field(
+        "", description="NAME[@REF] an inference worker loads at start; a branch is followed"
+    )
+    load_options: str = Field(
+        "", description="Comma-separated load-time options (pruning, int8) for served models"
+    )
+    classify_template: str = Field(
+        "{text}\nAnswer:", description="Classify prompt template when a request has none"
+    )
+    default_labels: str = Field(
+        "positive,negative,neutral", description="Comma-separated labels when a classify request names none"
+    )
+    update_drain_seconds: float = Field(
+        120.0, description="A hot update waits this long for running generations to finish, else fails"
+    )
+    version_poll_seconds: float = Field(
+        30.0, description="Workers also check their branch head this often (missed events); 0 = never"
+    )
+    metrics_port: int = Field(0, description="Port of the Prometheus /metrics endpoint; 0 = none")
+    inference_queue: str = Field("inference", description="Celery queue of classify and generate tasks")
+    inference_worker: bool = Field(False, description="`llmk serve inference` also consumes the Celery queue")
+    result_backend: str = Field(
+        "", description="Celery result backend; empty = rpc:// on AMQP brokers, cache+memory:// otherwise"
+    )
+
+    # optimizer
+    optimizer_queue: str = Field("optimizer", description="Celery queue the optimizer's job tasks go to")
+    optimizer_state_dir: Path | None = Field(
+        None,
+        description="Optimizer state and job inputs (safetensors files); default home/optimizer. "
+        "Workers on several machines need it on shared storage",
+    )
+    optimizer_lease_seconds: float = Field(
+        120.0, description="A job's worker lease; a killed worker's job resumes elsewhere after this"
+    )
+    optimizer_task_seconds: float = Field(
+        60.0, description="A job task hands over to a fresh task after running this long"
+    )
+    optimizer_worker: bool = Field(True, description="`llmk serve optimizer` also runs a job worker")
+    optimizer_max_examples: int = Field(100_000, description="Most examples one feedback submission may hold")
 
     @property
     def objects_path(self) -> Path:
         return self.object_dir or self.home / "objects"
+
+    @property
+    def optimizer_state_path(self) -> Path:
+        return self.optimizer_state_dir or self.home / "optimizer"
 
     @property
     def cache_path(self) -> Path:

@@ -3,6 +3,9 @@
 Requests wait at most `max_wait_ms` for company, and a batch holds at most `max_batch_size` prompts;
 requests that share labels and template run as one forward pass. The queue is bounded so an overload is
 refused at once (ResourceExhausted) instead of growing latency without limit.
+
+Each answer names the weight version it was computed with: `version` is read under `lock`, the same lock a
+hot update holds while it changes the weights and the version together.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +22,13 @@ from llmk.errors import ResourceExhausted, Unavailable
 from services.inference.engine.classifier import classify, validate
 from services.inference.engine.model import Model
 
-Probabilities = list[dict[str, float]]
+
+class Probabilities(list[dict[str, float]]):
+    """One {label: probability} dict per prompt, and the weight version that computed them all."""
+
+    def __init__(self, rows: list[dict[str, float]], version: str = ""):
+        super().__init__(rows)
+        self.version = version
 
 
 @dataclass
@@ -43,8 +52,11 @@ class ClassifyBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 256,
         separator: str = " ",
+        version: str = "",
+        on_batch: Callable[[int], None] | None = None,
     ):
         self.model, self.tokenizer, self.separator = model, tokenizer, separator
+        self.version, self.on_batch = version, on_batch  # on_batch(prompts in the forward pass)
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
         self.lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
@@ -110,14 +122,17 @@ class ClassifyBatcher:
             prompts = [p for job in group for p in job.prompts]
             try:
                 with self.lock:
+                    version = self.version
                     results = classify(self.model, self.tokenizer, prompts, labels, template, self.separator)
             except Exception as error:  # one bad group fails its own callers only
                 for job in group:
                     job.future.set_exception(error)
                 continue
+            if self.on_batch is not None:
+                self.on_batch(len(prompts))
             start = 0
             for job in group:
-                job.future.set_result(results[start : start + len(job.prompts)])
+                job.future.set_result(Probabilities(results[start : start + len(job.prompts)], version))
                 start += len(job.prompts)
 
     def _drain(self) -> None:

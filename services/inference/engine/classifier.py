@@ -39,6 +39,8 @@ def _pad(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
 
 def label_scores(model: Model, contexts: list[list[int]], label_ids: list[list[int]]) -> Tensor:
     """Sum of log-probabilities of each label's tokens after each context: [P, L]."""
+    if all(len(lab) == 1 for lab in label_ids):
+        return _next_token_scores(model, contexts, [lab[0] for lab in label_ids])
     rows = [c + lab for c in contexts for lab in label_ids]
     if max(len(r) for r in rows) > model.config.max_positions:
         raise InvalidInput(f"a prompt with its label exceeds {model.config.max_positions} tokens")
@@ -57,6 +59,18 @@ def label_scores(model: Model, contexts: list[list[int]], label_ids: list[list[i
     logp = logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]  # [M]
     scores = torch.zeros(len(rows), device=device).index_add_(0, rows_t, logp)  # [N]
     return scores.view(len(contexts), len(label_ids))
+
+
+def _next_token_scores(model: Model, contexts: list[list[int]], tokens: list[int]) -> Tensor:
+    """Single-token labels are all read off one pass over the prompts, not one pass per label."""
+    if max(len(c) for c in contexts) > model.config.max_positions:
+        raise InvalidInput(f"a prompt exceeds {model.config.max_positions} tokens")
+    device = model.lm_head.weight.device
+    ids, mask = _pad(contexts, device)
+    last = torch.tensor([len(c) - 1 for c in contexts], device=device)
+    hidden = model.features(ids, mask)  # [P, T, D]
+    logits = model.lm_head(hidden[torch.arange(len(contexts), device=device), last]).float()  # [P, V]
+    return logits.log_softmax(-1)[:, torch.tensor(tokens, device=device)]  # [P, L]
 
 
 def classify(

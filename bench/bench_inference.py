@@ -1,0 +1,215 @@
+"""Inference benchmarks on the real SmolLM2-135M on this machine's CPU, each against a baseline measured in
+the same run.
+
+- classification: 16 concurrent clients through the dynamic batcher vs a plain transformers forward, one
+  request at a time (the request's three label continuations as one padded batch);
+- generation: 16 concurrent greedy streams of up to 64 tokens through continuous batching vs transformers
+  `generate` one prompt at a time (tokens per second; both make the same tokens and stop at the same end);
+- hot apply: a version changing 1% of the parameters, commit to the first answer served on it (p50), the
+  change spread over the last 4 layers' MLPs (where fine-tuning lands) and, reported, over every tensor.
+
+python -m bench.bench_inference
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import write
+from llmk.adapters.importers import load_source, smollm2_path
+from llmk.app.store import CommitInfo
+from llmk.client import LocalStoreClient
+from llmk.config import Settings
+from llmk.domain.deltas import Delta, Kind
+from llmk.wiring import open_events, open_store
+from services.inference.engine.generator import Request
+from services.inference.host import Host
+
+CLIENTS = 16
+LABELS = ["positive", "negative", "neutral"]
+TEMPLATE = "Financial headline: {text}\nThe sentiment of this headline (positive, negative or neutral) is:"
+HEADLINES = [
+    "Company reports record quarterly profits, shares jump 12%",
+    "Bank files for bankruptcy after massive loan losses",
+    "Central bank keeps interest rates unchanged",
+    "Retailer cuts 5,000 jobs as sales slump",
+    "Oil prices rise on supply concerns",
+    "Tech giant beats earnings estimates",
+    "Regulator fines lender over compliance failures",
+    "Shares flat ahead of the annual meeting",
+]
+PROMPTS = [f"Write a detailed essay about {topic}." for topic in ("bonds", "stocks", "gold", "tax")]
+NEW_TOKENS = 64
+
+
+def transformers_model() -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def hf_classify(model: Any, tokenizer: Any, text: str) -> list[float]:
+    """The baseline: one request, its label continuations right-padded into one forward pass."""
+    context = tokenizer.encode(TEMPLATE.format(text=text))
+    rows = [context + tokenizer.encode(" " + label, add_special_tokens=False) for label in LABELS]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.no_grad():
+        logp = model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+    scores = [
+        sum(float(logp[i, p - 1, row[p]]) for p in range(len(context), len(row)))
+        for i, row in enumerate(rows)
+    ]
+    return torch.tensor(scores).softmax(-1).tolist()
+
+
+def concurrently(n_clients: int, per_client: int, call: Any) -> float:
+    """Seconds for n_clients threads to make per_client calls each."""
+    threads = [
+        threading.Thread(target=lambda c=c: [call(c * per_client + i) for i in range(per_client)])
+        for c in range(n_clients)
+    ]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
+def classification(host: Host, model: Any, tokenizer: Any) -> dict[str, Any]:
+    host.classify(HEADLINES[:2], LABELS)  # warm up both paths
+    hf_classify(model, tokenizer, HEADLINES[0])
+    n_base = 16
+    start = time.perf_counter()
+    for i in range(n_base):
+        hf_classify(model, tokenizer, HEADLINES[i % len(HEADLINES)])
+    baseline = n_base / (time.perf_counter() - start)
+    per_client = 4
+    seconds = concurrently(
+        CLIENTS, per_client, lambda i: host.classify([HEADLINES[i % len(HEADLINES)]], LABELS)
+    )
+    ours = CLIENTS * per_client / seconds
+    return {
+        "metric": f"classify throughput, {CLIENTS} concurrent clients, dynamic batching",
+        "value": ours,
+        "unit": "requests/s",
+        "baseline": f"transformers forward one request at a time {baseline:.3g} requests/s",
+        "ratio": round(ours / baseline, 2),
+        "goal": ">= 4x",
+    }
+
+
+def generation(host: Host, model: Any, tokenizer: Any) -> dict[str, Any]:
+    start, made = time.perf_counter(), 0
+    for prompt in PROMPTS:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+        with torch.no_grad():
+            out = model.generate(ids, do_sample=False, max_new_tokens=NEW_TOKENS)
+        made += out.shape[1] - ids.shape[1]
+    baseline = made / (time.perf_counter() - start)
+    tokens = [0] * CLIENTS
+
+    def stream(i: int) -> None:
+        request = Request(PROMPTS[i % len(PROMPTS)], chat=True, max_tokens=NEW_TOKENS)  # greedy
+        tokens[i] = host.generate(request).result().completion_tokens
+
+    seconds = concurrently(CLIENTS, 1, stream)
+    ours = sum(tokens) / seconds
+    return {
+        "metric": f"generate throughput, {CLIENTS} concurrent streams of {NEW_TOKENS} tokens",
+        "value": ours,
+        "unit": "tokens/s",
+        "baseline": f"sequential transformers generate {baseline:.3g} tokens/s; {sum(tokens)} tokens made",
+        "ratio": round(ours / baseline, 2),
+        "goal": ">= 3x",
+    }
+
+
+def sparse_version(tensors: dict[str, torch.Tensor], names: list[str], seed: int) -> dict[str, Delta]:
+    """1% of all the model's parameters, spread over `names`, each moved a little."""
+    total = sum(t.numel() for t in tensors.values())
+    per_tensor = max(1, total // 100 // len(names))
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in names:
+        idx = torch.randperm(tensors[name].numel(), generator=g)[:per_tensor].to(torch.int32)
+        out[name] = Delta(Kind.SPARSE, {"indices": idx, "values": torch.randn(len(idx), generator=g) * 1e-3})
+    return out
+
+
+def hot_apply(
+    host: Host, store: LocalStoreClient, tensors: dict[str, torch.Tensor], names: list[str]
+) -> list[float]:
+    """Milliseconds from the commit call to the first answer tagged with the new version; the probe is a
+    one-token answer to a one-word prompt, so the figure is the update's propagation, not a long answer."""
+    probe = Request("Hi", max_tokens=1)
+    times = []
+    for i in range(7):
+        change = sparse_version(tensors, names, i)
+        start = time.perf_counter()
+        v = store.commit("smollm2", change, info=CommitInfo(message=f"1% sparse {i}"))
+        while host.generate(probe).result().version != str(v.id):
+            pass
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="llmk-bench-inference-"))
+    settings = Settings(
+        home=home,
+        device="cpu",
+        max_sequences=CLIENTS,
+        max_context_tokens=256,
+        max_batch_size=CLIENTS,
+        max_wait_ms=10.0,
+        classify_template=TEMPLATE,
+        version_poll_seconds=0,
+    )
+    imported = load_source("smollm2")
+    store = LocalStoreClient(open_store(settings))
+    store.create_model("smollm2", imported.tensors, imported.config, imported.files, CommitInfo())
+    model, tokenizer = transformers_model()
+    torch.set_num_threads(torch.get_num_threads())
+    host = Host(settings, store, open_events(settings))
+    host.load("smollm2")
+    try:
+        rows = [classification(host, model, tokenizer), generation(host, model, tokenizer)]
+        layers = imported.config["num_hidden_layers"]
+        mlps = [
+            f"model.layers.{i}.mlp.{p}.weight"
+            for i in range(layers - 4, layers)
+            for p in ("gate_proj", "up_proj", "down_proj")
+        ]
+        for label, names in (("last 4 layers' MLPs", mlps), ("every tensor", sorted(imported.tensors))):
+            ms = hot_apply(host, store, imported.tensors, names)
+            rows.append(
+                {
+                    "metric": f"hot apply of a 1%-sparse version ({label}), commit to first answer, p50",
+                    "value": statistics.median(ms),
+                    "unit": "ms",
+                    "baseline": f"min {min(ms):.0f} ms, max {max(ms):.0f} ms over {len(ms)}",
+                    "goal": "< 500 ms" if names is mlps else "(reported)",
+                }
+            )
+    finally:
+        host.close()
+    write("inference", rows, "python -m bench.bench_inference")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`llmk serve inference` / `python -m services.inference.main [--worker]`: an inference worker.
+
+One gRPC server carries llmk.v1.Inference and the Open Inference Protocol service; the worker follows
+version events for the branch it serves, exposes Prometheus metrics on LLMK_METRICS_PORT, and with
+`--worker` (or LLMK_INFERENCE_WORKER=1) also consumes the Celery `inference` queue, sharing one batcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from llmk.client import connect
+from llmk.config import Settings
+from llmk.oip import grpc_service_pb2_grpc
+from llmk.rpc.server import make_server
+from llmk.v1 import inference_pb2_grpc
+from llmk.wiring import open_events
+from services.inference import oip, tasks
+from services.inference.host import Host
+from services.inference.servicer import MUTATING, SERVICE, InferenceServicer
+
+log = logging.getLogger("llmk.inference")
+
+
+@dataclass
+class Worker:
+    host: Host
+    server: grpc.Server
+    port: int
+    metrics_port: int = 0
+
+    def stop(self) -> None:
+        self.server.stop(grace=5).wait()
+        self.host.close()
+        self.host.store.close()
+
+
+def build(settings: Settings) -> Worker:
+    """A Host on the configured store and events, loaded with LLMK_SERVE_MODEL when set, and its server."""
+    store = connect(settings)
+    host = Host(settings, store, open_events(settings))
+    if settings.serve_model:
+        name, _, ref = settings.serve_model.partition("@")
+        host.load(name, ref or None)
+    inference, standard = InferenceServicer(host), oip.OipServicer(host)
+    server, port = make_server(
+        [
+            lambda s: inference_pb2_grpc.add_InferenceServicer_to_server(inference, s),
+            lambda s: grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(standard, s),
+        ],
+        [SERVICE, oip.SERVICE],
+        settings.listen,
+        settings.auth_token,
+        MUTATING,
+        settings.max_message_bytes,
+        workers=2 * (settings.max_sequences + settings.max_batch_size) + 8,  # streams hold a thread each
+    )
+    metrics_port = host.metrics.serve(settings.metrics_port) if settings.metrics_port else 0
+    return Worker(host, server, port, metrics_port)
+
+
+def consume(settings: Settings, host: Host) -> None:
+    """Run a Celery worker on the inference queue in this thread until it is told to stop (SIGTERM)."""
+    app = tasks.make_app(settings)
+    tasks.register(app, host)
+    app.Worker(
+        queues=[settings.inference_queue],
+        pool="threads",
+        concurrency=settings.max_batch_size,  # enough tasks in flight to fill a batch
+        loglevel="INFO",
+    ).start()
+
+
+def main(settings: Settings | None = None, worker: bool | None = None) -> None:
+    settings = settings or Settings()
+    running = build(settings)
+    running.server.start()
+    info = running.host.info()
+    log.warning(
+        "llmk inference serving %s@%s on port %d", info.model or "-", info.version or "-", running.port
+    )
+    print(f"llmk inference listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}", flush=True)
+    if running.metrics_port:
+        print(f"llmk inference metrics on port {running.metrics_port}", flush=True)
+    try:
+        if settings.inference_worker if worker is None else worker:
+            consume(settings, running.host)
+        else:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        running.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help="also consume the Celery inference queue")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    main(worker=args.worker or None)

@@ -1,0 +1,81 @@
+"""Celery tasks `llmk.inference.classify` and `llmk.inference.generate` on the `inference` queue.
+
+The tasks only decode, call the Host (whose batcher they share with gRPC callers), encode, and retry when
+the worker is full. Acks are late and prefetch is 1, so a message taken by a worker that dies is delivered
+again, and any number of worker processes share the queue fairly. Producers need only `make_app(settings)`
+and `send_task` by name; workers also `register` the tasks over their Host. Every worker consuming one
+queue should serve the same model (a queue per model: LLMK_INFERENCE_QUEUE), since a task naming another
+model fails with FAILED_PRECONDITION rather than waiting for a worker that has it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from celery import Celery, Task
+
+from llmk.config import Settings
+from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
+from services.inference.engine.generator import Request
+from services.inference.host import Host
+
+CLASSIFY = "llmk.inference.classify"
+GENERATE = "llmk.inference.generate"
+RETRY = dict(
+    autoretry_for=(ResourceExhausted, Unavailable), retry_backoff=True, retry_jitter=True, max_retries=8
+)
+
+
+def result_backend(settings: Settings) -> str:
+    """rpc:// sends results back to the caller over the broker (AMQP); the cache backend is in-process."""
+    if settings.result_backend:
+        return settings.result_backend
+    return "rpc://" if settings.broker_url.startswith(("amqp", "pyamqp")) else "cache+memory://"
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery(
+        "llmk.inference", broker=settings.broker_url, backend=result_backend(settings), set_as_current=False
+    )
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.inference_queue,
+        task_routes={"llmk.inference.*": {"queue": settings.inference_queue}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def register(app: Celery, host: Host) -> None:
+    """The tasks a worker runs, bound to its Host."""
+
+    @app.task(name=CLASSIFY, bind=True, shared=False, acks_late=True, **RETRY)
+    def classify(
+        self: Task,
+        texts: list[str],
+        labels: list[str] | None = None,
+        template: str = "",
+        model: str = "",
+        version: str = "",
+    ) -> dict[str, Any]:
+        answer = host.classify(texts, labels or (), template, model, version)
+        return {"version": answer.version, "results": [dataclasses.asdict(s) for s in answer.results]}
+
+    @app.task(name=GENERATE, bind=True, shared=False, acks_late=True, **RETRY)
+    def generate(self: Task, request: dict[str, Any], model: str = "", version: str = "") -> dict[str, Any]:
+        result = host.generate(request_of(request), model, version).result()
+        return dataclasses.asdict(result)
+
+
+def request_of(fields: dict[str, Any]) -> Request:
+    known = {f.name for f in dataclasses.fields(Request)}
+    if unknown := sorted(set(fields) - known):
+        raise InvalidInput(f"unknown generate field(s) {unknown}; known: {sorted(known)}")
+    return Request(**fields)
