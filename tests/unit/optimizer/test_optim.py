@@ -10,10 +10,11 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from llmk.domain.optim import STEP_KEY, OptimizerKind, OptimizerSpec, clip_grad_norm, optimizer_step
-from llmk.errors import InvalidInput
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from llmk.domain.optim import STEP_KEY, OptimizerKind, OptimizerSpec, clip_grad_norm, optimizer_step
+from llmk.errors import InvalidInput
 
 SHAPES = {"embed.weight": (6, 5), "norm.bias": (5,), "conv.weight": (2, 3, 4)}
 STEPS = 10

@@ -9,6 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
 from llmk.domain.optim import OptimizerSpec, optimizer_step
 from llmk.domain.sparsify import (
     ErrorFeedback,
@@ -18,8 +21,6 @@ from llmk.domain.sparsify import (
     topk_with_feedback,
 )
 from llmk.errors import InvalidInput
-from safetensors.torch import load_file, save_file
-from torch import Tensor
 
 FAST = settings(max_examples=30, deadline=None)
 

@@ -1,0 +1,1 @@
+"""Optimizer tier: jobs turning gradients and feedback into sparse versions; gRPC servicer, Celery tasks."""

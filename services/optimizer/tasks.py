@@ -1,0 +1,117 @@
+"""The optimizer's Celery app and its one task. Tasks hold serialization, retries and acks; the work is
+JobRunner.run, which persists every step, so a redelivered or retried task simply resumes the job.
+
+Acks are late (a worker killed mid-job leaves the message to be redelivered) and a worker takes one message
+at a time. A job leased by another worker is looked at again when that lease would lapse; a job that used
+its time budget continues in a fresh message, so no delivery stays unacknowledged for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from sqlalchemy.exc import OperationalError
+
+from llmk.app.training import BUSY, MORE, JobRunner
+from llmk.config import Settings
+from llmk.errors import Unavailable
+
+log = logging.getLogger("llmk.optimizer")
+RUN_JOB = "llmk.optimizer.run_job"
+TRANSIENT = (Unavailable, OperationalError, ConnectionError)
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("llmk.optimizer", broker=settings.broker_url)
+    app.conf.update(
+        task_default_queue=settings.optimizer_queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if settings.broker_url.startswith("memory"):
+        app.conf.broker_transport_options = {"polling_interval": 0.05}
+    return app
+
+
+class JobTask(Task):
+    """Marks the job failed when its task gives up for good (retries spent, or an unexpected error)."""
+
+    fail_job: Callable[[str, str], Any]
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        self.fail_job(args[0], f"the optimizer worker gave up on this job: {exc!r}")
+
+
+def register_tasks(app: Celery, runner: JobRunner, fail_job: Callable[[str, str], Any]) -> Task:
+    @app.task(
+        name=RUN_JOB,
+        shared=False,  # bound to this app's runner; a shared task would reach every later app too
+        bind=True,
+        base=JobTask,
+        fail_job=fail_job,
+        acks_late=True,
+        autoretry_for=TRANSIENT,
+        retry_backoff=True,
+        retry_backoff_max=60,
+        max_retries=20,
+    )
+    def run_job(self: Task, job_id: str) -> str:
+        result = runner.run(job_id)
+        if result.status == BUSY:  # another worker holds the job; look again when its lease would lapse
+            self.apply_async((job_id,), countdown=result.retry_in + 0.1)
+        elif result.status == MORE:
+            self.apply_async((job_id,))
+        return result.status
+
+    return run_job
+
+
+def scheduler(app: Celery, queue: str) -> Callable[[str], None]:
+    def schedule(job_id: str) -> None:
+        app.send_task(RUN_JOB, (job_id,), queue=queue)
+
+    return schedule
+
+
+class InProcessWorker:
+    """A Celery worker on a thread of this process: the embedded mode's worker, and `serve optimizer`'s."""
+
+    def __init__(self, app: Celery, queue: str):
+        # as Celery's own embedded test worker does: task execution and retries on the pool's threads find
+        # their app as the process default
+        app.set_default()
+        self.controller = app.WorkController(
+            pool="threads",
+            concurrency=1,
+            queues=[queue],
+            hostname=f"optimizer-{uuid.uuid4().hex[:8]}@{socket.gethostname()}",
+            without_mingle=True,
+            without_gossip=True,
+            without_heartbeat=True,
+            loglevel="WARNING",
+        )
+        self.thread = threading.Thread(
+            target=self.controller.start, daemon=True, name="llmk-optimizer-worker"
+        )
+
+    def start(self) -> InProcessWorker:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.controller.stop(in_sighandler=False)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.warning("the optimizer worker did not stop within %.0f s", timeout)
