@@ -13,10 +13,9 @@ from typing import Any
 
 import grpc
 import torch
-from safetensors.torch import save_file
 
 from llmk.app.reading import Change
-from llmk.app.store import MAIN, CommitInfo, Store, VersionStats
+from llmk.app.store import MAIN, CommitInfo, Store, VersionStats, write_export
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind, full
 from llmk.domain.versions import Model, Ref, Version, part_key
@@ -243,15 +242,8 @@ class GrpcStoreClient:
         return from_chunks(self.stub.FetchTensors(request))
 
     def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
-        tensors = self.fetch(model, ref, selector)
-        if not tensors:
-            from llmk.errors import NotFound
-
-            raise NotFound(f"no tensor of {model}@{ref or MAIN} matches {selector!r}")
-        tmp = out.with_name(out.name + ".partial")
-        save_file(tensors, str(tmp), metadata={"model": model, "version": str(self.version(model, ref).id)})
-        tmp.replace(out)
-        return len(tensors)
+        vid = self.version(model, ref).id  # fetch exactly this version, even if the branch moves meanwhile
+        return write_export(self.fetch(model, str(vid), selector), out, model, vid, selector)
 
     @translate
     def diff(self, model: str, a: str, b: str) -> list[Change]:

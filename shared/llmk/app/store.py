@@ -316,13 +316,8 @@ class Store:
         return tensors
 
     def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
-        tensors = self.materialize(model, ref, selector)
-        if not tensors:
-            raise NotFound(f"no tensor of {model}@{ref or MAIN} matches {selector!r}")
-        tmp = out.with_name(out.name + ".partial")
-        save_file(tensors, str(tmp), metadata={"model": model, "version": str(self.resolve(model, ref))})
-        tmp.replace(out)
-        return len(tensors)
+        vid = self.resolve(model, ref)
+        return write_export(self.materialize(model, str(vid), selector), out, model, vid, selector)
 
     def diff(self, model: str, a: str, b: str) -> list[reading.Change]:
         return reading.changes(
@@ -354,6 +349,18 @@ class Store:
             if self.objects.age_seconds(tmp) >= self.gc_grace_seconds and not dry_run:
                 tmp.unlink(missing_ok=True)
         return removed
+
+
+def write_export(
+    tensors: Mapping[str, torch.Tensor], out: Path, model: str, version: int, selector: str
+) -> int:
+    """Write a version's tensors under a temporary name first: a reader never sees half a file."""
+    if not tensors:
+        raise NotFound(f"no tensor of {model}@{version} matches {selector!r}")
+    tmp = out.with_name(out.name + ".partial")
+    save_file(dict(tensors), str(tmp), metadata={"model": model, "version": str(version)})
+    tmp.replace(out)
+    return len(tensors)
 
 
 def _check_name(name: str) -> None:
