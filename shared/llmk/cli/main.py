@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from llmk.cli import infer, store, train
+from llmk.cli import health, infer, store, train
 from llmk.config import Settings
 from llmk.errors import LlmkError
 
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(store.app, name="store")
 train.register(app)
 infer.register(app)
+health.register(app)
 db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
 
