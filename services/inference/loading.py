@@ -19,6 +19,7 @@ import torch
 from llmk.app.store import MAIN
 from llmk.client import StoreClient
 from llmk.config import Settings
+from llmk.domain.names import check_file_name
 from llmk.errors import FailedPrecondition
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.generator import Generator
@@ -108,8 +109,8 @@ def load_tokenizer(store: StoreClient, name: str, files: list[str], vocab_size: 
 
     with tempfile.TemporaryDirectory(prefix="llmk-tokenizer-") as tmp:
         for f in files:
-            if Path(f).name == f and not f.startswith("."):  # a stored name never escapes the folder
-                (Path(tmp) / f).write_bytes(store.file(name, f))
+            check_file_name(f)  # a stored name never escapes the folder, whatever the store let in
+            (Path(tmp) / f).write_bytes(store.file(name, f))
         return AutoTokenizer.from_pretrained(tmp)
 
 

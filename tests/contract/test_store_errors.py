@@ -217,3 +217,34 @@ def test_an_import_that_died_before_its_first_version_can_be_redone(store) -> No
     store.catalog.create_model("half", imported.config, {})  # the row a killed import leaves behind
     v = store.create_model("half", imported.tensors, imported.config, imported.files, CommitInfo())
     assert [r.name for r in store.refs("half")] == ["main"] and store.resolve("half") == v.id
+
+
+BAD_IMPORTS = {
+    "file name climbing out": ("m", {"w": torch.ones(1)}, {"../../x": b"x"}),
+    "absolute file name": ("m", {"w": torch.ones(1)}, {"/abs/x": b"x"}),
+    "file name in a folder": ("m", {"w": torch.ones(1)}, {"sub/tokenizer.json": b"x"}),
+    "hidden file name": ("m", {"w": torch.ones(1)}, {".env": b"x"}),
+    "tensor name with a slash": ("m", {"a/b": torch.ones(1)}, {}),
+    "over-long model name": ("m" * 201, {"w": torch.ones(1)}, {}),
+    "non-ASCII model name": ("modèle", {"w": torch.ones(1)}, {}),
+}
+
+
+def test_bad_names_are_refused_before_anything_is_written(env) -> None:
+    """One name rule on every client and backend: nothing reaches the catalog or the object folder."""
+    objects = sorted(p for p in env.objects.rglob("*") if p.is_file())
+    creates = {
+        label: (lambda case=case: env.client.create_model(case[0], case[1], {}, case[2]))
+        for label, case in BAD_IMPORTS.items()
+    }
+    expect_each(InvalidInput, creates)
+    before = env.history()
+    commits = {
+        "tensor name with a space": lambda: env.client.commit(env.model, {"new tensor": full(torch.ones(1))}),
+        "over-long tensor name": lambda: env.client.commit(env.model, {"t" * 401: full(torch.ones(1))}),
+        "over-long branch name": lambda: env.client.branch(env.model, "b" * 201, "main"),
+        "non-ASCII tag": lambda: env.client.tag(env.model, "tag²", "main"),
+    }
+    expect_each(InvalidInput, commits)
+    assert [m.name for m in env.client.models()] == [env.model] and env.history() == before
+    assert sorted(p for p in env.objects.rglob("*") if p.is_file()) == objects

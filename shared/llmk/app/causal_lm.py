@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from llmk.domain.names import check_file_name
 from llmk.errors import InvalidInput
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -61,6 +62,7 @@ def load_tokenizer(files: Mapping[str, bytes], vocab_size: int) -> Tokenizer:
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
+            check_file_name(name)  # the store refuses such names; a reader never trusts that alone
             (Path(tmp) / name).write_bytes(data)
         return HfTokenizer(AutoTokenizer.from_pretrained(tmp))
 

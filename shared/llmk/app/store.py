@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from llmk.app import reading
 from llmk.app.ports import Catalog, Events, Objects
 from llmk.domain import deltas
-from llmk.domain.names import any_match
+from llmk.domain.names import any_match, check_file_name, check_name, check_tensor_name
 from llmk.domain.versions import Entry, Model, Ref, Version, part_key
 from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
 
@@ -64,10 +64,13 @@ class Store:
         info: CommitInfo,
     ) -> Version:
         """A new model whose first version on `main` holds every tensor in full."""
-        _check_name(name)
+        check_name(name, "model name")
+        for fname in files:
+            check_file_name(fname)
         if not tensors:
             raise InvalidInput(f"model {name!r} needs at least one tensor")
         for tensor_name, tensor in tensors.items():  # reject before the model row exists
+            check_tensor_name(tensor_name)
             deltas.validate(tensor_name, deltas.full(tensor), None, None)
         blobs = {fname: self.objects.put_bytes(data)[0] for fname, data in files.items()}
         try:
@@ -110,6 +113,8 @@ class Store:
         """
         if info.idempotency_key and (done := self.catalog.by_idempotency_key(model, info.idempotency_key)):
             return done
+        for name in entries:
+            check_tensor_name(name)
         m = self.catalog.model(model)
         head = self.catalog.ref(model, branch)
         if head is not None and head.kind != "branch":
@@ -235,11 +240,11 @@ class Store:
         return self.catalog.refs(model)
 
     def branch(self, model: str, name: str, from_ref: str | None = None) -> Ref:
-        _check_name(name)
+        check_name(name, "branch name")
         return self.catalog.create_ref(model, name, "branch", self.resolve(model, from_ref))
 
     def tag(self, model: str, name: str, ref: str | None = None) -> Ref:
-        _check_name(name)
+        check_name(name, "tag name")
         return self.catalog.create_ref(model, name, "tag", self.resolve(model, ref))
 
     def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
@@ -361,11 +366,6 @@ def write_export(
     save_file(dict(tensors), str(tmp), metadata={"model": model, "version": str(version)})
     tmp.replace(out)
     return len(tensors)
-
-
-def _check_name(name: str) -> None:
-    if not name or any(c in name for c in "@/ \t\n") or name.isdigit():
-        raise InvalidInput(f"invalid name {name!r}: use letters, digits, '.', '-', '_' (not only digits)")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

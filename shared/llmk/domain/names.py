@@ -1,9 +1,13 @@
-"""Hierarchical tensor names: `model.layers.3.mlp.up_proj.weight` is layer 3, mlp, tensor."""
+"""Names: one rule for what a user may call a model, branch, tag, tensor or file, and tensor selectors
+(hierarchical: `model.layers.3.mlp.up_proj.weight` is layer 3, mlp, tensor)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
+
+from llmk.errors import InvalidInput
 
 GLOB_CHARS = set("*?[")
 
@@ -24,3 +28,41 @@ def select(names: Iterable[str], selector: str) -> list[str]:
 
 def any_match(name: str, patterns: Iterable[str]) -> bool:
     return any(matches(name, p) for p in patterns)
+
+
+# One rule for every name a user gives the store, checked before anything is written. ASCII only, so
+# SQLite and PostgreSQL store and compare them alike; lengths fit the narrowest column that holds them.
+NAME_MAX = 200  # model, branch, tag and model-file names
+TENSOR_NAME_MAX = 400
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]*")
+
+
+def check_name(name: str, what: str = "name") -> None:
+    """A model, branch or tag name; all digits would read as a version id."""
+    if len(name) > NAME_MAX or not _NAME.fullmatch(name) or name.isdigit():
+        raise InvalidInput(
+            f"invalid {what} {_shown(name)}: use up to {NAME_MAX} ASCII letters, digits, '.', '-', '_', "
+            "starting with a letter or digit (not only digits)"
+        )
+
+
+def check_tensor_name(name: str) -> None:
+    if len(name) > TENSOR_NAME_MAX or not _TENSOR_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid tensor name {_shown(name)}: use up to {TENSOR_NAME_MAX} ASCII letters, digits, "
+            "'.', '-', '_', ':', starting with a letter, digit or '_'"
+        )
+
+
+def check_file_name(name: str) -> None:
+    """A model file lands in a folder by this name: one plain component, never a path out of it."""
+    if len(name) > NAME_MAX or not _NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid model file name {_shown(name)}: one file name of up to {NAME_MAX} ASCII letters, "
+            "digits, '.', '-', '_', starting with a letter or digit (no folders, no '..')"
+        )
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 60 else name[:60] + "...")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 from llmk.adapters.importers import load_source
 from llmk.app.causal_lm import ByteTokenizer, Scorer, build_model, load_tokenizer
 from llmk.app.feedback import macro_f1
+from llmk.errors import InvalidInput
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +57,13 @@ def test_macro_f1_matches_a_hand_computation() -> None:
 def test_models_without_tokenizer_files_get_byte_tokens() -> None:
     tokenizer = load_tokenizer({"config.json": b"{}"}, vocab_size=49152)
     assert isinstance(tokenizer, ByteTokenizer) and tokenizer.encode("hé") == [104, 195, 169]
+
+
+@pytest.mark.parametrize("name", ["../../escaped.json", "/tmp/llmk-absolute.json"])
+def test_a_tokenizer_file_name_never_writes_outside_its_folder(name: str) -> None:
+    """The store refuses such names; the loader refuses them too, for stores that did not."""
+    files = {"tokenizer.json": b"{}", name: b"x"}
+    with pytest.raises(InvalidInput, match="file name"):
+        load_tokenizer(files, vocab_size=49152)
+    assert not Path("/tmp/llmk-absolute.json").exists()
+    assert not Path(tempfile.gettempdir(), "..", "escaped.json").exists()
