@@ -10,13 +10,14 @@ from llmk.config import Settings
 from llmk.rpc.server import make_server
 from llmk.v1 import store_pb2_grpc
 from llmk.wiring import open_store
+from services.store.metrics import Metrics
 from services.store.servicer import MUTATING, SERVICE, StoreServicer
 
 log = logging.getLogger("llmk.store")
 
 
-def build(settings: Settings):  # noqa: ANN201 - returns (grpc.Server, port)
-    servicer = StoreServicer(open_store(settings), settings)
+def build(settings: Settings, metrics: Metrics | None = None):  # noqa: ANN201 - returns (grpc.Server, port)
+    servicer = StoreServicer(open_store(settings), settings, metrics)
     return make_server(
         [lambda s: store_pb2_grpc.add_ParameterStoreServicer_to_server(servicer, s)],
         [SERVICE],
@@ -29,8 +30,11 @@ def build(settings: Settings):  # noqa: ANN201 - returns (grpc.Server, port)
 
 def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
-    server, port = build(settings)
+    metrics = Metrics()
+    server, port = build(settings, metrics)
     server.start()
+    if settings.metrics_port:
+        print(f"llmk store metrics on port {metrics.serve(settings.metrics_port)}", flush=True)
     log.warning("llmk store serving on port %d (database %s)", port, settings.sqlalchemy_url.split("@")[-1])
     print(f"llmk store listening on {settings.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     stop = threading.Event()

@@ -16,6 +16,7 @@ from llmk.rpc import codec
 from llmk.rpc.tensors import from_chunks, to_chunks
 from llmk.v1 import common_pb2, store_pb2_grpc
 from llmk.v1 import store_pb2 as pb
+from services.store.metrics import Metrics
 
 SERVICE = "llmk.v1.ParameterStore"
 MUTATING = {
@@ -24,29 +25,33 @@ MUTATING = {
 
 
 class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
-    def __init__(self, store: Store, settings: Settings):
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics | None = None):
         self.store = store
+        self.metrics = metrics or Metrics()
         self.chunk_bytes = min(settings.chunk_bytes, 4 << 20)
 
     def CreateModel(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
-        header, parts = _read_commit(request_iterator)
-        tensors = _full_tensors(header, parts)
-        v = self.store.create_model(
-            header.model, tensors, _json(header.config_json, "config_json"), dict(header.files), _info(header)
-        )
+        with self.metrics.track("CreateModel"):
+            header, parts = _read_commit(request_iterator)
+            tensors = _full_tensors(header, parts)
+            config = _json(header.config_json, "config_json")
+            v = self.store.create_model(header.model, tensors, config, dict(header.files), _info(header))
+        self.metrics.committed("create", v)
         return codec.version_to_pb(v)
 
     def Commit(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
-        header, parts = _read_commit(request_iterator)
-        parent = header.parent if header.HasField("parent") else None
-        branch = header.branch or "main"
-        if header.full_weights:
-            tensors = _full_tensors(header, parts)
-            return codec.version_to_pb(
-                self.store.commit_full(header.model, tensors, branch, parent, _info(header))
-            )
-        entries = {n: _delta(n, kind, parts) for n, kind in header.kinds.items()}
-        return codec.version_to_pb(self.store.commit(header.model, entries, branch, parent, _info(header)))
+        with self.metrics.track("Commit"):
+            header, parts = _read_commit(request_iterator)
+            parent = header.parent if header.HasField("parent") else None
+            branch = header.branch or "main"
+            if header.full_weights:
+                tensors = _full_tensors(header, parts)
+                v = self.store.commit_full(header.model, tensors, branch, parent, _info(header))
+            else:
+                entries = {n: _delta(n, kind, parts) for n, kind in header.kinds.items()}
+                v = self.store.commit(header.model, entries, branch, parent, _info(header))
+        self.metrics.committed("full" if header.full_weights else "delta", v)
+        return codec.version_to_pb(v)
 
     def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
         return codec.model_to_pb(self.store.model(request.model), self.store.refs(request.model))
@@ -57,7 +62,8 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         )
 
     def GetFile(self, request: pb.FileRequest, context: grpc.ServicerContext):
-        return pb.FileData(data=self.store.file(request.model, request.name))
+        with self.metrics.track("GetFile"):
+            return pb.FileData(data=self.store.file(request.model, request.name))
 
     def GetVersion(self, request: pb.VersionRequest, context: grpc.ServicerContext):
         return codec.version_to_pb(self.store.version(request.model, request.ref or None))
@@ -67,6 +73,9 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         return pb.VersionList(versions=[codec.version_to_pb(v) for v in versions])
 
     def FetchTensors(self, request: pb.FetchRequest, context: grpc.ServicerContext):
+        return self.metrics.streamed("FetchTensors", self._chunks(request))
+
+    def _chunks(self, request: pb.FetchRequest) -> Iterator[common_pb2.TensorChunk]:
         tensors = self.store.materialize(
             request.model, request.ref or None, request.selector, list(request.names) or None
         )
@@ -87,9 +96,10 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         return codec.ref_to_pb(make(request.model, request.name, request.from_ref or None))
 
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext):
-        v = self.store.rollback(
-            request.model, request.to, request.branch or "main", CommitInfo(author=request.author or "llmk")
-        )
+        with self.metrics.track("Rollback"):
+            info = CommitInfo(author=request.author or "llmk")
+            v = self.store.rollback(request.model, request.to, request.branch or "main", info)
+        self.metrics.committed("rollback", v)
         return codec.version_to_pb(v)
 
     def Freeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext):
@@ -97,7 +107,10 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         return codec.model_to_pb(m, self.store.refs(request.model))
 
     def Squash(self, request: pb.SquashRequest, context: grpc.ServicerContext):
-        v = self.store.squash(request.model, request.ref or None, CommitInfo(author=request.author or "llmk"))
+        with self.metrics.track("Squash"):
+            info = CommitInfo(author=request.author or "llmk")
+            v = self.store.squash(request.model, request.ref or None, info)
+        self.metrics.committed("squash", v)
         return codec.version_to_pb(v)
 
     def Gc(self, request: pb.GcRequest, context: grpc.ServicerContext):
