@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from llmk.bus.queues import celery_queue_options
 from llmk.config import Settings
 from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
 from services.inference.engine.generator import Request
@@ -49,6 +50,7 @@ def make_app(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        **celery_queue_options(settings.queue_type),
     )
     return app
 

@@ -19,6 +19,7 @@ from celery import Celery, Task
 from sqlalchemy.exc import OperationalError
 
 from llmk.app.training import BUSY, MORE, JobRunner
+from llmk.bus.queues import celery_queue_options
 from llmk.config import Settings
 from llmk.errors import Unavailable
 
@@ -39,6 +40,7 @@ def make_app(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        **celery_queue_options(settings.queue_type),
     )
     if settings.broker_url.startswith("memory"):
         app.conf.broker_transport_options = {"polling_interval": 0.05}

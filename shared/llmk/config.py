@@ -15,6 +15,11 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under home")
     object_dir: Path | None = Field(None, description="Content-addressed object files; default home/objects")
     broker_url: str = Field("memory://", description="Celery/kombu broker; memory:// is in-process")
+    queue_type: str = Field(
+        "classic",
+        description="Type of the task queues Celery declares: classic, or quorum (replicated, with a "
+        "delivery limit; the deployments declare them so, see infra/rabbitmq/definitions.json)",
+    )
     auto_migrate: bool = Field(True, description="Run Alembic migrations when the store opens")
 
     # gRPC
