@@ -28,6 +28,7 @@ from llmk.client import StoreClient, connect
 from llmk.config import Settings
 from llmk.rpc.server import make_server
 from llmk.v1 import optimizer_pb2_grpc
+from services.optimizer.metrics import Metrics
 from services.optimizer.servicer import MUTATING, SERVICE, OptimizerServicer
 from services.optimizer.tasks import InProcessWorker, make_app, register_tasks, scheduler
 
@@ -44,6 +45,7 @@ class Runtime:
     jobs: JobService
     runner: JobRunner
     store: StoreClient
+    metrics: Metrics
 
     def close(self) -> None:
         self.store.close()
@@ -62,8 +64,9 @@ def wire(settings: Settings) -> Runtime:
         repo, store, blobs, scheduler(app, settings.optimizer_queue), settings.optimizer_max_examples
     )
     runner = JobRunner(repo, store, blobs, settings.optimizer_lease_seconds, settings.optimizer_task_seconds)
-    register_tasks(app, runner, jobs.fail)
-    return Runtime(settings, app, jobs, runner, store)
+    metrics = Metrics()
+    register_tasks(app, runner, jobs.fail, metrics)
+    return Runtime(settings, app, jobs, runner, store, metrics)
 
 
 def build(runtime: Runtime) -> tuple[grpc.Server, int]:
@@ -114,6 +117,8 @@ def main(settings: Settings | None = None) -> None:
         resume_unfinished(runtime)
     log.warning("llmk optimizer serving on port %d (queue %s)", port, settings.optimizer_queue)
     print(f"llmk optimizer listening on {settings.listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    if settings.metrics_port:
+        print(f"llmk optimizer metrics on port {runtime.metrics.serve(settings.metrics_port)}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

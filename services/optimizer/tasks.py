@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from llmk.app.training import BUSY, MORE, JobRunner
 from llmk.bus.queues import celery_queue_options
 from llmk.config import Settings
 from llmk.errors import Unavailable
+from services.optimizer.metrics import SENT_AT, Metrics
 
 log = logging.getLogger("llmk.optimizer")
 RUN_JOB = "llmk.optimizer.run_job"
@@ -56,7 +58,11 @@ class JobTask(Task):
         self.fail_job(args[0], f"the optimizer worker gave up on this job: {exc!r}")
 
 
-def register_tasks(app: Celery, runner: JobRunner, fail_job: Callable[[str, str], Any]) -> Task:
+def register_tasks(
+    app: Celery, runner: JobRunner, fail_job: Callable[[str, str], Any], metrics: Metrics | None = None
+) -> Task:
+    metrics = metrics or Metrics()
+
     @app.task(
         name=RUN_JOB,
         shared=False,  # bound to this app's runner; a shared task would reach every later app too
@@ -70,11 +76,13 @@ def register_tasks(app: Celery, runner: JobRunner, fail_job: Callable[[str, str]
         max_retries=20,
     )
     def run_job(self: Task, job_id: str) -> str:
-        result = runner.run(job_id)
+        metrics.waited(self.request)
+        with metrics.running(runner.repo.get, job_id):
+            result = runner.run(job_id)
         if result.status == BUSY:  # another worker holds the job; look again when its lease would lapse
-            self.apply_async((job_id,), countdown=result.retry_in + 0.1)
+            self.apply_async((job_id,), countdown=result.retry_in + 0.1, headers=sent_now())
         elif result.status == MORE:
-            self.apply_async((job_id,))
+            self.apply_async((job_id,), headers=sent_now())
         return result.status
 
     return run_job
@@ -82,9 +90,14 @@ def register_tasks(app: Celery, runner: JobRunner, fail_job: Callable[[str, str]
 
 def scheduler(app: Celery, queue: str) -> Callable[[str], None]:
     def schedule(job_id: str) -> None:
-        app.send_task(RUN_JOB, (job_id,), queue=queue)
+        app.send_task(RUN_JOB, (job_id,), queue=queue, headers=sent_now())
 
     return schedule
+
+
+def sent_now() -> dict[str, float]:
+    """The header the optimizer's metrics read the queue lag from."""
+    return {SENT_AT: time.time()}
 
 
 class InProcessWorker:
