@@ -29,10 +29,11 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         self.store = store
         self.metrics = metrics or Metrics()
         self.chunk_bytes = min(settings.chunk_bytes, 4 << 20)
+        self.max_stream_bytes = settings.max_model_bytes
 
     def CreateModel(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
         with self.metrics.track("CreateModel"):
-            header, parts = _read_commit(request_iterator)
+            header, parts = _read_commit(request_iterator, self.max_stream_bytes)
             tensors = _full_tensors(header, parts)
             config = _json(header.config_json, "config_json")
             v = self.store.create_model(header.model, tensors, config, dict(header.files), _info(header))
@@ -41,7 +42,7 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
 
     def Commit(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
         with self.metrics.track("Commit"):
-            header, parts = _read_commit(request_iterator)
+            header, parts = _read_commit(request_iterator, self.max_stream_bytes)
             parent = header.parent if header.HasField("parent") else None
             branch = header.branch or "main"
             if header.full_weights:
@@ -120,12 +121,22 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         return pb.StatsReply(versions=[codec.stats_to_pb(s) for s in self.store.stats(request.model)])
 
 
-def _read_commit(requests: Iterator[pb.CommitRequest]) -> tuple[pb.CommitHeader, dict]:
+def _read_commit(requests: Iterator[pb.CommitRequest], max_bytes: int) -> tuple[pb.CommitHeader, dict]:
+    """The header, then exactly the parts it names: a part it does not name is refused, not dropped."""
     first = next(requests, None)
     if first is None or not first.HasField("header"):
         raise InvalidInput("a commit stream must start with its header")
-    parts = from_chunks(r.chunk for r in requests)
+    parts = from_chunks((_chunk(r) for r in requests), max_bytes)
+    named = {part_key(n, p) for n, kind in first.header.kinds.items() for p in PARTS[parse_kind(kind)]}
+    if extra := sorted(set(parts) - named):
+        raise InvalidInput(f"the stream carries part(s) its header does not name: {extra[:5]}")
     return first.header, parts
+
+
+def _chunk(request: pb.CommitRequest) -> common_pb2.TensorChunk:
+    if not request.HasField("chunk"):
+        raise InvalidInput("a commit stream has one header, then tensor chunks only")
+    return request.chunk
 
 
 def _delta(name: str, kind: str, parts: dict) -> Delta:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     gc_grace_seconds: float = Field(3600.0, description="Unreferenced objects younger than this survive GC")
     cache_chain_length: int = Field(8, description="Chains at least this long are cached once materialized")
     max_header_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted safetensors header")
+    max_model_bytes: int = Field(
+        16 << 30, description="Most tensor bytes one commit or import stream may declare; larger is refused"
+    )
 
     # inference
     device: str = Field("", description="cpu, cuda, cuda:N; empty picks CUDA when present")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 import torch
-from contract_support import NORM, UP0, corrupt_in_place, sparse
+from contract_support import K1, NORM, Q0, UP0, corrupt_in_place, sparse
 
 from llmk.adapters.importers import Imported
 from llmk.app.store import Store
@@ -127,6 +127,44 @@ BAD_STREAMS = {
 }
 
 
+def q0_stream(*chunks: common_pb2.TensorChunk, kinds: dict | None = None) -> Iterator[pb.CommitRequest]:
+    """A full (64, 64) float32 entry for Q0 (16384 bytes), sent as the chunks given."""
+    yield pb.CommitRequest(header=pb.CommitHeader(model=MODEL, kinds=kinds or {Q0: "full"}))
+    for c in chunks:
+        yield pb.CommitRequest(chunk=c)
+
+
+def q0_chunk(offset: int, size: int, name: str = part_key(Q0, "tensor")) -> common_pb2.TensorChunk:
+    shape = [64, 64] if offset == 0 else []
+    data = bytes([7]) * size
+    return common_pb2.TensorChunk(
+        name=name, dtype="float32", shape=shape, offset=offset, total_bytes=16384, data=data
+    )
+
+
+BAD_STREAMS |= {
+    "a header then no data": lambda: q0_stream(q0_chunk(0, 0)),
+    "half of the declared bytes": lambda: q0_stream(q0_chunk(0, 8192)),
+    "a gap between chunks": lambda: q0_stream(q0_chunk(0, 4096), q0_chunk(8192, 8192)),
+    "a chunk sent twice": lambda: q0_stream(q0_chunk(0, 8192), q0_chunk(0, 8192), q0_chunk(8192, 8192)),
+    "bytes after the last": lambda: q0_stream(q0_chunk(0, 16384), q0_chunk(16384, 4)),
+    "a part the header does not name": lambda: q0_stream(
+        q0_chunk(0, 16384), q0_chunk(0, 16384, part_key(K1, "tensor"))
+    ),
+    "a second header": lambda: iter([*q0_stream(q0_chunk(0, 16384)), *q0_stream()]),
+    "a negative dimension": lambda: iter(
+        [
+            pb.CommitRequest(header=pb.CommitHeader(model=MODEL, kinds={NORM: "full"})),
+            pb.CommitRequest(
+                chunk=common_pb2.TensorChunk(
+                    name=part_key(NORM, "tensor"), dtype="float32", shape=[-64, -1], total_bytes=256
+                )
+            ),
+        ]
+    ),
+}
+
+
 @pytest.mark.parametrize("case", list(BAD_STREAMS))
 def test_a_malformed_commit_stream_is_invalid_argument(served, case: str) -> None:
     _, stub, inspect = served
@@ -213,3 +251,14 @@ def test_an_oversized_message_is_refused_and_commits_nothing(settings, grpc_serv
     finally:
         channel.close()
         inspect.catalog.engine.dispose()
+
+
+def test_a_declared_size_beyond_the_model_limit_is_refused_before_allocation(served) -> None:
+    """100 bytes that declare 4 TiB: refused on the declaration, nothing allocated or written."""
+    _, stub, inspect = served
+    before, objects = history(inspect), sorted(inspect.objects.list())
+    huge = common_pb2.TensorChunk(
+        name=part_key(Q0, "tensor"), dtype="float32", shape=[1 << 20, 1 << 20], total_bytes=4 << 40
+    )
+    assert status(lambda: stub.Commit(q0_stream(huge))) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert history(inspect) == before and sorted(inspect.objects.list()) == objects

@@ -24,12 +24,18 @@ def import_(
     ],
     model: Annotated[str, typer.Option("--model", "-m", help="Name of the new model")],
     message: Annotated[str, typer.Option(help="Commit message")] = "",
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing when the model exists (deployment jobs run on every start)")
+    ] = False,
     json_: Json = False,
 ) -> None:
     """Import a model as version 1 of a new store model (branch main)."""
     from llmk.adapters.importers import load_source
 
     with client() as c:
+        if if_missing and any(m.name == model for m in c.store.models()):
+            emit(json_, {"model": model, "imported": False})
+            return
         imported = load_source(source, c.settings.max_header_bytes)
         info = CommitInfo(
             message=message or f"import {imported.source}", metadata={"source": imported.source}

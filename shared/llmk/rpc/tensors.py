@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 
-from llmk.errors import InvalidInput
+from llmk.errors import InvalidInput, ResourceExhausted
 from llmk.v1 import common_pb2
 
 DTYPES = {
@@ -54,28 +55,51 @@ def to_chunks(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator
 def from_chunks(
     chunks: Iterable[common_pb2.TensorChunk], max_total_bytes: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Reassemble; every chunk is checked so a malformed stream is an error, not a crash."""
+    """Reassemble tensors: every declared byte must arrive, in order, once; anything else is an error.
+
+    A buffer is allocated from what a first chunk declares, so declarations are bounded (by
+    `max_total_bytes`) before any allocation: a small message cannot make the receiver reserve terabytes.
+    """
     buffers: dict[str, torch.Tensor] = {}
     meta: dict[str, tuple[torch.dtype, list[int]]] = {}
     arrays: dict[str, np.ndarray] = {}  # numpy views of the buffers: one copy per chunk
-    received = 0
+    arrived: dict[str, int] = {}
+    declared = 0
     for c in chunks:
         if c.name not in buffers:
-            if c.dtype not in DTYPES:
-                raise InvalidInput(f"{c.name}: unsupported dtype {c.dtype!r}")
-            dtype, shape = DTYPES[c.dtype], list(c.shape)
-            expected = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-            if c.offset != 0 or c.total_bytes != expected:
-                raise InvalidInput(f"{c.name}: first chunk must start at 0 and size {shape} {c.dtype}")
-            received += expected
-            if max_total_bytes is not None and received > max_total_bytes:
-                raise InvalidInput(f"stream exceeds the {max_total_bytes}-byte limit")
-            buffers[c.name] = torch.empty(expected, dtype=torch.uint8)
+            dtype, shape, size = _declared(c)
+            declared += size
+            if max_total_bytes is not None and declared > max_total_bytes:
+                raise ResourceExhausted(f"stream declares more than the {max_total_bytes}-byte limit")
+            buffers[c.name] = torch.empty(size, dtype=torch.uint8)
             arrays[c.name] = buffers[c.name].numpy()
-            meta[c.name] = (dtype, shape)
-        buf = buffers[c.name]
-        end = c.offset + len(c.data)
-        if end > buf.numel():
-            raise InvalidInput(f"{c.name}: chunk at {c.offset} overruns the tensor's {buf.numel()} bytes")
-        arrays[c.name][c.offset : end] = np.frombuffer(c.data, dtype=np.uint8)
+            meta[c.name], arrived[c.name] = (dtype, shape), 0
+        start, end = c.offset, c.offset + len(c.data)
+        if start != arrived[c.name] or end > arrays[c.name].size:
+            raise InvalidInput(
+                f"{c.name}: chunk of bytes {start}..{end} does not follow byte {arrived[c.name]} "
+                f"of the declared {arrays[c.name].size}"
+            )
+        arrays[c.name][start:end] = np.frombuffer(c.data, dtype=np.uint8)
+        arrived[c.name] = end
+    short = [
+        f"{n} ({arrived[n]} of {buffers[n].numel()} bytes)"
+        for n in buffers
+        if arrived[n] < buffers[n].numel()
+    ]
+    if short:
+        raise InvalidInput(f"stream ended before every declared byte arrived: {', '.join(short[:5])}")
     return {n: buffers[n].view(meta[n][0]).reshape(meta[n][1]) for n in buffers}
+
+
+def _declared(c: common_pb2.TensorChunk) -> tuple[torch.dtype, list[int], int]:
+    """The dtype, shape and byte size a first chunk declares, checked before anything is allocated."""
+    if c.dtype not in DTYPES:
+        raise InvalidInput(f"{c.name}: unsupported dtype {c.dtype!r}")
+    dtype, shape = DTYPES[c.dtype], list(c.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{c.name}: negative dimension in shape {shape}")
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if c.offset != 0 or c.total_bytes != size:
+        raise InvalidInput(f"{c.name}: first chunk must start at 0 and size {shape} {c.dtype}")
+    return dtype, shape, size
