@@ -8,7 +8,7 @@ GENERATED := shared/llmk/v1/.generated
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build here.
 TORCH ?= torch==2.13.0
 
-.PHONY: install proto lint test test-fast demo bench up down clean serve-store
+.PHONY: install proto lint test test-fast demo bench images up down clean serve-store
 
 install: $(STAMP)
 
@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 proto: $(GENERATED)
 
-$(GENERATED): $(STAMP) $(PROTOS)
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=shared --pyi_out=shared \
+# `make proto SYSTEM_PYTHON=python` generates with an interpreter that has grpcio-tools (the images)
+$(GENERATED): $(if $(SYSTEM_PYTHON),,$(STAMP)) $(PROTOS)
+	$(if $(SYSTEM_PYTHON),$(SYSTEM_PYTHON),$(BIN)/python) -m grpc_tools.protoc -Iproto --python_out=shared --pyi_out=shared \
 		--grpc_python_out=shared $(PROTOS)
 	touch $(GENERATED)
 
@@ -44,8 +45,17 @@ demo: proto
 bench: proto
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# One image per tier (infra/docker/Dockerfile); ACCELERATOR=cu128 builds the CUDA inference image.
+ACCELERATOR ?= cpu
+images:
+	docker build -f infra/docker/Dockerfile --build-arg EXTRAS= -t llmk-core:latest .
+	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=optimizer -t llmk-optimizer:latest .
+	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=inference \
+		--build-arg ACCELERATOR=$(ACCELERATOR) -t llmk-inference:$(ACCELERATOR) .
+
+# The whole monitor: PostgreSQL, RabbitMQ, the import job, every tier, Prometheus. GPU: `make up PROFILE=gpu`.
 up:
-	docker compose up -d --build
+	docker compose $(if $(PROFILE),--profile $(PROFILE)) up -d --build --wait
 
 down:
 	docker compose down
