@@ -124,12 +124,15 @@ class Store:
             raise NotFound(f"model {model!r} has no branch {branch!r}; create it with `llmk store branch`")
         if parent is not None and head is not None and parent != head.version:
             self.catalog.version(model, parent, with_entries=False)  # unknown: NotFound; else a Conflict
-        if not entries:
-            raise InvalidInput("a commit needs at least one tensor entry")
+        if not entries and TASK_KEY not in (info.metadata or {}):
+            raise InvalidInput("a commit needs at least one tensor entry (or a task: `llmk task set`)")
+        if TASK_KEY in (info.metadata or {}):
+            decode_task((info.metadata or {})[TASK_KEY])  # a task that could not be served is refused
         frozen = sorted(n for n in entries if any_match(n, m.frozen))
         if frozen:
             raise Frozen(f"commit touches frozen tensor(s) of {model!r}: {', '.join(frozen[:10])}")
-        shapes = self._validate(model, expected, entries)
+        reshape = changes_architecture(info.metadata)
+        shapes = check_entries(self.catalog, self.objects, model, expected, entries, reshape)
         return self._write(model, branch, expected, entries, shapes, info)
 
     def commit_full(
