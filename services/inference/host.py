@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmk.app.job_records import TaskSpec
+from llmk.app.model_task import task_of
 from llmk.client import StoreClient
 from llmk.config import Settings
 from llmk.errors import FailedPrecondition, InvalidInput, LlmkError, Unavailable
@@ -109,6 +111,7 @@ class Host:
         self.metrics = metrics or Metrics()
         self.metrics.active_sequences.set_function(self._active_count)
         self._served: Served | None = None
+        self._tasks: dict[tuple[str, str], TaskSpec | None] = {}  # (model, version) -> its task
         self._lock = threading.RLock()  # one load, unload or update at a time
         self.follower = Follower(
             store, settings, self.metrics, lambda: self._served, self._lock, self._publish
@@ -183,8 +186,12 @@ class Host:
     ) -> Classification:
         with self.metrics.track("classify"):
             served, pin = self._serving(model, version)
-            labels = list(labels) or _split(self.settings.default_labels)
-            prompt = self._classify_template(template or self.settings.classify_template)
+            task = self._task(served)
+            if task is not None:  # what the optimizer trains: the model's labels, template and text length
+                texts = [_cut(served.tokenizer, t, task.max_tokens) for t in texts]
+            labels = list(labels) or (list(task.labels) if task else _split(self.settings.default_labels))
+            default_template = task.template if task else self.settings.classify_template
+            prompt = self._classify_template(template or default_template)
             counts = self._check_classify(served, texts, labels, prompt)
             probabilities = served.batcher.submit(list(texts), labels, prompt).result()
             if pin and probabilities.version != pin:
@@ -227,6 +234,17 @@ class Host:
                     f"{served.name} version {version} is not loaded (serving {served.version})"
                 )
         return served, pin
+
+    def task(self) -> TaskSpec | None:
+        """The task of the served version (None when its model has none, or nothing is served)."""
+        served = self._served
+        return self._task(served) if served else None
+
+    def _task(self, served: Served) -> TaskSpec | None:
+        key = (served.name, served.version)
+        if key not in self._tasks:
+            self._tasks[key] = task_of(self.store, served.name, served.version)
+        return self._tasks[key]
 
     def _classify_template(self, template: str) -> str:
         if "{text}" not in template and "{prompt}" not in template:
@@ -274,6 +292,12 @@ class Host:
     def _active_count(self) -> int:
         served = self._served
         return served.generator.active_count if served else 0
+
+
+def _cut(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """The text cut to its first `max_tokens` tokens, exactly as the optimizer cuts it for training."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= max_tokens else str(tokenizer.decode(ids[:max_tokens]))
 
 
 def _split(text: str) -> list[str]:

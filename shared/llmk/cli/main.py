@@ -1,15 +1,19 @@
-"""The `llmk` command. Failures print one line and exit non-zero (code per error class)."""
+"""The `llmk` command. Failures print one line and exit non-zero (code per error class).
+
+The console script starts in services/compose.py, which passes the tiers to `run`. Command modules import
+torch, grpc and the tiers inside the commands that use them: `llmk --help` loads none of them.
+"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from typing import Annotated
 
 import typer
 
-from llmk.cli import health, infer, store, train
+from llmk.cli import health, infer, store, task, train
+from llmk.cli.context import Tiers, tiers
 from llmk.config import Settings
 from llmk.errors import LlmkError
 
@@ -19,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(store.app, name="store")
+app.add_typer(task.app, name="task")
 train.register(app)
 infer.register(app)
 health.register(app)

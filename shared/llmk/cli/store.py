@@ -27,18 +27,25 @@ def import_(
     if_missing: Annotated[
         bool, typer.Option(help="Do nothing when the model exists (deployment jobs run on every start)")
     ] = False,
+    task: Annotated[
+        str, typer.Option(help="Packaged task the model serves (e.g. sentiment); see `llmk task`")
+    ] = "",
     json_: Json = False,
 ) -> None:
     """Import a model as version 1 of a new store model (branch main)."""
     from llmk.adapters.importers import load_source
+    from llmk.app.model_task import TASK_KEY, encode_task, packaged
+    from llmk.app.store import CommitInfo
 
+    metadata: dict[str, object] = {TASK_KEY: encode_task(packaged(task))} if task else {}
     with client() as c:
         if if_missing and any(m.name == model for m in c.store.models()):
             emit(json_, {"model": model, "imported": False})
             return
         imported = load_source(source, c.settings.max_header_bytes)
         info = CommitInfo(
-            message=message or f"import {imported.source}", metadata={"source": imported.source}
+            message=message or f"import {imported.source}",
+            metadata={"source": imported.source, **metadata},
         )
         v = c.store.create_model(model, imported.tensors, imported.config, imported.files, info)
     emit(
