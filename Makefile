@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 
 .PHONY: install proto lint test test-fast demo bench images up down clean serve-store
 
-install: $(STAMP)
+install: $(GENERATED)  # the generated gRPC code is part of a working install
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from llmk.adapters.importers import load_source
 
 BIN = Path(sys.executable).with_name("llmk")
-COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "llmk.cli.main"]
+COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "services.compose"]
 UP0 = "model.layers.0.mlp.up_proj.weight"
 EMBED = "model.embed_tokens.weight"
 OK = 0

@@ -1,19 +1,43 @@
-"""What every command shares: settings, the store client, NAME@REF parsing, the --json flag."""
+"""What every command shares: settings, the store client, the tiers, NAME@REF parsing, the --json flag.
+
+Heavy modules (torch, grpc, the store) are imported inside the calls that need them, so `llmk --help`
+starts without them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
-from llmk.client import StoreClient, connect
 from llmk.config import Settings
 from llmk.errors import InvalidInput
 
+if TYPE_CHECKING:
+    from llmk.cli.infer import Engine
+    from llmk.cli.train import Jobs
+    from llmk.client import StoreClient
+
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
+
+
+class Tiers(Protocol):
+    """What the CLI needs from the tiers; given to `run` by the composition root (services/compose.py)."""
+
+    def serve(self, tier: str, settings: Settings) -> None: ...
+    def local_inference(self, settings: Settings, name: str, ref: str | None) -> Engine: ...
+    def embedded_optimizer(self, settings: Settings, worker: bool) -> AbstractContextManager[Jobs]: ...
+
+
+def tiers(ctx: typer.Context) -> Tiers:
+    """The Tiers given to the running command (`app(obj=...)`)."""
+    found = ctx.obj
+    if found is None:
+        raise RuntimeError("this command reaches the tiers: start it through services.compose (`llmk`)")
+    return found  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -24,6 +48,8 @@ class Session:
 
 @contextmanager
 def client() -> Iterator[Session]:
+    from llmk.client import connect
+
     settings = Settings()
     store = connect(settings)
     try:

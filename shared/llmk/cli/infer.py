@@ -2,28 +2,23 @@
 else in this process (the model built from the store, served for this one command).
 
 NAME@REF pins the answer to that version (an id, tag or branch); the service refuses with FAILED_PRECONDITION
-when it serves another. The in-process path loads the inference tier by name, so the shared package never
-imports it.
+when it serves another. The in-process model comes from the composition root (context.tiers()), so the
+shared package never imports the inference tier.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
-import grpc
 import typer
 
-from llmk.cli.context import Json, split_ref
+from llmk.cli.context import Json, split_ref, tiers
 from llmk.cli.output import emit
-from llmk.client import connect
 from llmk.config import Settings
 from llmk.errors import InvalidInput
-from llmk.rpc.errors import from_rpc_error
-from llmk.rpc.server import message_options
 
 Model = Annotated[str, typer.Option("--model", "-m", help="NAME or NAME@REF (version id, tag or branch)")]
 
@@ -34,6 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def classify(
+    ctx: typer.Context,
     texts: Annotated[list[str], typer.Argument(help="Texts to classify")],
     model: Model,
     labels: Annotated[str, typer.Option(help="Comma-separated labels (default LLMK_DEFAULT_LABELS)")] = "",
@@ -45,7 +41,7 @@ def classify(
     """Score each text against the labels by their probability after the prompt."""
     name, ref = split_ref(model)
     wanted = [part.strip() for part in labels.split(",") if part.strip()]
-    with _engine(name, ref) as engine:
+    with _engine(ctx, name, ref) as engine:
         answer = engine.classify(texts, wanted, template)
     rows = [
         {"text": t[:60], "label": r["label"], **{k: round(v, 4) for k, v in r["probabilities"].items()}}
@@ -55,6 +51,7 @@ def classify(
 
 
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The prompt")],
     model: Model,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate")] = 64,
@@ -73,7 +70,7 @@ def generate(
         "chat": chat,
     }
     pieces: list[str] = []
-    with _engine(name, ref) as engine:
+    with _engine(ctx, name, ref) as engine:
         for item in engine.generate(request):
             if isinstance(item, str):
                 pieces.append(item)
@@ -91,10 +88,21 @@ def generate(
                 )
 
 
+class Engine(Protocol):
+    """What classify and generate need: the service over gRPC, or the model served in this process."""
+
+    def classify(self, texts: list[str], labels: list[str], template: str) -> dict[str, Any]: ...
+    def generate(self, request: dict[str, Any]) -> Iterator[str | dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
 class _Remote:
     """The inference service over gRPC; its failures are re-raised as llmk errors."""
 
     def __init__(self, settings: Settings, name: str, ref: str | None):
+        import grpc
+
+        from llmk.rpc.server import message_options
         from llmk.v1 import inference_pb2, inference_pb2_grpc
 
         self.pb, self.name, self.ref = inference_pb2, name, ref or ""
@@ -122,7 +130,7 @@ class _Remote:
         else:
             fields["prompt"] = request["prompt"]
         stream = self.stub.Generate(self.pb.GenerateRequest(**fields))
-        try:
+        with _translated():
             for chunk in stream:
                 if chunk.text:
                     yield chunk.text
@@ -133,62 +141,36 @@ class _Remote:
                         "prompt_tokens": chunk.prompt_tokens,
                         "completion_tokens": chunk.completion_tokens,
                     }
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
 
     def _call(self, fn: Any) -> Any:
-        try:
+        with _translated():
             return fn()
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
 
     def close(self) -> None:
         self.channel.close()
 
 
-class _Local:
-    """The model served in this process for one command, built from the store named by the settings."""
+@contextmanager
+def _translated() -> Iterator[None]:
+    import grpc
 
-    def __init__(self, settings: Settings, name: str, ref: str | None):
-        hosting = importlib.import_module("services.inference.host")
-        self.request_type = importlib.import_module("services.inference.engine.generator").Request
-        self.store = connect(settings)
-        one = settings.model_copy(update={"max_sequences": 1, "version_poll_seconds": 0.0})
-        self.host = hosting.Host(one, self.store)
-        self.host.load(name, ref)
+    from llmk.rpc.errors import from_rpc_error
 
-    def classify(self, texts: list[str], labels: list[str], template: str) -> dict[str, Any]:
-        answer = self.host.classify(texts, labels, template)
-        results = [
-            {"label": s.label, "probabilities": s.probabilities, "prompt_tokens": s.prompt_tokens}
-            for s in answer.results
-        ]
-        return {"version": answer.version, "results": results}
-
-    def generate(self, request: dict[str, Any]) -> Iterator[str | dict[str, Any]]:
-        for item in self.host.generate(self.request_type(**request)):
-            if isinstance(item, str):
-                yield item
-            else:
-                yield {
-                    "version": item.version,
-                    "finish_reason": item.finish_reason,
-                    "prompt_tokens": item.prompt_tokens,
-                    "completion_tokens": item.completion_tokens,
-                }
-
-    def close(self) -> None:
-        self.host.close()
-        self.store.close()
+    try:
+        yield
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
 
 
 @contextmanager
-def _engine(name: str, ref: str | None) -> Iterator[_Remote | _Local]:
+def _engine(ctx: typer.Context, name: str, ref: str | None) -> Iterator[Engine]:
     settings = Settings()
     if not name:
         raise InvalidInput("--model NAME[@REF] is required")
-    engine: _Remote | _Local = (
-        _Remote(settings, name, ref) if settings.inference_address else _Local(settings, name, ref)
+    engine: Engine = (
+        _Remote(settings, name, ref)
+        if settings.inference_address
+        else tiers(ctx).local_inference(settings, name, ref)
     )
     try:
         yield engine

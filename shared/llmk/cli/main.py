@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from llmk.cli import health, infer, store, task, train
+from llmk.cli import health, infer, store, train
 from llmk.cli.context import Tiers, tiers
 from llmk.config import Settings
 from llmk.errors import LlmkError
@@ -23,7 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(store.app, name="store")
-app.add_typer(task.app, name="task")
 train.register(app)
 infer.register(app)
 health.register(app)
@@ -49,6 +48,7 @@ def upgrade() -> None:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     tier: Annotated[str, typer.Argument(help="store, inference or optimizer")],
     listen: Annotated[str, typer.Option(help="host:port (default LLMK_LISTEN)")] = "",
 ) -> None:
@@ -59,19 +59,14 @@ def serve(
     if listen:
         settings.listen = listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # tiers are separate deployables: loaded by name so the shared package never imports them
-    importlib.import_module(f"services.{tier}.main").main(settings)
+    tiers(ctx).serve(tier, settings)
 
 
-def run() -> None:
+def run(with_tiers: Tiers) -> None:
     try:
-        app()
+        app(obj=with_tiers)
     except LlmkError as e:
         print(f"llmk: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    run()

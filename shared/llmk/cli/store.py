@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from llmk.app.store import CommitInfo
 from llmk.cli.context import Json, client, split_ref
 from llmk.cli.output import emit, human_bytes
 from llmk.errors import InvalidInput
@@ -70,6 +69,7 @@ def commit(
 ) -> None:
     """Commit new weights; the store keeps the cheapest exact encoding of what changed."""
     from llmk.adapters.objects import read_safetensors
+    from llmk.app.store import CommitInfo
 
     with client() as c:
         tensors = read_safetensors(from_, c.settings.max_header_bytes)

@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Protocol, cast
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, cast
 
 import typer
 
-from llmk.app.examples import encode
-from llmk.app.job_records import CLASSIFICATION, COMPLETED, TASKS, Example, Job, JobSpec, Submission, TaskSpec
-from llmk.cli.context import Json
+from llmk.cli.context import Json, tiers
 from llmk.cli.output import console, emit
 from llmk.config import Settings
-from llmk.domain.optim import OptimizerKind, OptimizerSpec
 from llmk.errors import InvalidInput, LlmkError, NotFound, Unavailable
-from llmk.rpc.jobs import GrpcOptimizerClient
+
+if TYPE_CHECKING:  # torch comes with these: imported by the commands, not by `llmk --help`
+    from llmk.app.job_records import Example, Job, JobSpec, Submission, TaskSpec
 
 
 class Jobs(Protocol):
@@ -44,8 +42,10 @@ class Jobs(Protocol):
 
 
 @contextmanager
-def optimizer(settings: Settings, worker: bool = True) -> Iterator[Jobs]:
+def optimizer(ctx: typer.Context, settings: Settings, worker: bool = True) -> Iterator[Jobs]:
     if settings.optimizer_address:
+        from llmk.rpc.jobs import GrpcOptimizerClient
+
         client = GrpcOptimizerClient(
             settings.optimizer_address, settings.auth_token, settings.max_message_bytes, settings.chunk_bytes
         )
@@ -54,11 +54,12 @@ def optimizer(settings: Settings, worker: bool = True) -> Iterator[Jobs]:
         finally:
             client.close()
         return
-    with importlib.import_module("services.optimizer.main").embedded(settings, worker) as jobs:
+    with tiers(ctx).embedded_optimizer(settings, worker) as jobs:
         yield jobs
 
 
 def train(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Stored model to fine-tune")],
     data: Annotated[Path, typer.Option(help="CSV: text,label (classification) or prompt,completion")],
     task: Annotated[str, typer.Option(help="sentiment, classification or completion")] = "sentiment",
@@ -83,6 +84,10 @@ def train(
     json_: Json = False,
 ) -> None:
     """Fine-tune from labelled examples; prints each committed version with its held-out metric."""
+    from llmk.app.examples import encode
+    from llmk.app.job_records import COMPLETED, JobSpec
+    from llmk.domain.optim import OptimizerKind, OptimizerSpec
+
     spec_task = _task(task, labels)
     examples = read_examples(data, spec_task)
     random.Random(seed).shuffle(examples)
@@ -103,7 +108,7 @@ def train(
         author="llmk train",
     )
     settings = Settings()
-    with optimizer(settings) as jobs:
+    with optimizer(ctx, settings) as jobs:
         job = jobs.create_job(spec, held_out)
         key = hashlib.sha256(job.id.encode() + encode(training)).hexdigest()
         jobs.submit_feedback(job.id, training, key)
@@ -114,13 +119,14 @@ def train(
 
 
 def jobs(
+    ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="A job id; omit to list jobs")] = None,
     model: Annotated[str | None, typer.Option(help="Only jobs of this model")] = None,
     cancel: Annotated[bool, typer.Option(help="Cancel the job after its current step")] = False,
     json_: Json = False,
 ) -> None:
     """List optimizer jobs, or show one with the versions it committed."""
-    with optimizer(Settings(), worker=False) as client:
+    with optimizer(ctx, Settings(), worker=False) as client:
         if job_id is None:
             listed = client.list_jobs(model)
             emit(json_, listed, [_summary(j) for j in listed], title="optimizer jobs")
@@ -130,6 +136,8 @@ def jobs(
 
 
 def _task(name: str, labels: list[str] | None) -> TaskSpec:
+    from llmk.app.job_records import CLASSIFICATION, TASKS, TaskSpec
+
     chosen = tuple(x.strip() for label in labels or () for x in label.split(",") if x.strip())
     if name == "completion":
         return TASKS["completion"]
@@ -144,6 +152,8 @@ def _task(name: str, labels: list[str] | None) -> TaskSpec:
 
 def read_examples(path: Path, task: TaskSpec) -> list[Example]:
     """Rows of a CSV file as examples; a numeric label picks that position of the task's label set."""
+    from llmk.app.job_records import CLASSIFICATION, Example
+
     if not path.is_file():
         raise NotFound(f"no such file: {path}")
     with path.open(newline="", encoding="utf-8") as f:

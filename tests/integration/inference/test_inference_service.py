@@ -18,7 +18,7 @@ from inference_processes import ROOT, ServiceProcess, free_port
 from llmk.v1 import inference_pb2, inference_pb2_grpc
 from tests.unit.inference.hosting import LABELS, perturbed, settings_for
 
-LLMK = [sys.executable, "-c", "from llmk.cli.main import run; run()"]
+LLMK = [sys.executable, "-m", "services.compose"]
 
 
 def llmk(address: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -24,6 +24,7 @@ from llmk.app.job_records import TASKS, Example
 from llmk.cli.main import app
 from llmk.client import connect
 from llmk.config import Settings
+from services.compose import Tiers
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.slow, pytest.mark.timeout(900)]
 DATA = Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news-sentiment"
@@ -63,7 +64,7 @@ def balanced_feedback(path: Path) -> Path:
 
 
 def test_feedback_raises_macro_f1_over_the_zero_shot_version(home: Path) -> None:
-    cli = CliRunner()
+    cli = CliRunner()  # with the tiers, as the `llmk` script starts it
     imported = cli.invoke(app, ["store", "import", "smollm2", "--model", "smol", "--json"])
     assert imported.exit_code == 0, imported.output
     data = balanced_feedback(home / "feedback.csv")
@@ -71,6 +72,7 @@ def test_feedback_raises_macro_f1_over_the_zero_shot_version(home: Path) -> None
         app,
         ["train", "--model", "smol", "--task", "sentiment", "--data", str(data), "--steps", "10",
          "--lr", "2e-4", "--topk", "0.01", "--holdout", str(HELD_OUT), "--tolerance", "0.05", "--json"],
+        obj=Tiers(),
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
     job = json.loads(trained.stdout)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llmk.cli.main import app, run
+from llmk.cli.main import app
 from llmk.client import LocalStoreClient
 from llmk.wiring import open_store
+from services.compose import Tiers, run
 from services.inference.main import build
 
 from .hosting import LABELS, TEMPLATE, create_tiny, settings_for
@@ -43,7 +44,7 @@ def service(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def invoke(*args: str) -> dict:
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False, obj=Tiers())
     assert result.exit_code == 0, result.output
     return json.loads(result.output)  # type: ignore[no-any-return]
 

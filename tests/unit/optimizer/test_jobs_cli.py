@@ -16,6 +16,7 @@ from llmk.cli.main import app
 from llmk.client import connect
 from llmk.config import Settings
 from llmk.errors import InvalidInput
+from services.compose import Tiers
 
 
 @pytest.fixture
@@ -47,22 +48,22 @@ def train(data: Path, *extra: str) -> list[str]:
 
 def test_train_prints_the_committed_versions_and_jobs_lists_them(home: Path) -> None:
     data = write_csv(home / "data.csv", ["0", "1"] * 8)  # numeric labels index --labels
-    result = CliRunner().invoke(app, train(data, "--json"))
+    result = CliRunner().invoke(app, train(data, "--json"), obj=Tiers())
     assert result.exit_code == 0, result.output
     job = json.loads(result.stdout)
     assert job["status"] == "completed" and [c["step"] for c in job["commits"]] == [1, 2]
     assert all(c["version"] and c["metric"] is not None for c in job["commits"])
 
-    listed = CliRunner().invoke(app, ["jobs", "--json"])
+    listed = CliRunner().invoke(app, ["jobs", "--json"], obj=Tiers())
     assert listed.exit_code == 0 and [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
-    shown = CliRunner().invoke(app, ["jobs", job["id"]])
+    shown = CliRunner().invoke(app, ["jobs", job["id"]], obj=Tiers())
     assert shown.exit_code == 0 and "held-out metric" in shown.stdout
 
 
 def test_train_refuses_a_label_outside_the_set(home: Path) -> None:
     data = write_csv(home / "bad.csv", ["yes", "no", "maybe"] * 4)
-    result = CliRunner().invoke(app, train(data))
+    result = CliRunner().invoke(app, train(data), obj=Tiers())
     assert isinstance(result.exception, InvalidInput)
     assert "label 'maybe', which is not in the task's label set" in str(result.exception)
-    [failed] = json.loads(CliRunner().invoke(app, ["jobs", "--json"]).stdout)
+    [failed] = json.loads(CliRunner().invoke(app, ["jobs", "--json"], obj=Tiers()).stdout)
     assert failed["status"] == "failed" and "maybe" in failed["error"]
