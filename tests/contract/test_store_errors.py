@@ -111,6 +111,12 @@ BAD_DELTAS = {
     "unknown tensor": {"model.layers.9.mlp.up_proj.weight": sparse([0], [1.0])},
     "nan in a new full tensor": {"model.extra": full(torch.tensor([float("nan")]))},
     "one bad among good": {NORM: full(torch.zeros(64)), UP0: sparse([0], [float("inf")])},
+    "low rank that overflows": {
+        Q0: Delta(Kind.LOW_RANK, {"a": torch.full((64, 1), 1e20), "b": torch.full((1, 64), 1e20)})
+    },
+    "sparse add that overflows": {UP0: sparse([0, 0], [3e38, 3e38])},
+    "full value of another shape": {NORM: full(torch.ones(7, 3))},
+    "full value of another dtype": {NORM: full(torch.ones(64, dtype=torch.float16))},
 }
 
 
@@ -248,3 +254,25 @@ def test_bad_names_are_refused_before_anything_is_written(env) -> None:
     expect_each(InvalidInput, commits)
     assert [m.name for m in env.client.models()] == [env.model] and env.history() == before
     assert sorted(p for p in env.objects.rglob("*") if p.is_file()) == objects
+
+
+def test_deltas_that_add_up_to_inf_are_refused(env) -> None:
+    """Each delta is finite; their sum is not. The result is checked, not only the parts."""
+    big = Delta(Kind.DENSE, {"diff": torch.full((64,), 3e38)})
+    v2 = env.client.commit(env.model, {NORM: big})
+    with pytest.raises(InvalidDelta, match="NaN or Inf"):
+        env.client.commit(env.model, {NORM: big}, "main", v2.id)
+    assert env.head() == v2.id
+    assert bool(torch.isfinite(env.client.fetch(env.model, names=[NORM])[NORM]).all())
+
+
+def test_a_shape_change_needs_the_commit_to_say_so(env) -> None:
+    """Typed full entries and full values follow one rule: no silent change of a tensor's shape."""
+    with pytest.raises(InvalidDelta, match="changes_architecture"):
+        env.client.commit(env.model, {NORM: full(torch.ones(7, 3))})
+    with pytest.raises(InvalidDelta):
+        env.client.commit_full(env.model, {NORM: torch.ones(7, 3)})
+    info = CommitInfo(metadata={"changes_architecture": True})
+    env.client.commit(env.model, {NORM: full(torch.ones(7, 3))}, info=info)
+    env.client.commit_full(env.model, {NORM: torch.ones(5)}, info=info)
+    assert env.client.fetch(env.model, names=[NORM])[NORM].shape == (5,)

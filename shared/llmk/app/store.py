@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from llmk.app import reading
+from llmk.app.admission import Meta, changes_architecture, check_entries
 from llmk.app.ports import Catalog, Events, Objects
 from llmk.domain import deltas
 from llmk.domain.names import any_match, check_file_name, check_name, check_tensor_name
@@ -21,7 +22,6 @@ from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFo
 
 log = logging.getLogger(__name__)
 MAIN = "main"
-Meta = tuple[tuple[int, ...], torch.dtype]
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,8 @@ class Store:
             raise NotFound(f"model {model!r} has no branch {branch!r}; create it with `llmk store branch`")
         if parent is not None and head is not None and parent != head.version:
             self.catalog.version(model, parent, with_entries=False)  # unknown: NotFound; else a Conflict
-        if not entries and TASK_KEY not in (info.metadata or {}):
-            raise InvalidInput("a commit needs at least one tensor entry (or a task: `llmk task set`)")
-        if TASK_KEY in (info.metadata or {}):
-            decode_task((info.metadata or {})[TASK_KEY])  # a task that could not be served is refused
+        if not entries:
+            raise InvalidInput("a commit needs at least one tensor entry")
         frozen = sorted(n for n in entries if any_match(n, m.frozen))
         if frozen:
             raise Frozen(f"commit touches frozen tensor(s) of {model!r}: {', '.join(frozen[:10])}")
@@ -150,6 +148,9 @@ class Store:
         for name, new in tensors.items():
             old = current.get(name)
             if old is not None and (old.shape != new.shape or old.dtype != new.dtype):
+                if changes_architecture(info.metadata):
+                    entries[name] = deltas.full(new)
+                    continue
                 raise InvalidDelta(
                     f"{name}: {tuple(new.shape)} {new.dtype} does not match stored "
                     f"{tuple(old.shape)} {old.dtype}"
@@ -159,32 +160,6 @@ class Store:
         if not entries:
             raise InvalidInput(f"nothing changed against {model}@{head}")
         return self.commit(model, entries, branch, head, info)
-
-    def _validate(
-        self, model: str, basis: int | None, entries: Mapping[str, deltas.Delta]
-    ) -> dict[str, Meta]:
-        """Check every entry against the tensor it changes; returns each tensor's shape and dtype."""
-        needs_base = [n for n, d in entries.items() if d.kind is not deltas.Kind.FULL]
-        shapes: dict[str, Meta] = {}
-        if needs_base and basis is not None:
-            p = reading.plan(
-                self.catalog, self.objects, model, basis, reading.selector_filter("", needs_base)
-            )
-            shapes = {n: (es[0].shape, _dtype(es[0].dtype)) for n, es in p.lineage.items()}
-            if p.snapshot:
-                with self.objects.open_tensors(p.snapshot) as f:
-                    for n in p.snapshot_names:
-                        if n not in shapes:
-                            sl = f.get_slice(n)
-                            shapes[n] = (tuple(sl.get_shape()), _dtype(sl.get_dtype()))
-        for name, d in entries.items():
-            shape, dtype = shapes.get(name, (None, None))
-            if d.kind is not deltas.Kind.FULL and shape is None:
-                raise InvalidDelta(f"{name}: unknown tensor in {model!r}; a delta needs an existing tensor")
-            deltas.validate(name, d, shape, dtype)
-            if d.kind is deltas.Kind.FULL:
-                shapes[name] = (tuple(d.parts["tensor"].shape), d.parts["tensor"].dtype)
-        return shapes
 
     def _write(
         self,
@@ -373,21 +348,6 @@ def write_export(
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _dtype(name: str) -> torch.dtype:
-    aliases = {
-        "F32": "float32",
-        "F16": "float16",
-        "BF16": "bfloat16",
-        "F64": "float64",
-        "I64": "int64",
-        "I32": "int32",
-        "I8": "int8",
-        "U8": "uint8",
-        "BOOL": "bool",
-    }
-    return getattr(torch, aliases.get(name, name))
 
 
 def _now() -> datetime:

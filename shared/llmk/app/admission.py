@@ -1,0 +1,105 @@
+"""What a commit must pass before anything is written.
+
+Each entry fits the tensor it changes; no entry changes a stored tensor's shape or dtype unless the commit
+says it changes the architecture; and the value each changed tensor would take is finite, because finite
+parts can still overflow (a low-rank 1e20 x 1e20, or +3e38 added twice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from llmk.app import reading
+from llmk.app.ports import Catalog, Objects
+from llmk.domain import deltas
+from llmk.errors import InvalidDelta
+
+Meta = tuple[tuple[int, ...], torch.dtype]
+CHANGES_ARCHITECTURE = "changes_architecture"  # commit metadata: shape or dtype changes are intended
+
+
+def changes_architecture(metadata: Mapping[str, Any] | None) -> bool:
+    return bool((metadata or {}).get(CHANGES_ARCHITECTURE))
+
+
+def check_entries(
+    catalog: Catalog,
+    objects: Objects,
+    model: str,
+    basis: int | None,
+    entries: Mapping[str, deltas.Delta],
+    reshape: bool = False,
+) -> dict[str, Meta]:
+    """Refuse the commit (InvalidDelta) unless every entry is acceptable; returns each tensor's new meta."""
+    want = reading.selector_filter("", list(entries))
+    p = None if basis is None else reading.plan(catalog, objects, model, basis, want)
+    stored = _stored_meta(objects, p) if p else {}
+    metas: dict[str, Meta] = {}
+    for name, d in entries.items():
+        old = stored.get(name)
+        if d.kind is not deltas.Kind.FULL and old is None:
+            raise InvalidDelta(f"{name}: unknown tensor in {model!r}; a delta needs an existing tensor")
+        deltas.validate(name, d, *(old or (None, None)))
+        new = _meta(d) if d.kind is deltas.Kind.FULL or old is None else old
+        if old is not None and new != old and not reshape:
+            raise InvalidDelta(
+                f"{name}: a full value of {new[0]} {_dtype_name(new[1])} would replace the stored "
+                f"{old[0]} {_dtype_name(old[1])}; a commit that changes the architecture says so in its "
+                f"metadata ({CHANGES_ARCHITECTURE!r}: true)"
+            )
+        metas[name] = new
+    if p:
+        _check_results(objects, p, {n: d for n, d in entries.items() if d.kind is not deltas.Kind.FULL})
+    return metas
+
+
+def _stored_meta(objects: Objects, p: reading.Plan) -> dict[str, Meta]:
+    metas = {n: (es[0].shape, _dtype(es[0].dtype)) for n, es in p.lineage.items()}
+    if p.snapshot:
+        with objects.open_tensors(p.snapshot) as f:
+            for n in p.snapshot_names:
+                if n not in metas:
+                    sl = f.get_slice(n)
+                    metas[n] = (tuple(sl.get_shape()), _dtype(sl.get_dtype()))
+    return metas
+
+
+def _check_results(objects: Objects, p: reading.Plan, changes: Mapping[str, deltas.Delta]) -> None:
+    """Apply each delta to its stored value, one tensor at a time, and refuse a non-finite result."""
+    for name, d in changes.items():
+        one = dataclasses.replace(
+            p,
+            lineage={name: p.lineage[name]} if name in p.lineage else {},
+            snapshot_names=[n for n in p.snapshot_names if n == name],
+        )
+        value = deltas.apply(reading.load(objects, one)[name], d)
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InvalidDelta(f"{name}: applying this {d.kind} delta gives NaN or Inf (overflow)")
+
+
+def _meta(d: deltas.Delta) -> Meta:
+    t = d.parts["tensor"]
+    return tuple(t.shape), t.dtype
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype(name: str) -> torch.dtype:
+    aliases = {
+        "F32": "float32",
+        "F16": "float16",
+        "BF16": "bfloat16",
+        "F64": "float64",
+        "I64": "int64",
+        "I32": "int32",
+        "I8": "int8",
+        "U8": "uint8",
+        "BOOL": "bool",
+    }
+    return getattr(torch, aliases.get(name, name))
