@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from llmk.app import reading
 from llmk.app.admission import Meta, changes_architecture, check_entries
+from llmk.app.model_task import TASK_KEY, decode_task
 from llmk.app.ports import Catalog, Events, Objects
 from llmk.domain import deltas
 from llmk.domain.names import any_match, check_file_name, check_name, check_tensor_name
@@ -124,8 +125,10 @@ class Store:
             raise NotFound(f"model {model!r} has no branch {branch!r}; create it with `llmk store branch`")
         if parent is not None and head is not None and parent != head.version:
             self.catalog.version(model, parent, with_entries=False)  # unknown: NotFound; else a Conflict
-        if not entries:
-            raise InvalidInput("a commit needs at least one tensor entry")
+        if not entries and TASK_KEY not in (info.metadata or {}):
+            raise InvalidInput("a commit needs at least one tensor entry (or a task: `llmk task set`)")
+        if TASK_KEY in (info.metadata or {}):
+            decode_task((info.metadata or {})[TASK_KEY])  # a task that could not be served is refused
         frozen = sorted(n for n in entries if any_match(n, m.frozen))
         if frozen:
             raise Frozen(f"commit touches frozen tensor(s) of {model!r}: {', '.join(frozen[:10])}")
