@@ -123,7 +123,8 @@ def test_rabbitmq_loads_durable_quorum_queues_with_a_delivery_limit_and_dead_let
         assert policy["definition"]["delivery-limit"] > 0
         dead = policy["definition"]["dead-letter-exchange"]
         key = policy["definition"]["dead-letter-routing-key"]
-        bound = [b["destination"] for b in DEFINITIONS["bindings"] if b["source"] == dead and b["routing_key"] == key]
+        bindings = DEFINITIONS["bindings"]
+        bound = [b["destination"] for b in bindings if b["source"] == dead and b["routing_key"] == key]
         assert bound and all(queues[q]["durable"] for q in bound), f"{name}: dead letters go nowhere"
     events = exchanges[EXCHANGE.name]
     assert events["type"] == EXCHANGE.type and events["durable"] == EXCHANGE.durable

@@ -310,6 +310,22 @@ class Store:
             self.catalog, self.objects, model, self.resolve(model, a), self.resolve(model, b)
         )
 
+    def head(self, model: str, branch: str = MAIN) -> int:
+        """The version a branch points at: one row read, no entries (what followers poll)."""
+        found = self.catalog.ref(model, branch)
+        if found is None or found.kind != "branch":
+            raise NotFound(f"model {model!r} has no branch {branch!r}")
+        return found.version
+
+    def steps(self, model: str, a: int, b: int) -> list[reading.Step] | None:
+        """The typed entries from version `a` to version `b`, oldest first, for a worker to apply in place;
+        None when `a` is not on b's basis chain (a rollback or a squash lies between)."""
+        return reading.steps(self.catalog, self.objects, model, a, b)
+
+    def changed(self, model: str, a: int, b: int) -> list[str]:
+        """Names of the tensors whose values may differ between versions `a` and `b`, from metadata only."""
+        return reading.changed_names(self.catalog, model, a, b)
+
     def stats(self, model: str) -> list[VersionStats]:
         versions = self.catalog.versions(model)
         full = reading.state_bytes(versions)
