@@ -15,6 +15,8 @@ from llmk.cli import main as cli
 from llmk.config import Settings
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from llmk.app.jobs import JobService
 
 
@@ -32,6 +34,13 @@ class Tiers:
 
     def local_inference(self, settings: Settings, name: str, ref: str | None) -> LocalInference:
         return LocalInference(settings, name, ref)
+
+    def inference_worker(
+        self, settings: Settings, app: Celery, name: str, ref: str | None
+    ) -> AbstractContextManager[Any]:
+        from services.inference.main import embedded_worker
+
+        return embedded_worker(settings, app, name, ref)
 
     def embedded_optimizer(self, settings: Settings, worker: bool) -> AbstractContextManager[JobService]:
         from services.optimizer.main import embedded

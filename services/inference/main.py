@@ -11,10 +11,14 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
+from celery import Celery
 
+from llmk.bus.workers import InProcessWorker
 from llmk.client import connect
 from llmk.config import Settings
 from llmk.oip import grpc_service_pb2_grpc
@@ -75,6 +79,26 @@ def consume(settings: Settings, host: Host) -> None:
         concurrency=settings.max_batch_size,  # enough tasks in flight to fill a batch
         loglevel="INFO",
     ).start()
+
+
+@contextmanager
+def embedded_worker(settings: Settings, app: Celery, name: str, ref: str | None) -> Iterator[Host]:
+    """A Host serving `name` and a Celery worker on its queue, on threads of this process (the embedded
+    mode's inference tier); the producer passes its own app, so the in-process broker is shared."""
+    store = connect(settings)
+    host = Host(settings, store, open_events(settings))
+    try:
+        host.load(name, ref)
+        tasks.register(app, host)
+        worker = InProcessWorker(app, settings.inference_queue, settings.max_batch_size, "inference")
+        worker.start()
+        try:
+            yield host
+        finally:
+            worker.stop()
+    finally:
+        host.close()
+        store.close()
 
 
 def main(settings: Settings | None = None, worker: bool | None = None) -> None:

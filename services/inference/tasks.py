@@ -15,44 +15,15 @@ from typing import Any
 
 from celery import Celery, Task
 
-from llmk.bus.queues import celery_queue_options
-from llmk.config import Settings
+from llmk.bus.inference_queue import CLASSIFY, GENERATE, make_app, result_backend
 from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
 from services.inference.engine.generator import Request
 from services.inference.host import Host
 
-CLASSIFY = "llmk.inference.classify"
-GENERATE = "llmk.inference.generate"
+__all__ = ["CLASSIFY", "GENERATE", "make_app", "register", "request_of", "result_backend"]
 RETRY = dict(
     autoretry_for=(ResourceExhausted, Unavailable), retry_backoff=True, retry_jitter=True, max_retries=8
 )
-
-
-def result_backend(settings: Settings) -> str:
-    """rpc:// sends results back to the caller over the broker (AMQP); the cache backend is in-process."""
-    if settings.result_backend:
-        return settings.result_backend
-    return "rpc://" if settings.broker_url.startswith(("amqp", "pyamqp")) else "cache+memory://"
-
-
-def make_app(settings: Settings) -> Celery:
-    app = Celery(
-        "llmk.inference", broker=settings.broker_url, backend=result_backend(settings), set_as_current=False
-    )
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=settings.inference_queue,
-        task_routes={"llmk.inference.*": {"queue": settings.inference_queue}},
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        **celery_queue_options(settings.queue_type),
-    )
-    return app
 
 
 def register(app: Celery, host: Host) -> None:

@@ -24,13 +24,14 @@ from llmk.adapters.migrate import upgrade
 from llmk.adapters.objects import ObjectStore
 from llmk.app.jobs import JobService
 from llmk.app.training import JobRunner
+from llmk.bus.workers import InProcessWorker
 from llmk.client import StoreClient, connect
 from llmk.config import Settings
 from llmk.rpc.server import make_server
 from llmk.v1 import optimizer_pb2_grpc
 from services.optimizer.metrics import Metrics
 from services.optimizer.servicer import MUTATING, SERVICE, OptimizerServicer
-from services.optimizer.tasks import InProcessWorker, make_app, register_tasks, scheduler
+from services.optimizer.tasks import make_app, register_tasks, scheduler
 
 log = logging.getLogger("llmk.optimizer")
 MAX_GRADIENT_BYTES = 1 << 30

@@ -9,10 +9,7 @@ its time budget continues in a fresh message, so no delivery stays unacknowledge
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -98,35 +95,3 @@ def scheduler(app: Celery, queue: str) -> Callable[[str], None]:
 def sent_now() -> dict[str, float]:
     """The header the optimizer's metrics read the queue lag from."""
     return {SENT_AT: time.time()}
-
-
-class InProcessWorker:
-    """A Celery worker on a thread of this process: the embedded mode's worker, and `serve optimizer`'s."""
-
-    def __init__(self, app: Celery, queue: str):
-        # as Celery's own embedded test worker does: task execution and retries on the pool's threads find
-        # their app as the process default
-        app.set_default()
-        self.controller = app.WorkController(
-            pool="threads",
-            concurrency=1,
-            queues=[queue],
-            hostname=f"optimizer-{uuid.uuid4().hex[:8]}@{socket.gethostname()}",
-            without_mingle=True,
-            without_gossip=True,
-            without_heartbeat=True,
-            loglevel="WARNING",
-        )
-        self.thread = threading.Thread(
-            target=self.controller.start, daemon=True, name="llmk-optimizer-worker"
-        )
-
-    def start(self) -> InProcessWorker:
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.controller.stop(in_sighandler=False)
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            log.warning("the optimizer worker did not stop within %.0f s", timeout)

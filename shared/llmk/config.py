@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         "", description="Celery result backend; empty = rpc:// on AMQP brokers, cache+memory:// otherwise"
     )
 
+    # monitor
+    monitor_max_item_bytes: int = Field(4096, description="Longest item text the monitor scores (bytes)")
+
     # optimizer
     optimizer_queue: str = Field("optimizer", description="Celery queue the optimizer's job tasks go to")
     optimizer_state_dir: Path | None = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
@@ -17,6 +17,8 @@ from llmk.config import Settings
 from llmk.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from llmk.cli.infer import Engine
     from llmk.cli.train import Jobs
     from llmk.client import StoreClient
@@ -29,6 +31,9 @@ class Tiers(Protocol):
 
     def serve(self, tier: str, settings: Settings) -> None: ...
     def local_inference(self, settings: Settings, name: str, ref: str | None) -> Engine: ...
+    def inference_worker(
+        self, settings: Settings, app: Celery, name: str, ref: str | None
+    ) -> AbstractContextManager[Any]: ...
     def embedded_optimizer(self, settings: Settings, worker: bool) -> AbstractContextManager[Jobs]: ...
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from llmk.cli import health, infer, store, train
+from llmk.cli import health, infer, monitor, store, task, train
 from llmk.cli.context import Tiers, tiers
 from llmk.config import Settings
 from llmk.errors import LlmkError
@@ -23,8 +23,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(store.app, name="store")
+app.add_typer(task.app, name="task")
 train.register(app)
 infer.register(app)
+monitor.register(app)
 health.register(app)
 db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")

@@ -1,0 +1,227 @@
+"""The monitor: a stream of items is scored by the inference tier, stored, and watched for alerts.
+
+Items go to the inference queue one per message, up to `in_flight` at a time, so the workers' batchers
+stay full and a killed worker's unacknowledged items are delivered again. Answers are taken in stream
+order, so per-ticker moods see the stream as it came. Every item read is counted once: as scored (stored
+with the version that scored it) or as rejected (stored with the reason); an answer for an item that is
+already stored is counted as a duplicate and stored nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from llmk.app.explain import explain
+from llmk.app.monitor_records import AlertRecord, Evidence, MonitorRepo, RejectRecord, ScoreRecord
+from llmk.app.stream import Item, Rejected
+from llmk.domain.alerts import AlertRules, Change, Moods, Scored, tickers_in
+from llmk.errors import LlmkError, Unavailable
+
+log = logging.getLogger("llmk.monitor")
+
+
+class Pending(Protocol):
+    def result(self, timeout: float | None = None) -> dict[str, Any]: ...
+
+
+class Scoring(Protocol):
+    """The inference tier as the monitor reaches it: classify texts with the model's own task."""
+
+    def submit(self, texts: Sequence[str]) -> Pending: ...
+
+
+@dataclass
+class Summary:
+    run: str
+    model: str
+    read: int = 0  # "in": every record read from the source
+    scored: int = 0
+    rejected: int = 0
+    duplicates: int = 0  # answers for items already stored (redeliveries); never stored twice
+    alerts: int = 0
+    versions: list[int] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def version(self) -> int | None:
+        return self.versions[-1] if self.versions else None
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "run": self.run,
+            "model": self.model,
+            "in": self.read,
+            "scored": self.scored,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "alerts": self.alerts,
+            "versions": self.versions,
+            "wall_seconds": round(time.monotonic() - self.started, 3),
+            "latency_ms_p50": _quantile(lat, 0.5),
+            "latency_ms_p99": _quantile(lat, 0.99),
+        }
+
+
+@dataclass
+class MonitorConfig:
+    model: str
+    rules: AlertRules = field(default_factory=AlertRules)
+    companies: Mapping[str, str] = field(default_factory=dict)  # company name -> ticker
+    in_flight: int = 64
+    evidence_items: int = 3
+    timeout: float = 300.0
+
+
+class Monitor:
+    def __init__(
+        self,
+        repo: MonitorRepo,
+        scoring: Scoring,
+        config: MonitorConfig,
+        run: str,
+        on_progress: Callable[[Summary], None] | None = None,
+        on_alert: Callable[[AlertRecord], None] | None = None,
+        on_done: Callable[[str], None] | None = None,
+    ):
+        self.repo, self.scoring, self.config = repo, scoring, config
+        self.summary = Summary(run, config.model)
+        self.moods = Moods(config.rules)
+        self.on_progress = on_progress or (lambda _: None)
+        self.on_alert = on_alert or (lambda _: None)
+        self.on_done = on_done or (lambda _: None)  # an item is stored: its source may forget it
+        self._open: dict[tuple[str, str], AlertRecord] = {}
+
+    def run(self, items: Iterable[Item | Rejected | None], stop: threading.Event | None = None) -> Summary:
+        """Score `items` to their end (or until `stop` is set); returns the counts.
+
+        A None from `items` means the source is idle: every item in flight is finished meanwhile."""
+        pending: deque[tuple[Item, float, Pending]] = deque()
+        for entry in items:
+            if entry is None:
+                while pending:
+                    self._complete(*pending.popleft())
+                continue
+            self.summary.read += 1
+            if isinstance(entry, Rejected):
+                self._reject(entry.id, entry.reason, entry.raw)
+            else:
+                pending.append((entry, time.monotonic(), self.scoring.submit([entry.text])))
+            while len(pending) >= self.config.in_flight:
+                self._complete(*pending.popleft())
+            if stop is not None and stop.is_set():
+                break
+        while pending:
+            self._complete(*pending.popleft())
+        self.on_progress(self.summary)
+        return self.summary
+
+    def _complete(self, item: Item, started: float, answer: Pending) -> None:
+        try:
+            result = answer.result(self.config.timeout)
+        except Unavailable:
+            raise  # no worker answered: stop rather than reject items that were never looked at
+        except Exception as e:  # this item could not be scored (too long for the model, ...)
+            self._reject(item.id, f"not scored: {e}", item.text)
+            return
+        scores = result["results"][0]
+        version = int(result["version"])
+        record = ScoreRecord(
+            self.config.model,
+            item.id,
+            item.text,
+            scores["label"],
+            {k: round(float(v), 6) for k, v in scores["probabilities"].items()},
+            version,
+            round((time.monotonic() - started) * 1000, 3),
+            tuple(tickers_in(item.text, self.config.companies)),
+            item.fields,
+            self.summary.run,
+        )
+        stored = self.repo.add_score(record)
+        self.on_done(item.id)
+        if not stored:
+            self.summary.duplicates += 1
+            return
+        s = self.summary
+        s.scored += 1
+        s.latencies_ms.append(record.latency_ms)
+        if not s.versions or s.versions[-1] != version:
+            s.versions.append(version)
+        label_p = record.probabilities[record.label]
+        for change in self.moods.add(
+            Scored(item.id, item.text, record.label, label_p, record.tickers, version)
+        ):
+            self._alert(change)
+        self.on_progress(s)
+
+    def _reject(self, item_id: str, reason: str, raw: str) -> None:
+        self.repo.add_reject(RejectRecord(self.config.model, item_id, reason, raw[:200], self.summary.run))
+        self.on_done(item_id)
+        self.summary.rejected += 1
+
+    def _alert(self, change: Change) -> None:
+        key = (change.ticker, change.direction)
+        now = datetime.now(UTC)
+        if change.cleared:
+            if (opened := self._open.pop(key, None)) is not None:
+                self.repo.clear_alert(opened.id, now)
+                log.warning(
+                    "alert cleared: %s %s (share %.2f)", change.ticker, change.direction, change.share
+                )
+            return
+        evidence, version = self._evidence(change)
+        alert = self.repo.open_alert(
+            AlertRecord(
+                self.config.model,
+                change.ticker,
+                change.direction,
+                now,
+                version,
+                round(change.share, 4),
+                change.mentions,
+                evidence,
+                run=self.summary.run,
+            )
+        )
+        self._open[key] = alert
+        self.summary.alerts += 1
+        log.warning(
+            "alert: %s %s (%d of %d mentions) — %s",
+            change.ticker,
+            change.direction,
+            round(change.share * change.mentions),
+            change.mentions,
+            "; ".join(f"{e.text[:60]!r} {[w for w, _ in e.top_tokens[:3]]}" for e in evidence),
+        )
+        self.on_alert(alert)
+
+    def _evidence(self, change: Change) -> tuple[list[Evidence], int]:
+        """The items that moved the mood most, each with the words that drove its label."""
+        out: list[Evidence] = []
+        version = change.items[0].version if change.items else 0
+        for scored in change.items[: self.config.evidence_items]:
+            try:
+                why = explain(lambda t: self.scoring.submit(t).result(self.config.timeout), scored.text)
+            except LlmkError as e:
+                log.warning("could not explain item %s: %s", scored.item_id, e)
+                continue
+            version = why.version
+            out.append(
+                Evidence(scored.item_id, scored.text, why.label, round(why.probability, 4), why.top(5))
+            )
+        return out, version
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]

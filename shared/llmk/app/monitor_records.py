@@ -1,0 +1,73 @@
+"""What the monitor keeps: every scored item, every rejected one (with why), and every alert (with why)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    model: str
+    item_id: str
+    text: str
+    label: str
+    probabilities: dict[str, float]
+    version: int  # the version that computed this answer, all of it
+    latency_ms: float  # from reading the item to storing its score
+    tickers: tuple[str, ...] = ()
+    fields: dict[str, Any] = field(default_factory=dict)  # the item's other columns, kept as given
+    run: str = ""
+    scored_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RejectRecord:
+    model: str
+    item_id: str
+    reason: str
+    raw: str  # the start of what was read, for a person to look at
+    run: str = ""
+    rejected_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """An item that moved a ticker's mood, and the words that drove its label (occlusion attributions)."""
+
+    item_id: str
+    text: str
+    label: str
+    probability: float
+    top_tokens: list[tuple[str, float]]  # (word, drop in the label's probability without it)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    model: str
+    ticker: str
+    direction: str  # negative or positive
+    opened: datetime
+    version: int  # the version that scored the items and computed the explanations
+    share: float
+    mentions: int
+    evidence: list[Evidence]
+    cleared: datetime | None = None
+    run: str = ""
+    id: int = 0
+
+
+class MonitorRepo(Protocol):
+    def add_score(self, record: ScoreRecord) -> bool:
+        """Store a score; False (nothing written) when the item already has one."""
+        ...
+
+    def add_reject(self, record: RejectRecord) -> None: ...
+    def open_alert(self, record: AlertRecord) -> AlertRecord: ...
+    def clear_alert(self, alert_id: int, cleared: datetime) -> None: ...
+    def scores(
+        self, model: str | None, ticker: str | None, since: datetime | None, run: str | None = None
+    ) -> list[ScoreRecord]: ...
+    def rejects(self, model: str | None, run: str | None = None) -> list[RejectRecord]: ...
+    def alerts(self, model: str | None, run: str | None = None) -> list[AlertRecord]: ...

@@ -1,0 +1,79 @@
+"""The inference queue as producers and workers both see it: one Celery app definition, the task names,
+and a producer that puts classify work on the queue and waits for its answers.
+
+Workers (services/inference/tasks.py) register the tasks on an app made here; producers (the monitor, the
+CLI) only send by name. In the embedded mode both sides share one app over the in-process broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from llmk.bus.queues import celery_queue_options
+from llmk.config import Settings
+from llmk.errors import Unavailable
+
+CLASSIFY = "llmk.inference.classify"
+GENERATE = "llmk.inference.generate"
+
+
+def result_backend(settings: Settings) -> str:
+    """rpc:// sends results back to the caller over the broker (AMQP); the cache backend is in-process."""
+    if settings.result_backend:
+        return settings.result_backend
+    return "rpc://" if settings.broker_url.startswith(("amqp", "pyamqp")) else "cache+memory://"
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery(
+        "llmk.inference", broker=settings.broker_url, backend=result_backend(settings), set_as_current=False
+    )
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.inference_queue,
+        task_routes={"llmk.inference.*": {"queue": settings.inference_queue}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        **celery_queue_options(settings.queue_type),
+    )
+    return app
+
+
+class PendingClassify:
+    """An answer on its way back from the queue."""
+
+    def __init__(self, result: AsyncResult):
+        self._result = result
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """{"version": int, "results": [{"label", "probabilities", "prompt_tokens"}, ...]}."""
+        try:
+            # the embedded worker shares this process, which Celery takes for a task waiting on a task
+            answer: dict[str, Any] = self._result.get(
+                timeout=timeout, propagate=True, disable_sync_subtasks=False
+            )
+        except TimeoutError:
+            raise Unavailable(f"no inference worker answered within {timeout} s") from None
+        return {**answer, "version": int(answer["version"])}
+
+
+class QueuedClassifier:
+    """Puts classify work for one model on the inference queue; any worker serving the model answers."""
+
+    def __init__(self, app: Celery, model: str):
+        self.app, self.model = app, model
+
+    def submit(self, texts: Sequence[str]) -> PendingClassify:
+        """Labels and template are left to the worker: it scores the served version's own task."""
+        return PendingClassify(
+            self.app.send_task(CLASSIFY, args=(list(texts),), kwargs={"model": self.model})
+        )

@@ -1,0 +1,258 @@
+"""`llmk monitor`, `llmk scores`, `llmk alerts`: score a stream of finance news, watch tickers' mood.
+
+Items go through the inference queue: in the embedded mode (LLMK_BROKER_URL=memory://) the command runs
+an inference worker on threads of its own process; with RabbitMQ, `llmk serve inference` workers consuming
+the queue answer (start as many as you need).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from llmk.cli.context import Json, split_ref, tiers
+from llmk.cli.output import emit
+from llmk.config import Settings
+from llmk.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from llmk.adapters.monitor_db import MonitorDb
+    from llmk.app.monitor import MonitorConfig, Summary
+    from llmk.app.stream import Item, Rejected
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(monitor)
+    app.command()(scores)
+    app.command()(alerts)
+
+
+def monitor(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="NAME or NAME@BRANCH to serve and follow")],
+    source: Annotated[
+        str, typer.Option(help="A CSV or JSON-lines file, '-' for standard input, or amqp://... (a queue)")
+    ],
+    format_: Annotated[
+        str, typer.Option("--format", help="csv or jsonl (default: from the file name; csv for stdin)")
+    ] = "",
+    queue: Annotated[str, typer.Option(help="The queue to read with an amqp:// source")] = "news",
+    window: Annotated[int, typer.Option(help="Items in the sliding window tickers' mood is read over")] = 200,
+    threshold: Annotated[
+        float, typer.Option(help="Share of negative (or positive) mentions that alerts")
+    ] = 0.6,
+    min_mentions: Annotated[
+        int, typer.Option(help="Mentions of a ticker in the window before it alerts")
+    ] = 5,
+    companies: Annotated[
+        Path | None, typer.Option(help='JSON file mapping company names to tickers, e.g. {"Apple": "AAPL"}')
+    ] = None,
+    json_: Json = False,
+) -> None:
+    """Score every item of a stream, store it, and raise alerts when a ticker's mood turns.
+
+    A file or standard input is read to its end, then a summary is printed; a queue runs until stopped.
+    """
+    from llmk.app.monitor import MonitorConfig
+    from llmk.domain.alerts import AlertRules
+
+    name, ref = split_ref(model)
+    try:
+        rules = AlertRules(window, threshold, min_mentions)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+    config = MonitorConfig(name, rules, _companies(companies))
+    settings = Settings()
+    run = uuid.uuid4().hex[:12]
+    with ExitStack() as stack:
+        items = stack.enter_context(_source(settings, source, format_, queue, run))
+        app = _inference_app(settings)
+        workers = inference_workers(ctx, settings, app, name, ref)
+        summary = run_monitor(settings, config, app, workers, items, run, progress=not json_)
+    emit(json_, summary.as_dict())
+
+
+def _inference_app(settings: Settings) -> Any:
+    from llmk.bus.inference_queue import make_app
+
+    return make_app(settings)
+
+
+def run_monitor(
+    settings: Settings,
+    config: MonitorConfig,
+    app: Any,
+    workers: AbstractContextManager[Any],
+    items: Iterable[Item | Rejected | None],
+    run: str,
+    progress: bool = True,
+) -> Summary:
+    """Run the monitor over `items`, with `workers` answering on the inference queue of `app`."""
+    from llmk.app.monitor import Monitor
+    from llmk.bus.inference_queue import QueuedClassifier
+
+    repo = monitor_repo(settings)
+    with workers, _Progress(progress) as shown:
+        done = getattr(items, "done", None)  # a queue source acknowledges what is stored
+        m = Monitor(repo, QueuedClassifier(app, config.model), config, run, shown.update, on_done=done)
+        return m.run(items)
+
+
+def inference_workers(
+    ctx: typer.Context, settings: Settings, app: Any, name: str, ref: str | None
+) -> AbstractContextManager[Any]:
+    """In the embedded mode, a worker on this process's threads; otherwise the deployment's workers."""
+    if settings.broker_url.startswith("memory"):
+        return tiers(ctx).inference_worker(settings, app, name, ref)
+    return nullcontext()
+
+
+def monitor_repo(settings: Settings) -> MonitorDb:
+    from llmk.adapters.db import make_engine
+    from llmk.adapters.migrate import upgrade
+    from llmk.adapters.monitor_db import MonitorDb
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    if settings.auto_migrate:
+        upgrade(engine)
+    return MonitorDb(engine)
+
+
+def scores(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's items")] = None,
+    ticker: Annotated[
+        str | None, typer.Option(help="Only items mentioning this ticker ($AAPL or AAPL)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Only items scored at or after this ISO time")] = None,
+    run: Annotated[str | None, typer.Option(help="Only items of this monitor run")] = None,
+    json_: Json = False,
+) -> None:
+    """Scored items, oldest first: label, probabilities and the version that scored each."""
+    start = _iso(since) if since else None
+    found = monitor_repo(Settings()).scores(model, ticker, start, run)
+    records = [
+        {
+            "id": s.item_id,
+            "model": s.model,
+            "label": s.label,
+            "probabilities": s.probabilities,
+            "version": s.version,
+            "tickers": list(s.tickers),
+            "latency_ms": s.latency_ms,
+            "scored_at": s.scored_at,
+            "run": s.run,
+            "text": s.text,
+        }
+        for s in found
+    ]
+    rows = [{k: r[k] for k in ("id", "label", "version", "tickers", "text")} for r in records]
+    emit(json_, records, rows, title="scored items")
+
+
+def alerts(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's alerts")] = None,
+    run: Annotated[str | None, typer.Option(help="Only alerts of this monitor run")] = None,
+    json_: Json = False,
+) -> None:
+    """Alerts, oldest first, each with the items that raised it and the words that drove their labels."""
+    found = monitor_repo(Settings()).alerts(model, run)
+    rows = [
+        {
+            "ticker": a.ticker,
+            "direction": a.direction,
+            "opened": a.opened,
+            "cleared": a.cleared or "",
+            "version": a.version,
+            "share": a.share,
+            "why": "; ".join(
+                f"{e.text[:50]} [{', '.join(w for w, _ in e.top_tokens[:3])}]" for e in a.evidence
+            ),
+        }
+        for a in found
+    ]
+    emit(json_, found, rows, title="alerts")
+
+
+@contextmanager
+def _source(
+    settings: Settings, source: str, fmt: str, queue: str, run: str
+) -> Iterator[Iterable[Item | Rejected | None]]:
+    from llmk.app.stream import guess_format, read_items
+
+    limit = settings.monitor_max_item_bytes
+    if source.startswith(("amqp://", "amqps://")):
+        from llmk.bus.news_queue import queue_items
+
+        with queue_items(source, queue, run, limit) as items:
+            yield items
+        return
+    if source == "-":
+        yield read_items(sys.stdin.buffer, fmt or "csv", run, limit)
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise NotFound(f"no such file: {source}")
+    f: IO[bytes]
+    with path.open("rb") as f:
+        yield read_items(f, fmt or guess_format(path.name), run, limit)
+
+
+def _companies(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        mapping = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"--companies {path}: {e}") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise InvalidInput(f"--companies {path}: expected a JSON object of company name -> ticker")
+    return {str(k): v.upper() for k, v in mapping.items()}
+
+
+def _iso(text: str) -> datetime:
+    from datetime import UTC
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"--since {text!r} is not an ISO time (e.g. 2026-12-01T09:30:00)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class _Progress:
+    """A live status line on a terminal (standard error): items/s, counts, the version serving."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.live: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def update(self, s: Summary) -> None:
+        if self.live is not None:
+            d = s.as_dict()
+            rate = d["scored"] / max(d["wall_seconds"], 1e-9)
+            self.live.update(
+                f"read {d['in']}  scored {d['scored']}  rejected {d['rejected']}  alerts {d['alerts']}  "
+                f"version {s.version}  {rate:.1f} items/s"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
