@@ -20,7 +20,8 @@ from services.store.metrics import Metrics
 
 SERVICE = "llmk.v1.ParameterStore"
 MUTATING = {
-    f"/{SERVICE}/{m}" for m in ("CreateModel", "Commit", "CreateRef", "Rollback", "Freeze", "Squash", "Gc")
+    f"/{SERVICE}/{m}"
+    for m in ("CreateModel", "Commit", "CreateRef", "Rollback", "Freeze", "Unfreeze", "Squash", "Gc")
 }
 
 
@@ -99,12 +100,18 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext):
         with self.metrics.track("Rollback"):
             info = CommitInfo(author=request.author or "llmk")
-            v = self.store.rollback(request.model, request.to, request.branch or "main", info)
+            v = self.store.rollback(
+                request.model, request.to, request.branch or "main", info, request.force_frozen
+            )
         self.metrics.committed("rollback", v)
         return codec.version_to_pb(v)
 
     def Freeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext):
         m = self.store.freeze(request.model, list(request.patterns))
+        return codec.model_to_pb(m, self.store.refs(request.model))
+
+    def Unfreeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext):
+        m = self.store.unfreeze(request.model, list(request.patterns))
         return codec.model_to_pb(m, self.store.refs(request.model))
 
     def Squash(self, request: pb.SquashRequest, context: grpc.ServicerContext):

@@ -99,11 +99,16 @@ class LocalStoreClient:
     def tag(self, model: str, name: str, ref: str | None = None) -> Ref:
         return self.store.tag(model, name, ref)
 
-    def rollback(self, model: str, to: str, branch: str = MAIN, author: str = "llmk") -> Version:
-        return self.store.rollback(model, to, branch, CommitInfo(author=author))
+    def rollback(
+        self, model: str, to: str, branch: str = MAIN, author: str = "llmk", force_frozen: bool = False
+    ) -> Version:
+        return self.store.rollback(model, to, branch, CommitInfo(author=author), force_frozen)
 
     def freeze(self, model: str, patterns: list[str]) -> Model:
         return self.store.freeze(model, patterns)
+
+    def unfreeze(self, model: str, patterns: list[str]) -> Model:
+        return self.store.unfreeze(model, patterns)
 
     def squash(self, model: str, ref: str | None = None, author: str = "llmk") -> Version:
         return self.store.squash(model, ref, CommitInfo(author=author))
@@ -262,14 +267,23 @@ class GrpcStoreClient:
         return codec.ref_from_pb(self.stub.CreateRef(request, metadata=self.metadata))
 
     @translate
-    def rollback(self, model: str, to: str, branch: str = MAIN, author: str = "llmk") -> Version:
-        request = pb.RollbackRequest(model=model, to=to, branch=branch, author=author)
+    def rollback(
+        self, model: str, to: str, branch: str = MAIN, author: str = "llmk", force_frozen: bool = False
+    ) -> Version:
+        request = pb.RollbackRequest(
+            model=model, to=to, branch=branch, author=author, force_frozen=force_frozen
+        )
         return codec.version_from_pb(self.stub.Rollback(request, metadata=self.metadata))
 
     @translate
     def freeze(self, model: str, patterns: list[str]) -> Model:
         request = pb.FreezeRequest(model=model, patterns=patterns)
         return codec.model_from_pb(self.stub.Freeze(request, metadata=self.metadata))
+
+    @translate
+    def unfreeze(self, model: str, patterns: list[str]) -> Model:
+        request = pb.FreezeRequest(model=model, patterns=patterns)
+        return codec.model_from_pb(self.stub.Unfreeze(request, metadata=self.metadata))
 
     @translate
     def squash(self, model: str, ref: str | None = None, author: str = "llmk") -> Version:

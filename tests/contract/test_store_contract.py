@@ -255,6 +255,37 @@ def test_freeze_rejects_a_touching_commit_whole(env) -> None:
     assert [e.name for e in v.entries] == [UP0]
 
 
+def test_frozen_tensors_survive_a_rollback_unless_it_is_forced(env) -> None:
+    v2 = env.client.commit(env.model, {UP0: sparse([0], [1.0]), Q0: sparse([0], [1.0])})
+    env.client.freeze(env.model, ["model.layers.0.mlp"])
+    before, values = env.history(), env.client.fetch(env.model)
+    with pytest.raises(Frozen, match=UP0):
+        env.client.rollback(env.model, str(env.first))
+    assert env.history() == before
+    env.client.commit(env.model, {K1: sparse([0], [1.0])})
+    env.client.rollback(env.model, str(v2.id))  # the frozen tensor is equal in both: allowed
+    assert_same_tensors(env.client.fetch(env.model), values)
+    forced = env.client.rollback(env.model, str(env.first), force_frozen=True)
+    assert forced.metadata["forced_frozen"] == [UP0]
+    assert_same_tensors(env.client.fetch(env.model), env.tensors)
+
+
+def test_freeze_needs_a_matching_tensor_and_unfreeze_undoes_it(env) -> None:
+    with pytest.raises(InvalidInput, match="match no tensor"):
+        env.client.freeze(env.model, ["model.layers.0.mlp", "model.layers.99"])
+    assert env.client.model(env.model).frozen == []
+    env.client.freeze(env.model, ["model.layers.0.mlp", "*.q_proj.*"])
+    with pytest.raises(InvalidInput, match="not frozen"):
+        env.client.unfreeze(env.model, ["model.layers.0"])
+    assert env.client.unfreeze(env.model, ["model.layers.0.mlp"]).frozen == ["*.q_proj.*"]
+    v = env.client.commit(env.model, {UP0: sparse([0], [1.0])})
+    assert [e.name for e in v.entries] == [UP0]
+    with pytest.raises(Frozen):
+        env.client.commit(env.model, {Q0: sparse([0], [1.0])})
+    with pytest.raises(InvalidInput):
+        env.client.rollback(env.model, "")  # not "roll back to head"
+
+
 def test_squash_writes_a_bit_identical_base(env) -> None:
     env.client.commit(env.model, {UP0: sparse([1], [1.0])})
     env.client.commit(env.model, {Q0: Delta(Kind.LOW_RANK, {"a": torch.ones(64, 1), "b": torch.ones(1, 64)})})

@@ -189,3 +189,23 @@ def test_the_same_commands_reach_a_store_service(settings, grpc_server, tmp_path
     assert [v["id"] for v in log] == [1] and "authorization" in denied
     assert served.client.model("tiny").frozen == []
     assert not list((tmp_path / "client-home").rglob("*.db")), "the client kept no store of its own"
+
+
+def test_frozen_means_no_version_changes_it(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home")
+    ok(env, "store", "import", "synthetic:llama-tiny", "--model", "tiny")
+    tuned = load_source("synthetic:llama-tiny").tensors
+    tuned[UP0][0, 0] += 1
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    ok(env, "store", "commit", "tiny", "--from", str(tmp_path / "tuned.safetensors"))
+    frozen, unmatched = batch(
+        env,
+        (OK, ("store", "freeze", "tiny", "model.layers.0.mlp")),
+        (2, ("store", "freeze", "tiny", "model.layers.99")),
+    )
+    assert frozen["frozen"] == ["model.layers.0.mlp"] and "match no tensor" in unmatched
+    refused = batch(env, (6, ("store", "rollback", "tiny", "--to", "1")))[0]
+    assert UP0 in refused and "--force-frozen" in refused
+    forced = ok(env, "store", "rollback", "tiny", "--to", "1", "--force-frozen")
+    assert (forced["version"], forced["restores"]) == (3, 1)
+    assert ok(env, "store", "unfreeze", "tiny", "model.layers.0.mlp")["frozen"] == []

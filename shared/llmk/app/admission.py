@@ -16,6 +16,7 @@ import torch
 from llmk.app import reading
 from llmk.app.ports import Catalog, Objects
 from llmk.domain import deltas
+from llmk.domain.names import any_match
 from llmk.errors import InvalidDelta
 
 Meta = tuple[tuple[int, ...], torch.dtype]
@@ -55,6 +56,28 @@ def check_entries(
     if p:
         _check_results(objects, p, {n: d for n, d in entries.items() if d.kind is not deltas.Kind.FULL})
     return metas
+
+
+def frozen_changes(
+    catalog: Catalog, objects: Objects, model: str, a: int, b: int, patterns: list[str]
+) -> list[str]:
+    """Frozen tensors whose value differs between versions `a` and `b` (added and removed ones too)."""
+
+    def frozen(name: str) -> bool:
+        return any_match(name, patterns)
+
+    va = reading.load(objects, reading.plan(catalog, objects, model, a, frozen))
+    vb = reading.load(objects, reading.plan(catalog, objects, model, b, frozen))
+    return sorted(n for n in va.keys() | vb.keys() if n not in va or n not in vb or not _same(va[n], vb[n]))
+
+
+def _same(x: torch.Tensor, y: torch.Tensor) -> bool:
+    bits = torch.uint8
+    return (
+        x.shape == y.shape
+        and x.dtype == y.dtype
+        and torch.equal(x.reshape(-1).view(bits), y.reshape(-1).view(bits))
+    )
 
 
 def _stored_meta(objects: Objects, p: reading.Plan) -> dict[str, Meta]:

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from llmk.app import reading
-from llmk.app.admission import Meta, changes_architecture, check_entries
+from llmk.app.admission import Meta, changes_architecture, check_entries, frozen_changes
 from llmk.app.model_task import TASK_KEY, decode_task
 from llmk.app.ports import Catalog, Events, Objects
 from llmk.domain import deltas
-from llmk.domain.names import any_match, check_file_name, check_name, check_tensor_name
+from llmk.domain.names import any_match, check_file_name, check_name, check_tensor_name, matches
 from llmk.domain.versions import Entry, Model, Ref, Version, part_key
 from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
 
@@ -96,8 +96,24 @@ class Store:
         return self.objects.get_bytes(m.files[name])
 
     def freeze(self, model: str, patterns: list[str]) -> Model:
+        """Make tensors read-only: no commit or rollback may change them until they are unfrozen."""
         m = self.catalog.model(model)
+        p = reading.plan(self.catalog, self.objects, model, self.resolve(model), lambda _: True)
+        names = [*p.lineage, *p.snapshot_names]
+        unmatched = [pat for pat in patterns if not any(matches(n, pat) for n in names)]
+        if not patterns or unmatched:
+            raise InvalidInput(f"freeze pattern(s) {unmatched} match no tensor of {model!r}@main")
+        log.warning("model %r: frozen %s", model, patterns)
         return self.catalog.update_model(model, frozen=sorted(set(m.frozen) | set(patterns)))
+
+    def unfreeze(self, model: str, patterns: list[str]) -> Model:
+        """Remove freeze patterns, each exactly as it was given to `freeze`."""
+        m = self.catalog.model(model)
+        unknown = [pat for pat in patterns if pat not in m.frozen]
+        if not patterns or unknown:
+            raise InvalidInput(f"{unknown} not frozen in {model!r}; its freeze patterns: {m.frozen}")
+        log.warning("model %r: unfrozen %s", model, patterns)  # not versioned, so leave a trace
+        return self.catalog.update_model(model, frozen=[pat for pat in m.frozen if pat not in patterns])
 
     # commits ----------------------------------------------------------------------
     def commit(
@@ -237,11 +253,32 @@ class Store:
             vid = by_id[vid].parent
         return out
 
-    def rollback(self, model: str, to: str, branch: str = MAIN, info: CommitInfo = CommitInfo()) -> Version:
-        """Point `branch` at the values of `to` through a new version; history keeps everything."""
+    def rollback(
+        self,
+        model: str,
+        to: str,
+        branch: str = MAIN,
+        info: CommitInfo = CommitInfo(),
+        force_frozen: bool = False,
+    ) -> Version:
+        """Point `branch` at the values of `to` through a new version; history keeps everything.
+
+        Frozen tensors stay as they are: a rollback that would change one is refused unless forced.
+        """
+        if not to:
+            raise InvalidInput("a rollback needs the version, tag or branch to restore")
         target = self.resolve(model, to)
         head = self.resolve(model, branch)
-        meta = {**(info.metadata or {}), "rollback_to": target}
+        frozen = self.catalog.model(model).frozen
+        changed = frozen_changes(self.catalog, self.objects, model, head, target, frozen) if frozen else []
+        if changed and not force_frozen:
+            raise Frozen(
+                f"rollback to {target} would change frozen tensor(s) of {model!r}: "
+                f"{', '.join(changed[:10])}; unfreeze them or force it (--force-frozen)"
+            )
+        meta: dict[str, Any] = {**(info.metadata or {}), "rollback_to": target}
+        if changed:
+            meta["forced_frozen"] = changed  # the audit trail of a forced rollback
         version = Version(
             0,
             model,

@@ -179,9 +179,21 @@ def freeze(
     patterns: Annotated[list[str], typer.Argument(help="Dotted prefixes or globs to make read-only")],
     json_: Json = False,
 ) -> None:
-    """Make parameters read-only: later commits touching them are rejected whole."""
+    """Make parameters read-only: later commits and rollbacks changing them are rejected whole."""
     with client() as c:
         m = c.store.freeze(model, patterns)
+    emit(json_, {"model": model, "frozen": m.frozen})
+
+
+@app.command()
+def unfreeze(
+    model: Annotated[str, typer.Argument(help="Model name")],
+    patterns: Annotated[list[str], typer.Argument(help="Freeze patterns to remove, as given to freeze")],
+    json_: Json = False,
+) -> None:
+    """Make frozen parameters writable again."""
+    with client() as c:
+        m = c.store.unfreeze(model, patterns)
     emit(json_, {"model": model, "frozen": m.frozen})
 
 
@@ -190,11 +202,14 @@ def rollback(
     model: Annotated[str, typer.Argument(help="Model name")],
     to: Annotated[str, typer.Option("--to", help="Version, tag or branch to restore")],
     branch: Annotated[str, typer.Option(help="Branch to move")] = "main",
+    force_frozen: Annotated[
+        bool, typer.Option(help="Also restore frozen tensors (else a rollback changing one is refused)")
+    ] = False,
     json_: Json = False,
 ) -> None:
     """Point a branch at an earlier version's values as a new history entry; nothing is deleted."""
     with client() as c:
-        v = c.store.rollback(model, to, branch)
+        v = c.store.rollback(model, to, branch, force_frozen=force_frozen)
     emit(json_, {"model": model, "branch": branch, "version": v.id, "restores": v.basis})
 
 
