@@ -1,0 +1,140 @@
+"""`llmk feedback add`: analysts' labels go to the optimizer, which turns them into served versions.
+
+Labels feed the model's standing feedback job (one per model and branch, created on first use with the
+model's own task, so what it learns is what the workers serve). The optimizer trains on each batch of
+examples, commits a sparse version through its validation gate, and workers following the branch
+hot-apply it. The first file's first rows (`--holdout`) become the gate's held-out set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
+
+import typer
+
+from llmk.cli.context import Json
+from llmk.cli.output import console, emit
+from llmk.config import Settings
+from llmk.errors import InvalidInput, Unavailable
+
+if TYPE_CHECKING:
+    from llmk.app.job_records import Example, Job, JobSpec, TaskSpec
+    from llmk.cli.train import Jobs
+
+app = typer.Typer(help="Labelled feedback for a served model.", no_args_is_help=True)
+
+
+@app.command()
+def add(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose served branch learns")],
+    file: Annotated[
+        Path, typer.Option(help="CSV with text,label (a numeric label indexes the task's labels)")
+    ],
+    branch: Annotated[str, typer.Option(help="Serving branch the versions go to")] = "main",
+    holdout: Annotated[int, typer.Option(help="Rows of the first file kept for the validation gate")] = 48,
+    lr: Annotated[float, typer.Option(help="Learning rate (for a new job)")] = 3e-4,
+    topk: Annotated[float, typer.Option(help="Fraction of each tensor's update committed (new job)")] = 0.05,
+    commit_every: Annotated[int, typer.Option(help="Optimizer steps per version (new job)")] = 4,
+    trainable: Annotated[
+        list[str] | None, typer.Option(help="Tensor patterns to train (new job; default: last layers' MLPs)")
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(help="Wait until the optimizer has trained on them (always in the embedded mode)"),
+    ] = False,
+    json_: Json = False,
+) -> None:
+    """Queue labelled examples for the optimizer; prints the job and, with --wait, the versions it made."""
+    from llmk.app.model_task import require_task
+    from llmk.cli.context import client
+    from llmk.cli.train import optimizer, read_examples
+
+    settings = Settings()
+    embedded = not settings.optimizer_address and settings.broker_url.startswith("memory")
+    with client() as c:
+        task = require_task(c.store, model, branch)
+    examples = read_examples(file, task)
+    spec = _spec(model, branch, task, lr, topk, commit_every, trainable)
+    with optimizer(ctx, settings, worker=embedded) as jobs:
+        job, examples = standing_job(jobs, spec, examples, holdout)
+        key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
+        submitted = jobs.submit_feedback(job.id, examples, key)
+        waited = wait or embedded  # an embedded worker lives only as long as this command
+        job = wait_for_training(jobs, job.id, quiet=json_) if waited else jobs.get_job(job.id)
+    emit(
+        json_,
+        {
+            "job": job.id,
+            "examples": len(examples),
+            "duplicate": submitted.duplicate,
+            "status": job.status,
+            "step": job.step,
+            "versions": [c.version for c in job.commits],
+            "head_version": job.head_version,
+            "metric": job.metric,
+        },
+    )
+
+
+def _spec(
+    model: str, branch: str, task: TaskSpec, lr: float, topk: float, every: int, trainable: list[str] | None
+) -> JobSpec:
+    from llmk.app.job_records import FEEDBACK, JobSpec
+    from llmk.domain.optim import OptimizerKind, OptimizerSpec
+
+    return JobSpec(
+        model=model,
+        kind=FEEDBACK,
+        branch=branch,
+        trainable=tuple(trainable or ()),
+        optimizer=OptimizerSpec(kind=cast(OptimizerKind, "adamw"), lr=lr),
+        commit_every=every,
+        steps=None,
+        topk=topk,
+        task=task,
+        author="llmk feedback",
+    )
+
+
+def standing_job(
+    jobs: Jobs, spec: JobSpec, examples: list[Example], holdout: int
+) -> tuple[Job, list[Example]]:
+    """The model's open feedback job on the branch, or a new one whose gate holds out the first rows."""
+    for job in jobs.list_jobs(spec.model):
+        s = job.spec
+        if not job.done and s.kind == spec.kind and s.steps is None and s.branch == spec.branch:
+            if s.task != spec.task:
+                raise InvalidInput(
+                    f"job {job.id} trains another task than the model's; cancel it (`llmk jobs {job.id} "
+                    "--cancel`) and add the feedback again"
+                )
+            return job, examples
+    if len(examples) <= holdout:
+        raise InvalidInput(f"{len(examples)} examples: a new job needs more than --holdout {holdout}")
+    validation, rest = examples[:holdout], examples[holdout:]
+    return jobs.create_job(spec, validation), rest
+
+
+def wait_for_training(jobs: Jobs, job_id: str, quiet: bool, timeout: float = 3600.0) -> Job:
+    """Until every full batch submitted so far has been trained on (and committed where due)."""
+    deadline, shown = time.monotonic() + timeout, 0
+    while True:
+        job = jobs.get_job(job_id)
+        for c in job.commits[shown:]:
+            if not quiet:
+                state = "serving" if c.promoted else f"held back ({c.reason})"
+                console.print(f"step {c.step}: version {c.version} {state}, held-out metric {c.metric:.3f}")
+        shown = len(job.commits)
+        if job.done or job.step >= job.items // job.spec.batch_size:
+            return job
+        if time.monotonic() > deadline:
+            raise Unavailable(f"job {job_id} is still at step {job.step} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="feedback")
