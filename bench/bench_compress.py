@@ -31,12 +31,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench.common import write
+from llmk.data import FINANCE_NEWS
 from services.inference.engine.classifier import classify
 from services.inference.engine.compress import apply_options
 from services.inference.engine.model import Model, build_model
 from services.inference.engine.offload import fit_budget, resident_bytes, total_bytes
 
-DATA = Path(__file__).resolve().parents[1] / "tests/data/twitter-financial-news-sentiment/valid.csv"
+DATA = FINANCE_NEWS / "valid.csv"
 LABELS = ["negative", "positive", "neutral"]  # the dataset's label ids 0, 1, 2
 TEMPLATE = "Financial tweet: {prompt}\nIts sentiment (negative, positive or neutral) is"
 OPTIONS = {"none": [], "prune=0.5": ["prune=0.5"], "prune=2:4": ["prune=2:4"], "int8": ["int8"]}

@@ -24,12 +24,13 @@ from llmk.app.feedback import load_trainer
 from llmk.app.job_records import TASKS, Example, Job, JobSpec
 from llmk.app.training import JobRunner
 from llmk.config import Settings
+from llmk.data import FINANCE_NEWS
 from llmk.domain.optim import OptimizerSpec
 from llmk.wiring import open_events
 from services.optimizer.main import Runtime, wire
 from services.optimizer.tasks import InProcessWorker
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "twitter-financial-news-sentiment"
+DATA = FINANCE_NEWS
 TASK = TASKS["sentiment"]
 STEPS, BATCH, VALID, LATENCY_ROUNDS = 10, 16, 200, 3
 

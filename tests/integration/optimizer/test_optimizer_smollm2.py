@@ -24,10 +24,11 @@ from llmk.app.job_records import TASKS, Example
 from llmk.cli.main import app
 from llmk.client import connect
 from llmk.config import Settings
+from llmk.data import FINANCE_NEWS
 from services.compose import Tiers
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.slow, pytest.mark.timeout(900)]
-DATA = Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news-sentiment"
+DATA = FINANCE_NEWS
 TASK = TASKS["sentiment"]  # labels negative, positive, neutral: the data's 0, 1, 2
 PER_LABEL, HELD_OUT, VALID = 72, 48, 200
 
