@@ -22,6 +22,7 @@ from llmk.bus.workers import InProcessWorker
 from llmk.client import connect
 from llmk.config import Settings
 from llmk.oip import grpc_service_pb2_grpc
+from llmk.rpc.security import Tls
 from llmk.rpc.server import make_server
 from llmk.v1 import inference_pb2_grpc
 from llmk.wiring import open_events
@@ -64,6 +65,8 @@ def build(settings: Settings) -> Worker:
         MUTATING,
         settings.max_message_bytes,
         workers=2 * (settings.max_sequences + settings.max_batch_size) + 8,  # streams hold a thread each
+        tls=Tls.of(settings),
+        auth_reads=settings.auth_reads,
     )
     metrics_port = host.metrics.serve(settings.metrics_port) if settings.metrics_port else 0
     return Worker(host, server, port, metrics_port)

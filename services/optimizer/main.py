@@ -27,6 +27,7 @@ from llmk.app.training import JobRunner
 from llmk.bus.workers import InProcessWorker
 from llmk.client import StoreClient, connect
 from llmk.config import Settings
+from llmk.rpc.security import Tls
 from llmk.rpc.server import make_server
 from llmk.v1 import optimizer_pb2_grpc
 from services.optimizer.metrics import Metrics
@@ -80,6 +81,8 @@ def build(runtime: Runtime) -> tuple[grpc.Server, int]:
         s.auth_token,
         MUTATING,
         s.max_message_bytes,
+        tls=Tls.of(s),
+        auth_reads=s.auth_reads,
     )
 
 

@@ -7,6 +7,7 @@ import signal
 import threading
 
 from llmk.config import Settings
+from llmk.rpc.security import Tls
 from llmk.rpc.server import make_server
 from llmk.v1 import store_pb2_grpc
 from llmk.wiring import open_store
@@ -25,6 +26,8 @@ def build(settings: Settings, metrics: Metrics | None = None):  # noqa: ANN201 -
         settings.auth_token,
         MUTATING,
         settings.max_message_bytes,
+        tls=Tls.of(settings),
+        auth_reads=settings.auth_reads,
     )
 
 

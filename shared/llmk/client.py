@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
 
 from llmk.app.reading import Change
@@ -21,6 +20,7 @@ from llmk.domain.deltas import Delta, Kind, full
 from llmk.domain.versions import Model, Ref, Version, part_key
 from llmk.rpc import codec
 from llmk.rpc.errors import translate
+from llmk.rpc.security import Tls, open_channel
 from llmk.rpc.server import message_options
 from llmk.rpc.tensors import from_chunks, to_chunks
 from llmk.v1 import store_pb2 as pb
@@ -127,9 +127,14 @@ class GrpcStoreClient:
     """The store service over gRPC; tensors stream in chunks of at most settings.chunk_bytes."""
 
     def __init__(
-        self, address: str, token: str = "", max_message_bytes: int = 8 << 20, chunk_bytes: int = 4 << 20
+        self,
+        address: str,
+        token: str = "",
+        max_message_bytes: int = 8 << 20,
+        chunk_bytes: int = 4 << 20,
+        tls: Tls | None = None,
     ):
-        self.channel = grpc.insecure_channel(address, options=message_options(max_message_bytes))
+        self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
         self.stub = store_pb2_grpc.ParameterStoreStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.chunk_bytes = chunk_bytes
@@ -309,7 +314,11 @@ def connect(settings: Settings) -> StoreClient:
     """The store named by settings: a gRPC service when LLMK_STORE_ADDRESS is set, else embedded."""
     if settings.store_address:
         return GrpcStoreClient(
-            settings.store_address, settings.auth_token, settings.max_message_bytes, settings.chunk_bytes
+            settings.store_address,
+            settings.auth_token,
+            settings.max_message_bytes,
+            settings.chunk_bytes,
+            Tls.of(settings),
         )
     from llmk.wiring import open_store
 

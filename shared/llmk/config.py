@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     optimizer_address: str = Field("", description="host:port of an optimizer service")
     listen: str = Field("127.0.0.1:0", description="Address a `llmk serve` tier listens on")
     auth_token: str = Field("", description="Bearer token required on mutating calls when set")
+    auth_reads: bool = Field(False, description="Require the token on reads too (health checks excepted)")
+    tls_cert: Path | None = Field(None, description="PEM certificate: a server's, or a client's (mutual TLS)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_ca: Path | None = Field(
+        None, description="PEM CA: clients trust it; servers then require client certificates it signed"
+    )
     max_message_bytes: int = Field(8 * 1024 * 1024, description="gRPC message limit, both ends")
     chunk_bytes: int = Field(4 * 1024 * 1024, description="Tensor stream chunk size (at most 4 MiB)")
 

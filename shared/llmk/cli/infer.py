@@ -100,15 +100,14 @@ class _Remote:
     """The inference service over gRPC; its failures are re-raised as llmk errors."""
 
     def __init__(self, settings: Settings, name: str, ref: str | None):
-        import grpc
-
+        from llmk.rpc.security import Tls, open_channel
         from llmk.rpc.server import message_options
         from llmk.v1 import inference_pb2, inference_pb2_grpc
 
         self.pb, self.name, self.ref = inference_pb2, name, ref or ""
-        self.channel = grpc.insecure_channel(
-            settings.inference_address, options=message_options(settings.max_message_bytes)
-        )
+        options = message_options(settings.max_message_bytes)
+        tls, token = Tls.of(settings), settings.auth_token
+        self.channel = open_channel(settings.inference_address, options, tls, token)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
 
     def classify(self, texts: list[str], labels: list[str], template: str) -> dict[str, Any]:

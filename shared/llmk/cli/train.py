@@ -45,9 +45,11 @@ class Jobs(Protocol):
 def optimizer(ctx: typer.Context, settings: Settings, worker: bool = True) -> Iterator[Jobs]:
     if settings.optimizer_address:
         from llmk.rpc.jobs import GrpcOptimizerClient
+        from llmk.rpc.security import Tls
 
+        s = settings
         client = GrpcOptimizerClient(
-            settings.optimizer_address, settings.auth_token, settings.max_message_bytes, settings.chunk_bytes
+            s.optimizer_address, s.auth_token, s.max_message_bytes, s.chunk_bytes, Tls.of(s)
         )
         try:
             yield client

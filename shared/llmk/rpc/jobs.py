@@ -11,12 +11,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import grpc
 import torch
 
 from llmk.app.job_records import Example, Job, JobInput, JobSpec, StepRecord, Submission, TaskSpec
 from llmk.domain.optim import OptimizerSpec
 from llmk.rpc.errors import translate
+from llmk.rpc.security import Tls, open_channel
 from llmk.rpc.server import message_options
 from llmk.rpc.tensors import to_chunks
 from llmk.v1 import optimizer_pb2 as pb
@@ -180,9 +180,14 @@ class GrpcOptimizerClient:
     """The Optimizer service over gRPC; gradients stream in chunks of at most `chunk_bytes`."""
 
     def __init__(
-        self, address: str, token: str = "", max_message_bytes: int = 8 << 20, chunk_bytes: int = 4 << 20
+        self,
+        address: str,
+        token: str = "",
+        max_message_bytes: int = 8 << 20,
+        chunk_bytes: int = 4 << 20,
+        tls: Tls | None = None,
     ):
-        self.channel = grpc.insecure_channel(address, options=message_options(max_message_bytes))
+        self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
         self.stub = optimizer_pb2_grpc.OptimizerStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.chunk_bytes = chunk_bytes

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from llmk import errors
 from llmk.rpc.errors import error_metadata, status_of
+from llmk.rpc.security import HEALTH_METHODS, Tls, server_credentials, token_matches
 
 log = logging.getLogger(__name__)
 
@@ -20,29 +21,32 @@ log = logging.getLogger(__name__)
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns llmk errors raised by any handler into statuses; checks the bearer token.
 
-    `mutating` names the full methods that need the token when one is configured.
+    `mutating` names the full methods that need the token when one is configured; with `auth_reads`
+    every method does, except health checks.
     """
 
-    def __init__(self, token: str, mutating: set[str]):
+    def __init__(self, token: str, mutating: set[str], auth_reads: bool = False):
         self.token = token
         self.mutating = mutating
+        self.auth_reads = auth_reads
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        needs_token = bool(self.token) and details.method in self.mutating
-        if needs_token:
-            given = dict(details.invocation_metadata or ()).get("authorization", "")
-            if given != f"Bearer {self.token}":
-                return _deny(handler)
+        guarded = details.method in self.mutating or (
+            self.auth_reads and not details.method.startswith(HEALTH_METHODS)
+        )
+        if self.token and guarded and not token_matches(details.invocation_metadata, self.token):
+            return _deny(handler)
         return _wrap(handler)
 
 
 def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, "this call changes state: send 'authorization: Bearer TOKEN'"
+            grpc.StatusCode.UNAUTHENTICATED,
+            "this call needs the server's token: send 'authorization: Bearer TOKEN'",
         )
 
     return _replace(handler, lambda _fn: abort)
@@ -92,11 +96,13 @@ def make_server(
     mutating: Iterable[str] = (),
     max_message_bytes: int = 8 << 20,
     workers: int = 16,
+    tls: Tls | None = None,
+    auth_reads: bool = False,
 ) -> tuple[grpc.Server, int]:
     """A started-ready server with health and reflection; returns it and the bound port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
-        interceptors=[ErrorInterceptor(token, set(mutating))],
+        interceptors=[ErrorInterceptor(token, set(mutating), auth_reads)],
         options=message_options(max_message_bytes),
     )
     for add in register:
@@ -107,7 +113,9 @@ def make_server(
     for name in [*names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
+    )
     if port == 0:
         raise errors.Unavailable(f"could not listen on {address}")
     return server, port
