@@ -50,8 +50,12 @@ class Served:
     def version(self) -> str:
         return self.generator.version
 
-    def stamp(self, version: str) -> None:
-        self.generator.version = self.batcher.version = version
+    @property
+    def version_id(self) -> int:
+        return int(self.generator.version)
+
+    def stamp(self, version: int) -> None:
+        self.generator.version = self.batcher.version = str(version)  # the engines label answers with text
 
     def close(self) -> None:
         self.generator.close()

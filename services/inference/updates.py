@@ -1,13 +1,16 @@
 """Following a branch: each new version of the served branch is applied in place, between batches.
 
-Events are queued by whichever thread delivers them and handled on the follower's own thread. Only the
-tensors that changed are fetched (the union along an unbroken chain of events; on a gap or a rollback the
-store says what differs), before anything stops. Then, with no sequence decoding (the generator paused)
-and no batch computing (the batcher's lock held), they are written, each checked against what the store
-sent, and the new version is stamped, so no answer mixes two versions. All or nothing: on a failure the
-tensors already written are read back from the store at the served version, and the worker stays on it;
-the failure is logged, counted and kept in `error`. The branch head is also checked now and then, which
-catches up with events that never arrived.
+Events are queued by whichever thread delivers them and handled on the follower's own thread. The store
+sends only what the worker lacks: the typed entries from the served version to the new one. Sparse, row and
+low-rank entries are applied to plain weights in place (see patching.py); a weight held in another form
+(int8, pruned, offloaded) or a full entry gets its whole new value. When the new version is not reached by
+entries alone (a rollback or a squash lies between), the whole values of the tensors that changed are
+fetched: the names come from an unbroken chain of events, else from the store. Everything is read before
+anything stops; then, with no sequence decoding (the generator paused) and no batch computing (the batcher's
+lock held), it is written and checked, and the new version is stamped, so no answer mixes two versions. All
+or nothing: on a failure the tensors already written are read back from the store at the served version,
+and the worker stays on it; the failure is logged, counted and kept in `error`. The branch head's id is also
+polled now and then, which catches up with events that never arrived.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import torch
 
 from llmk.client import StoreClient
 from llmk.config import Settings
+from llmk.domain.versions import VersionEvent
 from llmk.errors import InvalidDelta, LlmkError
 from services.inference.engine.weights import set_weight, verify_weight
 from services.inference.loading import Served
 from services.inference.metrics import Metrics
+from services.inference.patching import Patch, apply_in_place, plan
 
 log = logging.getLogger("llmk.inference")
 _CHECK, _STOP = object(), object()  # inbox markers: compare with the branch head; stop following
@@ -51,7 +56,7 @@ class Follower:
         self._thread = threading.Thread(target=self._loop, name="llmk-version-follower", daemon=True)
         self._thread.start()
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: VersionEvent) -> None:
         """A version event from any thread (the publisher's, in embedded mode): queued, never applied here."""
         self._inbox.put(event)
 
@@ -75,35 +80,30 @@ class Follower:
             if any(item is _STOP for item in items):
                 return
             try:
-                self._catch_up([i for i in items if isinstance(i, dict)], any(i is _CHECK for i in items))
+                events = [i for i in items if isinstance(i, VersionEvent)]
+                self._catch_up(events, any(i is _CHECK for i in items))
             except Exception:  # the follower must survive a store outage; the next event or poll retries
                 log.exception("could not follow the served branch")
 
-    def _catch_up(self, events: list[dict[str, Any]], check_head: bool) -> None:
+    def _catch_up(self, events: list[VersionEvent], check_head: bool) -> None:
         with self.lock:
             served = self.current()
             if served is None or not served.branch:
                 return
-            mine = [e for e in events if e.get("model") == served.name and e.get("branch") == served.branch]
-            if check_head:  # what changed since the parent is unknown here (rollbacks, squashes): diff
-                head = self.store.version(served.name, served.branch)
-                mine.append({"version": head.id, "parent": None, "changed": None})
-            newer = sorted((e for e in mine if int(e["version"]) > int(served.version)), key=_version_of)
-            if newer:
-                self._update(served, str(newer[-1]["version"]), changed_since(served.version, newer))
+            mine = [e for e in events if e.model == served.name and e.branch == served.branch]
+            newest = max((e.version for e in mine), default=served.version_id)
+            if check_head:
+                newest = max(newest, self.store.head(served.name, served.branch))
+            if newest > served.version_id:
+                self._update(served, newest, changed_since(served.version_id, newest, mine))
 
-    def _update(self, served: Served, target: str, names: list[str] | None) -> None:
+    def _update(self, served: Served, target: int, named: list[str] | None) -> None:
+        """`named`: the tensors changed since the served version, from the events (None: unknown)."""
         start = time.perf_counter()
         try:
-            if names is None:  # a gap in the events or a rollback: ask the store what differs
-                names = [c.name for c in self.store.diff(served.name, served.version, target)]
-            tensors = self.store.fetch(served.name, target, names=names) if names else {}
-            if missing := sorted(set(names) - set(tensors)):
-                raise InvalidDelta(
-                    f"version {target} lacks tensor(s) {missing[:5]} that the served model needs"
-                )
+            patch, values = self._read(served, target, named)
             with served.generator.paused(self.settings.update_drain_seconds), served.batcher.lock:
-                self._apply(served, tensors)
+                self._apply(served, patch, values)
                 served.stamp(target)
         except Exception as e:
             self.error = f"could not apply version {target}; still serving {served.version}: {e}"
@@ -114,17 +114,39 @@ class Follower:
         self.metrics.updates.labels("applied").inc()
         self.metrics.update_seconds.observe(time.perf_counter() - start)
         self.applied()
-        log.info("%s: now serving version %s (%d tensors changed)", served.name, target, len(tensors))
+        changed = len({n for n, _ in patch.in_place} | patch.whole)
+        log.info("%s: now serving version %s (%d tensors changed)", served.name, target, changed)
 
-    def _apply(self, served: Served, tensors: dict[str, torch.Tensor]) -> None:
+    def _read(
+        self, served: Served, target: int, named: list[str] | None
+    ) -> tuple[Patch, dict[str, torch.Tensor]]:
+        """The entries to apply in place, and the whole values of the other changed tensors."""
+        steps = self.store.steps(served.name, served.version_id, target)
+        if steps is not None:
+            patch = plan(served.model, steps)
+        else:
+            patch = Patch(whole=set(named if named is not None else self._changed(served, target)))
+        names = sorted(patch.whole)
+        values = self.store.fetch(served.name, str(target), names=names) if names else {}
+        if missing := sorted(set(names) - set(values)):
+            raise InvalidDelta(f"version {target} lacks tensor(s) {missing[:5]} that the served model needs")
+        return patch, values
+
+    def _changed(self, served: Served, target: int) -> list[str]:
+        return self.store.changed(served.name, served.version_id, target)
+
+    def _apply(self, served: Served, patch: Patch, values: dict[str, torch.Tensor]) -> None:
         done: list[str] = []
         try:
-            for name, value in tensors.items():
+            for name, delta in patch.in_place:
+                done.append(name)
+                apply_in_place(served.model, name, delta)
+            for name, value in values.items():
                 done.append(name)
                 set_weight(served.model, name, value)
                 verify_weight(served.model, name, value)
         except Exception:
-            self._restore(served, done)
+            self._restore(served, sorted(set(done)))
             raise
 
     def _restore(self, served: Served, names: list[str]) -> None:
@@ -137,19 +159,16 @@ class Follower:
             log.exception("%s", served.broken)
 
 
-def changed_since(served: str, events: list[dict[str, Any]]) -> list[str] | None:
-    """The union of the changed tensors along an unbroken chain of events from `served`; None for a gap."""
+def changed_since(served: int, target: int, events: list[VersionEvent]) -> list[str] | None:
+    """The union of the changed tensors along an unbroken chain of events from `served` to `target`; None
+    for a gap."""
     names: set[str] = set()
     current = served
-    for e in events:
-        if str(e["version"]) == current:  # the same event twice, or the head check of an announced version
+    for e in sorted(events, key=lambda e: e.version):
+        if e.version <= current:  # the same event twice, or one the worker already serves
             continue
-        if str(e.get("parent")) != current or e.get("changed") is None:
+        if e.parent != current or e.changed is None:
             return None
-        names.update(e["changed"])
-        current = str(e["version"])
-    return sorted(names)
-
-
-def _version_of(event: dict[str, Any]) -> int:
-    return int(event["version"])
+        names.update(e.changed)
+        current = e.version
+    return sorted(names) if current == target else None

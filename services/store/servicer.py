@@ -127,6 +127,17 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
     def Stats(self, request: pb.ModelRequest, context: grpc.ServicerContext):
         return pb.StatsReply(versions=[codec.stats_to_pb(s) for s in self.store.stats(request.model)])
 
+    def Head(self, request: pb.HeadRequest, context: grpc.ServicerContext):
+        return pb.HeadReply(version=self.store.head(request.model, request.branch or "main"))
+
+    def Changed(self, request: pb.ChangedRequest, context: grpc.ServicerContext):
+        return pb.ChangedReply(names=self.store.changed(request.model, request.a, request.b))
+
+    def FetchSteps(self, request: pb.StepsRequest, context: grpc.ServicerContext):
+        with self.metrics.track("FetchSteps"):
+            steps = self.store.steps(request.model, request.from_version, request.to_version)
+            yield from codec.steps_to_chunks(steps, self.chunk_bytes)
+
 
 def _read_commit(requests: Iterator[pb.CommitRequest], max_bytes: int) -> tuple[pb.CommitHeader, dict]:
     """The header, then exactly the parts it names: a part it does not name is refused, not dropped."""

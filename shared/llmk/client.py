@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from llmk.app.reading import Change
+from llmk.app.reading import Change, Step
 from llmk.app.store import MAIN, CommitInfo, Store, VersionStats, write_export
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind, full
@@ -118,6 +118,15 @@ class LocalStoreClient:
 
     def stats(self, model: str) -> list[VersionStats]:
         return self.store.stats(model)
+
+    def head(self, model: str, branch: str = MAIN) -> int:
+        return self.store.head(model, branch)
+
+    def changed(self, model: str, a: int, b: int) -> list[str]:
+        return self.store.changed(model, a, b)
+
+    def steps(self, model: str, a: int, b: int) -> list[Step] | None:
+        return self.store.steps(model, a, b)
 
     def close(self) -> None:
         pass
@@ -302,6 +311,19 @@ class GrpcStoreClient:
     @translate
     def stats(self, model: str) -> list[VersionStats]:
         return [codec.stats_from_pb(s) for s in self.stub.Stats(pb.ModelRequest(model=model)).versions]
+
+    @translate
+    def head(self, model: str, branch: str = MAIN) -> int:
+        return int(self.stub.Head(pb.HeadRequest(model=model, branch=branch)).version)
+
+    @translate
+    def changed(self, model: str, a: int, b: int) -> list[str]:
+        return list(self.stub.Changed(pb.ChangedRequest(model=model, a=a, b=b)).names)
+
+    @translate
+    def steps(self, model: str, a: int, b: int) -> list[Step] | None:
+        request = pb.StepsRequest(model=model, from_version=a, to_version=b)
+        return codec.steps_from_chunks(self.stub.FetchSteps(request))
 
     def close(self) -> None:
         self.channel.close()

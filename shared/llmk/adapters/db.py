@@ -101,6 +101,17 @@ _CHAIN = text("""
     SELECT id, snap FROM chain ORDER BY depth
 """)
 
+# A version's whole basis chain, snapshots ignored, back to `stop` (included) or to the root.
+_BASIS = text("""
+    WITH RECURSIVE chain(id, basis_id, depth) AS (
+        SELECT v.id, v.basis_id, 0 FROM versions v WHERE v.id = :v
+        UNION ALL
+        SELECT v.id, v.basis_id, c.depth + 1 FROM versions v
+            JOIN chain c ON v.id = c.basis_id AND c.id <> :stop
+    )
+    SELECT id FROM chain ORDER BY depth
+""")
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -261,6 +272,16 @@ class Catalog:
             rows = {r.id: r for r in s.scalars(select(VersionRow).where(VersionRow.id.in_(ids or [-1])))}
             entries = self._entries(s, ids)
             return [_version(rows[i], model, entries.get(i, [])) for i in ids], snapshot
+
+    def basis_chain(self, model: str, version_id: int, stop: int | None = None) -> list[Version]:
+        """Versions from `version_id` back along basis links, newest first, entries loaded, through `stop`
+        when it is on the chain, else to the root. Metadata only: what changed is read from the entries."""
+        self.version(model, version_id, with_entries=False)  # NotFound for another model's id
+        with self._tx() as s:
+            ids = list(s.scalars(_BASIS, {"v": version_id, "stop": -1 if stop is None else stop}))
+            rows = {r.id: r for r in s.scalars(select(VersionRow).where(VersionRow.id.in_(ids)))}
+            entries = self._entries(s, ids)
+            return [_version(rows[i], model, entries.get(i, [])) for i in ids]
 
     @staticmethod
     def _entries(s: Session, ids: list[int]) -> dict[int, list[Entry]]:

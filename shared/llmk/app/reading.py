@@ -85,6 +85,52 @@ def load(objects: Objects, p: Plan) -> dict[str, torch.Tensor]:
     return dict(sorted(out.items()))
 
 
+@dataclass(frozen=True)
+class Step:
+    """One version on the way from an older one: its typed entries, each against the version before."""
+
+    version: int
+    entries: dict[str, deltas.Delta]
+
+
+def steps(catalog: Catalog, objects: Objects, model: str, a: int, b: int) -> list[Step] | None:
+    """The versions after `a` up to `b`, oldest first, with their entries read from the object files;
+    None when `a` is not on b's basis chain (a rollback or a squash lies between: read values instead)."""
+    catalog.version(model, a, with_entries=False)  # NotFound for an unknown id
+    chain = catalog.basis_chain(model, b, stop=a)
+    if chain[-1].id != a:
+        return None
+    out = []
+    for v in reversed(chain[:-1]):
+        entries: dict[str, deltas.Delta] = {}
+        by_object: dict[str, list[Entry]] = {}
+        for e in v.entries:
+            by_object.setdefault(e.object, []).append(e)
+        for sha, group in by_object.items():
+            with objects.open_tensors(sha) as f:
+                for e in group:
+                    kind = deltas.Kind(e.kind)
+                    parts = {k: f.get_tensor(part_key(e.name, k)) for k in deltas.PARTS[kind]}
+                    entries[e.name] = deltas.Delta(kind, parts)
+        out.append(Step(v.id, entries))
+    return out
+
+
+def changed_names(catalog: Catalog, model: str, a: int, b: int) -> list[str]:
+    """Tensors whose values may differ between `a` and `b`, from entries alone: a tensor whose newest entry
+    is the same on both basis chains has the same value in both."""
+    newest_a, newest_b = _newest_entries(catalog, model, a), _newest_entries(catalog, model, b)
+    return sorted(n for n in newest_a.keys() | newest_b.keys() if newest_a.get(n) != newest_b.get(n))
+
+
+def _newest_entries(catalog: Catalog, model: str, version_id: int) -> dict[str, int]:
+    newest: dict[str, int] = {}
+    for v in catalog.basis_chain(model, version_id):
+        for e in v.entries:
+            newest.setdefault(e.name, v.id)
+    return newest
+
+
 def selector_filter(selector: str, names: list[str] | None = None) -> Callable[[str], bool]:
     if names is not None:
         wanted = set(names)

@@ -18,7 +18,7 @@ from llmk.app.model_task import TASK_KEY, decode_task
 from llmk.app.ports import Catalog, Events, Objects
 from llmk.domain import deltas
 from llmk.domain.names import any_match, check_file_name, check_name, check_tensor_name, matches
-from llmk.domain.versions import Entry, Model, Ref, Version, part_key
+from llmk.domain.versions import Entry, Model, Ref, Version, VersionEvent, part_key
 from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Store:
 
     def _announce(self, v: Version, branch: str, changed: list[str] | None) -> None:
         """Tell workers: `changed` names the tensors that differ from the parent (None: any may)."""
-        event = {"model": v.model, "branch": branch, "version": v.id, "parent": v.parent, "changed": changed}
+        event = VersionEvent(v.model, branch, v.id, v.parent, None if changed is None else tuple(changed))
         try:
             self.events.publish(event)
         except Exception:  # the version is durable; workers also poll heads, so log and go on

@@ -1,7 +1,7 @@
 """Version events: a fanout so every worker hears every commit.
 
 In-process subscribers in embedded mode; a RabbitMQ fanout exchange (through kombu) when
-the broker URL is AMQP. Events carry ids and names only, never tensors.
+the broker URL is AMQP. Events are VersionEvent records, JSON on the wire: ids and names, never tensors.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
+from llmk.domain.versions import VersionEvent
+from llmk.errors import InvalidInput
+
 log = logging.getLogger(__name__)
 EXCHANGE = Exchange("llmk.versions", type="fanout", durable=True)
-Handler = Callable[[dict[str, Any]], None]
+Handler = Callable[[VersionEvent], None]
 
 
 class LocalEvents:
@@ -25,7 +28,7 @@ class LocalEvents:
         self._handlers: list[Handler] = []
         self._lock = threading.Lock()
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: VersionEvent) -> None:
         with self._lock:
             handlers = list(self._handlers)
         for h in handlers:
@@ -46,11 +49,15 @@ class AmqpEvents:
     def __init__(self, url: str):
         self.url = url
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: VersionEvent) -> None:
         with Connection(self.url, connect_timeout=5) as conn:
             producer = conn.Producer(serializer="json")
             producer.publish(
-                event, exchange=EXCHANGE, declare=[EXCHANGE], retry=True, retry_policy={"max_retries": 3}
+                event.encode(),
+                exchange=EXCHANGE,
+                declare=[EXCHANGE],
+                retry=True,
+                retry_policy={"max_retries": 3},
             )
 
     def subscribe(self, handler: Handler) -> Callable[[], None]:
@@ -72,9 +79,11 @@ class AmqpEvents:
         with Connection(self.url, connect_timeout=5) as conn:
             queue = Queue(exchange=EXCHANGE, exclusive=True, auto_delete=True)
 
-            def on_message(body: dict[str, Any], message: Any) -> None:
+            def on_message(body: Any, message: Any) -> None:
                 try:
-                    handler(body)
+                    handler(VersionEvent.decode(body))
+                except InvalidInput:
+                    log.warning("ignored a malformed version event: %r", body)
                 except Exception:
                     log.exception("version event handler failed")
                 message.ack()

@@ -6,9 +6,12 @@ version it restores, so history only grows and nothing is copied.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from llmk.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,46 @@ class Ref:
 def part_key(tensor_name: str, part: str) -> str:
     """Key of one delta part inside a pack object."""
     return f"{tensor_name}/{part}"
+
+
+@dataclass(frozen=True)
+class VersionEvent:
+    """A branch moved to a new version. `changed` names the tensors that differ from `parent`; None means any
+    may (a rollback), () none (a squash). Carried as JSON between tiers: ids and names, never tensors."""
+
+    model: str
+    branch: str
+    version: int
+    parent: int | None
+    changed: tuple[str, ...] | None
+
+    def encode(self) -> dict[str, Any]:
+        changed = None if self.changed is None else list(self.changed)
+        return {
+            "model": self.model,
+            "branch": self.branch,
+            "version": self.version,
+            "parent": self.parent,
+            "changed": changed,
+        }
+
+    @classmethod
+    def decode(cls, body: Mapping[str, Any]) -> VersionEvent:
+        """The event in `body`; InvalidInput when a field is missing or of the wrong type."""
+        try:
+            model, branch, version = body["model"], body["branch"], body["version"]
+            parent, changed = body["parent"], body["changed"]
+        except (KeyError, TypeError) as e:
+            raise InvalidInput(f"not a version event: {body!r}") from e
+        ints = [version] if parent is None else [version, parent]
+        if not (isinstance(model, str) and isinstance(branch, str)) or not all(_is_int(i) for i in ints):
+            raise InvalidInput(f"not a version event: {body!r}")
+        if changed is not None and not (
+            isinstance(changed, list | tuple) and all(isinstance(n, str) for n in changed)
+        ):
+            raise InvalidInput(f"not a version event: {body!r}")
+        return cls(model, branch, version, parent, None if changed is None else tuple(changed))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

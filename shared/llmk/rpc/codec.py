@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from llmk.app.reading import Change
+from llmk.app.reading import Change, Step
 from llmk.app.store import VersionStats
-from llmk.domain.versions import Entry, Model, Ref, Version
+from llmk.domain import deltas
+from llmk.domain.versions import Entry, Model, Ref, Version, part_key
+from llmk.errors import InvalidInput
+from llmk.rpc.tensors import from_chunks, to_chunks
 from llmk.v1 import store_pb2 as pb
 
 
@@ -96,3 +100,40 @@ def stats_to_pb(s: VersionStats) -> pb.VersionStat:
 
 def stats_from_pb(s: pb.VersionStat) -> VersionStats:
     return VersionStats(s.version, s.stored_bytes, s.full_bytes)
+
+
+def steps_to_chunks(steps: list[Step] | None, chunk_bytes: int) -> Iterator[pb.StepsChunk]:
+    """A header naming each step's entry kinds, then their parts as tensor chunks keyed VERSION:name/part."""
+    header = pb.StepsHeader(on_chain=steps is not None)
+    for step in steps or []:
+        header.steps.append(
+            pb.Step(version=step.version, kinds={n: d.kind.value for n, d in step.entries.items()})
+        )
+    yield pb.StepsChunk(header=header)
+    for step in steps or []:
+        parts = {
+            f"{step.version}:{part_key(n, k)}": t for n, d in step.entries.items() for k, t in d.parts.items()
+        }
+        for chunk in to_chunks(parts, chunk_bytes):
+            yield pb.StepsChunk(chunk=chunk)
+
+
+def steps_from_chunks(stream: Iterable[pb.StepsChunk]) -> list[Step] | None:
+    messages = iter(stream)
+    first = next(messages, None)
+    if first is None or not first.HasField("header"):
+        raise InvalidInput("a steps stream must start with its header")
+    if not first.header.on_chain:
+        return None
+    parts = from_chunks(m.chunk for m in messages)
+    out = []
+    for step in first.header.steps:
+        entries = {}
+        for name, kind_name in step.kinds.items():
+            kind = deltas.parse_kind(kind_name)
+            keys = {k: f"{step.version}:{part_key(name, k)}" for k in deltas.PARTS[kind]}
+            if missing := [key for key in keys.values() if key not in parts]:
+                raise InvalidInput(f"the steps stream lacks {missing[:3]}")
+            entries[name] = deltas.Delta(kind, {k: parts[key] for k, key in keys.items()})
+        out.append(Step(step.version, entries))
+    return out

@@ -1,5 +1,5 @@
-"""Hot updates: a worker following a branch applies each new version between batches, fetching only the
-changed tensors; every answer is computed by exactly the version it names; a failed update changes nothing."""
+"""Hot updates: a worker following a branch applies each new version between batches, reading only what it
+lacks; every answer is computed by exactly the version it names; a failed update changes nothing."""
 
 from __future__ import annotations
 
@@ -34,11 +34,16 @@ PROMPT = "hello"
 
 
 class RecordingStore(LocalStoreClient):
-    """The real embedded client, noting which tensors each fetch asked for."""
+    """The real embedded client, noting which tensors each fetch asked for and which steps were read."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.fetched: list[list[str] | None] = []
+        self.stepped: list[tuple[int, int]] = []
+
+    def steps(self, model: str, a: int, b: int) -> Any:
+        self.stepped.append((a, b))
+        return super().steps(model, a, b)
 
     def fetch(
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
@@ -86,9 +91,13 @@ def expected_answers(client: LocalStoreClient, version: str) -> tuple[list[dict[
     ] if tokenizer.eos_token_id in tokens else tokens
 
 
-def test_an_update_fetches_only_the_changed_tensors(host: Host, client: RecordingStore) -> None:
+def test_an_update_reads_only_the_entries_since_the_served_version(
+    host: Host, client: RecordingStore
+) -> None:
     v = client.commit_full("tiny", perturbed(client, "tiny", CHANGING[:2], 1))
     wait_until(lambda: host.info().version == str(v.id))
+    assert client.stepped == [(1, v.id)]
+    assert {e.kind for e in v.entries} == {"full"}  # every value changed: whole values, of those tensors only
     assert sorted(client.fetched[-1] or []) == sorted(CHANGING[:2])
     probs, _ = expected_answers(client, str(v.id))
     assert flat([s.probabilities for s in host.classify(TEXTS[:2], LABELS).results]) == pytest.approx(
@@ -178,7 +187,7 @@ def test_a_missed_event_is_caught_up_from_the_branch_head(tmp_path: Path, client
         deaf.load("tiny")
         v = client.commit_full("tiny", perturbed(client, "tiny", CHANGING[:1], 5))
         wait_until(lambda: deaf.info().version == str(v.id))
-        assert sorted(client.fetched[-1] or []) == CHANGING[:1]
+        assert client.stepped[-1] == (1, v.id)
     finally:
         deaf.close()
 
