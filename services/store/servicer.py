@@ -171,9 +171,12 @@ def _full_tensors(header: pb.CommitHeader, parts: dict) -> dict:
 
 def _json(text: str, field: str) -> dict:
     try:
-        return json.loads(text or "{}")
+        value = json.loads(text or "{}")
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{field} is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be a JSON object, not {type(value).__name__}")
+    return value
 
 
 def _info(h: pb.CommitHeader) -> CommitInfo:

@@ -90,6 +90,8 @@ BAD_STREAMS = {
     "missing part": lambda: commit_stream({}, kinds={UP0: "sparse"}),
     "missing full tensor": lambda: commit_stream({}, kinds={NORM: "full"}, full_weights=True),
     "bad metadata": lambda: commit_stream({UP0: sparse([0], [1.0])}, metadata_json="{not json"),
+    "metadata that is a list": lambda: commit_stream({UP0: sparse([0], [1.0])}, metadata_json="[1, 2]"),
+    "metadata that is a string": lambda: commit_stream({UP0: sparse([0], [1.0])}, metadata_json='"x"'),
     "unsupported dtype": lambda: iter(
         [
             pb.CommitRequest(header=pb.CommitHeader(model=MODEL, kinds={NORM: "full"})),
@@ -173,13 +175,14 @@ def test_a_malformed_commit_stream_is_invalid_argument(served, case: str) -> Non
     assert history(inspect) == before
 
 
-@pytest.mark.parametrize("bad", ["missing tensor", "config not json"])
+@pytest.mark.parametrize("bad", ["missing tensor", "config not json", "config null"])
 def test_a_malformed_create_model_is_invalid_argument(served, bad: str) -> None:
     _, stub, inspect = served
     w = {"w": full(torch.ones(2))}
     requests = {
         "missing tensor": lambda: commit_stream({}, kinds={"w": "full"}, config_json="{}"),
         "config not json": lambda: commit_stream(w, config_json="{nope"),
+        "config null": lambda: commit_stream(w, config_json="null"),
     }[bad]
     renamed = (r if r.HasField("chunk") else pb.CommitRequest(header=rename(r.header)) for r in requests())
     assert status(lambda: stub.CreateModel(renamed)) == grpc.StatusCode.INVALID_ARGUMENT

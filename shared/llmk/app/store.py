@@ -226,7 +226,7 @@ class Store:
         found = self.catalog.ref(model, ref)
         if found is not None:
             return found.version
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit() and int(ref) < 2**63:  # version ids are int64 on every backend
             return self.catalog.version(model, int(ref), with_entries=False).id
         raise NotFound(f"model {model!r} has no branch, tag or version {ref!r}")
 
