@@ -1,4 +1,4 @@
-"""Data shipped with llmk: finance tweets labelled for sentiment (see its README.md for source and licence)."""
+"""Data shipped with llmk: finance tweets labelled for sentiment (source and licence: its README.md)."""
 
 from __future__ import annotations
 
