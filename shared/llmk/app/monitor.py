@@ -3,8 +3,8 @@
 Items go to the inference queue one per message, up to `in_flight` at a time, so the workers' batchers
 stay full and a killed worker's unacknowledged items are delivered again. Answers are taken in stream
 order, so per-ticker moods see the stream as it came. Every item read is counted once: as scored (stored
-with the version that scored it) or as rejected (stored with the reason); an answer for an item that is
-already stored is counted as a duplicate and stored nowhere.
+with the version that scored it) or as rejected (stored with the reason), an item already scored among
+them: in = scored + rejected, always.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Summary:
     read: int = 0  # "in": every record read from the source
     scored: int = 0
     rejected: int = 0
-    duplicates: int = 0  # answers for items already stored (redeliveries); never stored twice
+    duplicates: int = 0  # items read again (redelivered, a repeated id): rejected, never scored twice
     alerts: int = 0
     versions: list[int] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
@@ -146,11 +146,11 @@ class Monitor:
             item.fields,
             self.summary.run,
         )
-        stored = self.repo.add_score(record)
-        self.on_done(item.id)
-        if not stored:
+        if not self.repo.add_score(record):  # read before (a redelivery, a repeated id): scored once
             self.summary.duplicates += 1
+            self._reject(item.id, "already scored: an item with this id was read before", item.text)
             return
+        self.on_done(item.id)
         s = self.summary
         s.scored += 1
         s.latencies_ms.append(record.latency_ms)

@@ -58,7 +58,7 @@ def add(
     with client() as c:
         task = require_task(c.store, model, branch)
     examples = read_examples(file, task)
-    spec = _spec(model, branch, task, lr, topk, commit_every, trainable)
+    spec = job_spec(model, branch, task, lr, topk, commit_every, trainable)
     with optimizer(ctx, settings, worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
         key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
@@ -80,9 +80,16 @@ def add(
     )
 
 
-def _spec(
-    model: str, branch: str, task: TaskSpec, lr: float, topk: float, every: int, trainable: list[str] | None
+def job_spec(
+    model: str,
+    branch: str,
+    task: TaskSpec,
+    lr: float,
+    topk: float,
+    commit_every: int,
+    trainable: list[str] | None,
 ) -> JobSpec:
+    """A standing feedback job: AdamW, runs until cancelled, steps as labels arrive."""
     from llmk.app.job_records import FEEDBACK, JobSpec
     from llmk.domain.optim import OptimizerKind, OptimizerSpec
 
@@ -92,7 +99,7 @@ def _spec(
         branch=branch,
         trainable=tuple(trainable or ()),
         optimizer=OptimizerSpec(kind=cast(OptimizerKind, "adamw"), lr=lr),
-        commit_every=every,
+        commit_every=commit_every,
         steps=None,
         topk=topk,
         task=task,

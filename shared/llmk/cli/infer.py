@@ -8,17 +8,20 @@ shared package never imports the inference tier.
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import typer
+from rich.console import Console
 
 from llmk.cli.context import Json, split_ref, tiers
 from llmk.cli.output import emit
 from llmk.config import Settings
-from llmk.errors import InvalidInput
+from llmk.errors import InvalidInput, NotFound
 
 Model = Annotated[str, typer.Option("--model", "-m", help="NAME or NAME@REF (version id, tag or branch)")]
 
@@ -30,24 +33,99 @@ def register(app: typer.Typer) -> None:
 
 def classify(
     ctx: typer.Context,
-    texts: Annotated[list[str], typer.Argument(help="Texts to classify")],
     model: Model,
-    labels: Annotated[str, typer.Option(help="Comma-separated labels (default LLMK_DEFAULT_LABELS)")] = "",
+    texts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Texts; '-' reads standard input (put -- before a text starting with '-')"),
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="One text per line, or JSON lines with a text field")
+    ] = None,
+    labels: Annotated[str, typer.Option(help="Comma-separated labels (default: the model's task)")] = "",
     template: Annotated[
-        str, typer.Option(help="Prompt template with {text} (default LLMK_CLASSIFY_TEMPLATE)")
+        str, typer.Option(help="Prompt template with {text} (default: the model's task)")
     ] = "",
+    explain: Annotated[bool, typer.Option("--explain", help="Also the words that drove each label")] = False,
+    batch: Annotated[int, typer.Option(help="Texts per request")] = 32,
     json_: Json = False,
 ) -> None:
-    """Score each text against the labels by their probability after the prompt."""
+    """Score each text against the labels by their probability after the prompt (the model's task by default).
+
+    --explain adds occlusion attributions: how much the label's probability drops without each word."""
     name, ref = split_ref(model)
+    inputs = read_texts(texts or [], file)
+    if not 1 <= batch <= 64:
+        raise InvalidInput(f"--batch must be between 1 and 64, got {batch}")
     wanted = [part.strip() for part in labels.split(",") if part.strip()]
     with _engine(ctx, name, ref) as engine:
-        answer = engine.classify(texts, wanted, template)
+        answers = _classify_all(engine, inputs, wanted, template, batch, quiet=json_)
+        if explain:
+            _add_explanations(engine, inputs, answers, wanted, template)
+    versions = sorted({a["version"] for a in answers})
     rows = [
-        {"text": t[:60], "label": r["label"], **{k: round(v, 4) for k, v in r["probabilities"].items()}}
-        for t, r in zip(texts, answer["results"], strict=True)
+        {"text": t[:60], "label": a["label"], **{k: round(v, 4) for k, v in a["probabilities"].items()}}
+        | ({"words": ", ".join(w for w, _ in a["top_tokens"][:3])} if explain else {})
+        for t, a in zip(inputs, answers, strict=True)
     ]
-    emit(json_, {"model": name, **answer}, rows, title=f"{name} version {answer['version']}")
+    data = {"model": name, "version": versions[-1], "versions": versions, "results": answers}
+    emit(json_, data, rows, title=f"{name} version {', '.join(map(str, versions))}")
+
+
+def read_texts(texts: list[str], file: Path | None) -> list[str]:
+    """Texts from the arguments, '-' (standard input) and --file: one per line, or JSON lines with `text`."""
+    lines: list[str] = []
+    for text in texts:
+        lines += sys.stdin.read().splitlines() if text == "-" else [text]
+    if file is not None:
+        if not file.is_file():
+            raise NotFound(f"no such file: {file}")
+        lines += file.read_text(encoding="utf-8", errors="replace").splitlines()
+    out = [_text_of(line, n) for n, line in enumerate(lines, 1) if line.strip()]
+    if not out:
+        raise InvalidInput("no texts: give them as arguments, with --file, or on standard input ('-')")
+    return out
+
+
+def _text_of(line: str, n: int) -> str:
+    if not line.lstrip().startswith("{"):
+        return line
+    try:
+        text = json.loads(line).get("text")
+    except (ValueError, AttributeError):
+        raise InvalidInput(f"line {n}: starts like JSON but is not a JSON object") from None
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"line {n}: a JSON line needs a non-empty text field")
+    return text
+
+
+def _classify_all(
+    engine: Engine, texts: list[str], labels: list[str], template: str, batch: int, quiet: bool
+) -> list[dict[str, Any]]:
+    from rich.progress import Progress
+
+    out: list[dict[str, Any]] = []
+    shown = not quiet and len(texts) > batch and sys.stderr.isatty()
+    with Progress(console=Console(stderr=True), transient=True, disable=not shown) as progress:
+        bar = progress.add_task("classifying", total=len(texts))
+        for i in range(0, len(texts), batch):
+            answer = engine.classify(texts[i : i + batch], labels, template)
+            version = int(answer["version"])
+            out += [{**r, "version": version} for r in answer["results"]]
+            progress.advance(bar, len(answer["results"]))
+    return out
+
+
+def _add_explanations(
+    engine: Engine, texts: list[str], answers: list[dict[str, Any]], labels: list[str], template: str
+) -> None:
+    from llmk.app.explain import explain
+
+    def classify(chunk: Sequence[str]) -> dict[str, Any]:
+        return engine.classify(list(chunk), labels, template)
+
+    for text, answer in zip(texts, answers, strict=True):
+        why = explain(classify, text)
+        answer["top_tokens"] = why.top(5)
 
 
 def generate(

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from llmk.cli import feedback, health, infer, monitor, store, task, train
+from llmk.cli import demo, feedback, health, infer, monitor, store, task, train
 from llmk.cli.context import Tiers, tiers
 from llmk.config import Settings
 from llmk.errors import LlmkError
@@ -28,6 +28,7 @@ train.register(app)
 infer.register(app)
 monitor.register(app)
 feedback.register(app)
+demo.register(app)
 health.register(app)
 db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")

@@ -1,0 +1,308 @@
+"""`llmk demo`: the finance sentiment monitor learning while it runs, with a report at the end.
+
+Embedded (default): one process on SQLite, local files and the in-process broker, a fresh home under
+--out. Distributed (--distributed): PostgreSQL and RabbitMQ from LLMK_DATABASE_URL and LLMK_BROKER_URL,
+the store, --workers inference workers and the optimizer each in its own process.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from llmk.cli.context import Json
+from llmk.cli.output import console, emit
+from llmk.config import Settings
+from llmk.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from llmk.app.demo_run import DemoRun, Plan
+    from llmk.app.job_records import Job, TaskSpec
+    from llmk.app.monitor_records import AlertRecord
+
+MODEL = "smol"
+log = logging.getLogger("llmk.demo")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
+
+
+def demo(
+    ctx: typer.Context,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the report, the charts and (embedded) the store")
+    ] = Path("llmk-demo"),
+    distributed: Annotated[
+        bool,
+        typer.Option(help="PostgreSQL + RabbitMQ (LLMK_DATABASE_URL, LLMK_BROKER_URL), a process per tier"),
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Inference worker processes (--distributed)")] = 1,
+    stream: Annotated[int, typer.Option(help="Tweets streamed through the monitor")] = 1000,
+    feedback: Annotated[int, typer.Option(help="Labelled tweets sent as feedback while it streams")] = 640,
+    held_out: Annotated[int, typer.Option(help="valid.csv rows each served version is scored on")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed for the samples")] = 0,
+    source: Annotated[
+        str, typer.Option(help="Model to import: smollm2, or synthetic:llama-tiny for a quick dry run")
+    ] = "smollm2",
+    json_: Json = False,
+) -> None:
+    """Import SmolLM2, stream finance tweets through the monitor, send labels back, report what it learnt."""
+    from llmk.app.model_task import packaged
+
+    if workers < 1 or stream < 1 or feedback < 64 or held_out < 32:
+        raise InvalidInput("need --workers >= 1, --stream >= 1, --feedback >= 64 and --held-out >= 32")
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(out, distributed)
+    task = packaged("sentiment")
+    plan = make_plan(task, stream, feedback, held_out, seed)
+    branch = f"demo-{uuid.uuid4().hex[:8]}" if distributed else "main"  # zero-shot again on every run
+    _say(f"importing SmolLM2-135M as {MODEL!r} (task: sentiment), serving branch {branch!r}", json_)
+    _import(settings, source, branch)
+    with _tiers(settings, distributed, workers, branch, out) as tier_settings:
+        result = _run(ctx, tier_settings, plan, branch, json_)
+    setup = {
+        "mode": "distributed" if distributed else "embedded",
+        "inference_workers": workers if distributed else 1,
+        "stream_rows": stream,
+        "feedback_rows": feedback,
+        "gate_rows": GATE_ROWS,
+        "held_out_rows": held_out,
+        "seed": seed,
+        "branch": branch,
+        "optimizer": OPTIMIZER,
+    }
+    report = _write_report(out, result, setup, time.monotonic() - started)
+    emit(json_, report if json_ else _headline(report, out))
+
+
+def make_plan(task: TaskSpec, stream: int, feedback: int, held_out: int, seed: int) -> Plan:
+    """Disjoint stream and feedback rows from train.csv; a held-out sample of valid.csv."""
+    from llmk.app.demo_run import Plan
+    from llmk.app.job_records import Example
+    from llmk.app.stream import Item
+    from llmk.data import FINANCE_NEWS
+
+    train = _rows(FINANCE_NEWS / "train.csv", task)
+    valid = _rows(FINANCE_NEWS / "valid.csv", task)
+    random.Random(seed).shuffle(train)
+    random.Random(seed + 1).shuffle(valid)
+    if stream + feedback + GATE_ROWS > len(train) or held_out > len(valid):
+        raise InvalidInput(f"train.csv has {len(train)} rows and valid.csv {len(valid)}: ask for fewer")
+    items = [Item(f"tweet-{i}", text, {"label": label}) for i, (text, label) in enumerate(train[:stream])]
+    labelled = [Example(text=t, label=label) for t, label in train[stream : stream + GATE_ROWS + feedback]]
+    gate, rest = labelled[:GATE_ROWS], labelled[GATE_ROWS:]
+    chunks = [rest[i : i + CHUNK] for i in range(0, len(rest), CHUNK)]
+    send_at = [0.6 * i / max(1, len(chunks) - 1) for i in range(len(chunks))]
+    return Plan(items, chunks, send_at, valid[:held_out], task.labels, gate)
+
+
+GATE_ROWS = 48  # feedback rows the optimizer's validation gate holds out
+CHUNK = 128  # feedback rows per submission
+
+
+def _rows(path: Path, task: TaskSpec) -> list[tuple[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return [(r["text"], task.labels[int(r["label"])]) for r in csv.DictReader(f)]
+
+
+def _settings(out: Path, distributed: bool) -> Settings:
+    settings = Settings()
+    if not distributed:
+        home = out / "home"
+        shutil.rmtree(home, ignore_errors=True)  # a fresh store: the report covers this run only
+        return settings.model_copy(
+            update={
+                "home": home,
+                "database_url": "",
+                "object_dir": None,
+                "broker_url": "memory://",
+                "store_address": "",
+                "optimizer_address": "",
+                "inference_address": "",
+            }
+        )
+    if not settings.database_url.startswith("postgresql") or not settings.broker_url.startswith("amqp"):
+        raise InvalidInput(
+            "--distributed needs LLMK_DATABASE_URL=postgresql+psycopg://... and LLMK_BROKER_URL=amqp://..."
+        )
+    return settings
+
+
+# How the demo's optimizer job trains (a standing feedback job, like `llmk feedback add` creates).
+# The last four layers' MLPs at lr 1e-3: on SmolLM2, 20 dense steps of 16 tweets lifted held-out macro-F1
+# from 0.17 to 0.44 (a 200-row valid.csv sample); 5% of each step's update is committed.
+OPTIMIZER: dict[str, Any] = {"lr": 1e-3, "topk": 0.05, "commit_every": 8, "trainable": "last 4 layers' MLPs"}
+
+
+def _import(settings: Settings, source: str, branch: str) -> None:
+    from llmk.adapters.importers import load_source
+    from llmk.app.model_task import TASK_KEY, encode_task, packaged
+    from llmk.app.store import CommitInfo
+    from llmk.client import connect
+
+    store = connect(settings)
+    try:
+        if not any(m.name == MODEL for m in store.models()):
+            imported = load_source(source, settings.max_header_bytes)
+            task = {TASK_KEY: encode_task(packaged("sentiment"))}
+            info = CommitInfo(message=f"import {imported.source}", metadata=task)
+            store.create_model(MODEL, imported.tensors, imported.config, imported.files, info)
+        if branch != "main":
+            store.branch(MODEL, branch, "1")
+    finally:
+        store.close()
+
+
+@contextmanager
+def _tiers(settings: Settings, distributed: bool, workers: int, branch: str, out: Path) -> Iterator[Settings]:
+    """The settings this process reaches the tiers with; distributed: after starting their processes."""
+    if not distributed:
+        yield settings
+        return
+    from llmk.cli.processes import TierProcesses
+
+    with TierProcesses(settings, out / "logs") as tiers:
+        store = tiers.start("store")
+        for i in range(workers):
+            tiers.start(
+                "inference",
+                f"inference-{i}",
+                LLMK_SERVE_MODEL=f"{MODEL}@{branch}",
+                LLMK_INFERENCE_WORKER="1",
+                LLMK_STORE_ADDRESS=store,
+            )
+        optimizer = tiers.start("optimizer", LLMK_STORE_ADDRESS=store)
+        yield settings.model_copy(update={"store_address": store, "optimizer_address": optimizer})
+
+
+@dataclass
+class Result:
+    run: DemoRun
+    job: Job
+    stored: dict[int, tuple[int, int]]
+    alerts: list[AlertRecord]
+
+
+def _run(ctx: typer.Context, settings: Settings, plan: Plan, branch: str, json_: bool) -> Result:
+    from llmk.app.demo_run import DemoRun
+    from llmk.app.model_task import packaged
+    from llmk.app.monitor import Monitor, MonitorConfig
+    from llmk.bus.inference_queue import QueuedClassifier, make_app
+    from llmk.cli.feedback import job_spec
+    from llmk.cli.monitor import inference_workers, monitor_repo
+    from llmk.cli.train import optimizer
+    from llmk.client import connect
+    from llmk.domain.alerts import AlertRules
+
+    app = make_app(settings)
+    scoring = QueuedClassifier(app, MODEL)
+    embedded = not settings.optimizer_address
+    repo = monitor_repo(settings)
+    store = connect(settings)
+    run_id = uuid.uuid4().hex[:12]
+    with ExitStack() as stack:
+        stack.callback(store.close)
+        _say("starting the inference worker and the optimizer", json_)
+        stack.enter_context(inference_workers(ctx, settings, app, MODEL, branch))
+        jobs = stack.enter_context(optimizer(ctx, settings, worker=embedded))
+        layers = int(store.model(MODEL).config.get("num_hidden_layers", 1))
+        last_four = [f"model.layers.{i}.mlp" for i in range(max(0, layers - 4), layers)]
+        spec = job_spec(MODEL, branch, packaged("sentiment"), **{**OPTIMIZER, "trainable": last_four})
+        job = jobs.create_job(spec, plan.gate)
+        config = MonitorConfig(MODEL, AlertRules(window=300, threshold=0.6, min_mentions=3))
+        monitor = Monitor(repo, scoring, config, run_id)
+        dashboard = stack.enter_context(Dashboard(quiet=json_))
+        run = DemoRun(
+            plan, scoring, monitor, jobs, job.id, lambda: store.version(MODEL, branch).id, dashboard.update
+        )
+        run.run()
+        stored = {s.version: (s.stored_bytes, s.full_bytes) for s in store.stats(MODEL)}
+        return Result(run, jobs.get_job(job.id), stored, repo.alerts(MODEL, run_id))
+
+
+def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float) -> dict[str, Any]:
+    from llmk.adapters.charts import draw
+    from llmk.app.report import build, write
+
+    run = result.run
+    report = build(run.timeline, run.monitor.summary, result.job, result.stored, result.alerts, setup, wall)
+    write(out, report)
+    draw(out, report, run.timeline.throughput)
+    return report
+
+
+def _headline(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    keys = ["zero_shot_macro_f1", "final_macro_f1", "macro_f1_gain", "in", "scored", "rejected"]
+    keys += ["scored_twice", "wall_seconds"]
+    shown = {k: report[k] for k in keys}
+    return {**shown, "versions": len(report["versions"]), "alerts": len(report["alerts"]), "report": str(out)}
+
+
+def _say(text: str, quiet: bool) -> None:
+    if not quiet:
+        console.print(f"[bold]llmk demo[/bold]: {text}", highlight=False)
+
+
+class Dashboard:
+    """Live progress: a panel on a terminal, else a line every 15 s (a long silence looks like a hang)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.live: Any = None
+        self.last = 0.0
+
+    def __enter__(self) -> Dashboard:
+        if not self.quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(stderr=True), refresh_per_second=2)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, run: DemoRun) -> None:
+        if self.quiet:
+            return
+        text = self._text(run)
+        if self.live is not None:
+            self.live.update(text)
+        elif time.monotonic() - self.last >= 15:
+            self.last = time.monotonic()
+            print(text.replace("\n", " | "), file=sys.stderr, flush=True)
+
+    def _text(self, run: DemoRun) -> str:
+        t, s = run.timeline, run.monitor.summary
+        rate = s.scored / max(1e-9, t.now() - (t.throughput[0][0] if t.throughput else 0))
+        latest = t.scores[max(t.scores)] if t.scores else None
+        held = (
+            f"version {latest.version}: macro-F1 {latest.macro_f1:.3f}, accuracy {latest.accuracy:.3f}"
+            if latest
+            else "-"
+        )
+        zero = f"{t.zero_shot.macro_f1:.3f}" if t.zero_shot else "-"
+        return (
+            f"[{t.now():6.1f} s] {run.phase}\n"
+            f"stream: {s.read}/{len(run.plan.stream)} read, {s.scored} scored, {s.rejected} rejected, "
+            f"{rate:.1f} items/s, in flight {max(0, s.read - s.scored - s.rejected)}\n"
+            f"serving version {s.version or (t.zero_shot.version if t.zero_shot else '-')}; "
+            f"feedback sent {len(t.sent_at)}/{len(run.plan.feedback)} chunks; alerts {s.alerts}\n"
+            f"held-out: zero-shot macro-F1 {zero}; latest {held}"
+        )
