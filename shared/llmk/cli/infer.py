@@ -156,7 +156,7 @@ def generate(
                     print(item, end="", flush=True)
                 continue
             if json_:
-                emit(True, {"model": name, "text": "".join(pieces), **item})
+                emit(True, {"model": name, "text": "".join(pieces), **item, "version": int(item["version"])})
             else:
                 print()
                 print(

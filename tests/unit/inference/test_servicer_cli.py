@@ -65,7 +65,7 @@ def test_in_process_and_through_the_service_answer_alike(home: Path, monkeypatch
     finally:
         worker.stop()
     for classified, generated in (local, remote):
-        assert classified["version"] == generated["version"] == "1"
+        assert classified["version"] == generated["version"] == 1
         assert [r["label"] for r in classified["results"]] == [r["label"] for r in local[0]["results"]]
         assert (generated["completion_tokens"], generated["finish_reason"]) == (6, "length")
         assert generated["text"] == local[1]["text"]
