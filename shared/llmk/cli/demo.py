@@ -86,7 +86,8 @@ def demo(
         "optimizer": OPTIMIZER,
     }
     report = _write_report(out, result, setup, time.monotonic() - started)
-    emit(json_, report if json_ else _headline(report, out))
+    headline = [{"figure": k, "value": v} for k, v in _headline(report, out).items()]
+    emit(json_, report, headline, title="llmk demo")
 
 
 def make_plan(task: TaskSpec, stream: int, feedback: int, held_out: int, seed: int) -> Plan:
