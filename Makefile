@@ -8,7 +8,7 @@ GENERATED := shared/llmk/v1/.generated
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build here.
 TORCH ?= torch==2.13.0
 
-.PHONY: install proto lint test test-fast demo bench images up down clean serve-store
+.PHONY: install proto lint test test-fast fuzz demo bench images up down clean serve-store
 
 install: $(GENERATED)  # the generated gRPC code is part of a working install
 
@@ -38,6 +38,12 @@ test: proto
 
 test-fast: proto
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not smollm2" $(PYTEST_ARGS)
+
+# The parser fuzz targets, long: `make test` runs each for a few seconds (200 examples)
+FUZZ_EXAMPLES ?= 20000
+fuzz: proto
+	HF_HUB_OFFLINE=1 LLMK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
+		tests/unit/store/test_fuzz_parsers.py $(PYTEST_ARGS)
 
 demo: proto
 	HF_HUB_OFFLINE=1 bash infra/demo.sh

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from llmk.app import exports
 from llmk.app.reading import Change, Step
-from llmk.app.store import MAIN, CommitInfo, Store, VersionStats, write_export
+from llmk.app.store import MAIN, CommitInfo, Store, VersionStats
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind, full
 from llmk.domain.versions import Model, Ref, Version, part_key
@@ -261,8 +262,9 @@ class GrpcStoreClient:
         return from_chunks(self.stub.FetchTensors(request))
 
     def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
+        exports.check_target(out)
         vid = self.version(model, ref).id  # fetch exactly this version, even if the branch moves meanwhile
-        return write_export(self.fetch(model, str(vid), selector), out, model, vid, selector)
+        return exports.write(self.fetch(model, str(vid), selector), out, model, vid, selector)
 
     @translate
     def diff(self, model: str, a: str, b: str) -> list[Change]:

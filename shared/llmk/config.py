@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # store
     gc_grace_seconds: float = Field(3600.0, description="Unreferenced objects younger than this survive GC")
     cache_chain_length: int = Field(8, description="Chains at least this long are cached once materialized")
+    snapshot_cache_bytes: int = Field(
+        2 << 30,
+        description="Bytes of cached materializations kept; the least recently used go first; 0 = no cache",
+    )
     max_header_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted safetensors header")
     max_model_bytes: int = Field(
         16 << 30, description="Most tensor bytes one commit or import stream may declare; larger is refused"

@@ -53,5 +53,11 @@ class ResourceExhausted(LlmkError):
     exit_code = 10
 
 
+class NoSpace(ResourceExhausted):
+    """The disk under the store (or under an export) is full: nothing was half-written; free space, retry."""
+
+    exit_code = 12
+
+
 class Unavailable(LlmkError):
     exit_code = 11

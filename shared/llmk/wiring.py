@@ -33,4 +33,5 @@ def open_store(settings: Settings) -> Store:
         open_events(settings),
         settings.cache_chain_length,
         settings.gc_grace_seconds,
+        settings.snapshot_cache_bytes,
     )

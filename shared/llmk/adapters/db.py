@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     select,
     text,
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from llmk.domain.versions import Entry, Model, Ref, Version
+from llmk.domain.versions import Entry, Model, Ref, Snapshot, Version
 from llmk.errors import AlreadyExists, Conflict, NotFound
 
 BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER keys
@@ -85,7 +86,9 @@ class SnapshotRow(Base):
 
     __tablename__ = "snapshots"
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
-    object: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # A version's basis chain back to the first version holding a snapshot (or to the root).
@@ -321,12 +324,37 @@ class Catalog:
             self._move(s, self._model_row(s, model).id, branch, expected, new, False)
 
     # objects ------------------------------------------------------------------
-    def add_snapshot(self, version_id: int, sha: str) -> None:
+    def add_snapshot(self, version_id: int, sha: str, size: int) -> None:
         try:
             with self._tx() as s:
-                s.merge(SnapshotRow(version_id=version_id, object=sha))
+                s.merge(SnapshotRow(version_id=version_id, object=sha, size=size, used_at=_now()))
         except IntegrityError:
             pass  # another process cached the same version first
+
+    def touch_snapshot(self, sha: str) -> None:
+        """Mark a snapshot used now (one small write next to a read of a whole model)."""
+        with self._tx() as s:
+            s.execute(update(SnapshotRow).where(SnapshotRow.object == sha).values(used_at=_now()))
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every cached snapshot, least recently used first."""
+        with self._tx() as s:
+            rows = s.scalars(select(SnapshotRow).order_by(SnapshotRow.used_at, SnapshotRow.version_id))
+            epoch = datetime.fromtimestamp(0, UTC)
+            return [Snapshot(r.version_id, r.object, r.size, _utc(r.used_at or epoch)) for r in rows]
+
+    def drop_snapshots(self, sha: str) -> None:
+        with self._tx() as s:
+            s.execute(delete(SnapshotRow).where(SnapshotRow.object == sha))
+
+    def is_referenced(self, sha: str) -> bool:
+        """Whether any version, snapshot or model file points at the object (indexed for entries)."""
+        with self._tx() as s:
+            if s.scalar(select(EntryRow.object).where(EntryRow.object == sha).limit(1)) is not None:
+                return True
+            if s.scalar(select(SnapshotRow.object).where(SnapshotRow.object == sha).limit(1)) is not None:
+                return True
+            return any(sha in files.values() for files in s.scalars(select(ModelRow.files)))
 
     def referenced_objects(self) -> set[str]:
         with self._tx() as s:

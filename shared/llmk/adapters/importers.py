@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from llmk.adapters.gguf import read_header
 from llmk.adapters.objects import read_safetensors
 from llmk.domain import synthetic
 from llmk.errors import InvalidInput, NotFound
@@ -85,13 +87,27 @@ def _hf_folder(path: Path, max_header_bytes: int) -> Imported:
     return Imported(tensors, config, files, str(path))
 
 
+# What transformers and the gguf package raise on a file they cannot read, once the header is sound
+UNREADABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError, NotImplementedError)
+UNREADABLE_IO = (RuntimeError, OSError, EOFError, struct.error, MemoryError)
+
+
 def _gguf(path: Path, source: str) -> Imported:
     """Dequantize through transformers, then keep config and tokenizer as HF files."""
+    header = read_header(path)  # a damaged file is one clear error, before any library reads it
+    if not header.tensors:
+        raise InvalidInput(f"{path}: GGUF file holds no tensors")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (*UNREADABLE, *UNREADABLE_IO) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInput(f"{path}: unreadable GGUF model: {first}") from None
     config = model.config.to_dict()
     state = model.state_dict()
     if config.get("tie_word_embeddings"):

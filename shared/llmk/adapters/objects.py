@@ -1,27 +1,37 @@
 """Content-addressed object files: safetensors packs and raw blobs named by their sha256.
 
-A file is written under a temporary name, fsynced, then renamed to its hash, so readers
-never see a partial object. Reads check the hash once per process per file state.
+A file is written under a temporary name, fsynced, then linked to its hash, so readers
+never see a partial object. Reads check the hash once per process per file state. A file this
+process created for a commit that was then refused can be discarded at once, unless another
+writer published the same content meanwhile (each publish of existing content replaces the file,
+so its inode tells).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import struct
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from llmk.errors import Corrupt, InvalidInput, NotFound
+from llmk.errors import Corrupt, InvalidInput, NoSpace, NotFound
 
 HASH_BLOCK = 8 * 1024 * 1024
+CREATED_MEMORY = 4096  # objects this process created and may still discard; older ones are left to gc
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def sha256_file(path: Path) -> str:
@@ -86,6 +96,8 @@ class ObjectStore:
         self.root = root
         self.max_header_bytes = max_header_bytes
         self._verified: dict[str, tuple[int, int, int]] = {}
+        self._created: OrderedDict[str, int] = OrderedDict()  # sha -> inode this process created
+        self._lock = threading.Lock()
         (root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str) -> Path:
@@ -93,35 +105,90 @@ class ObjectStore:
 
     def put_tensors(self, tensors: Mapping[str, torch.Tensor]) -> tuple[str, int]:
         """Store a pack of tensors; returns (sha256, size in bytes)."""
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({k: t.contiguous() for k, t in tensors.items()}, tmp)
-            return self._publish(Path(tmp))
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with self._temp(".safetensors") as tmp:
+            try:
+                save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp))
+            except SafetensorError as e:
+                raise _disk_full(self.root, e) or e from None
+            return self._publish(tmp)
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        with self._temp("") as tmp:
+            tmp.write_bytes(data)
+            return self._publish(tmp)
+
+    @contextmanager
+    def _temp(self, suffix: str) -> Iterator[Path]:
+        """A temporary file in the object folder, removed whatever happens; a full disk is NoSpace."""
+        tmp: Path | None = None
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return self._publish(Path(tmp))
+            fd, name = tempfile.mkstemp(dir=self.root / "tmp", suffix=suffix)
+            os.close(fd)
+            tmp = Path(name)
+            yield tmp
+        except OSError as e:
+            raise _disk_full(self.root, e) or e from None
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def _publish(self, tmp: Path) -> tuple[str, int]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         sha, size = sha256_file(tmp), tmp.stat().st_size
         final = self.path(sha)
-        if final.exists():
-            os.utime(final)  # refresh: GC must not take a file a commit is about to reference
-        else:
-            final.parent.mkdir(exist_ok=True)
+        final.parent.mkdir(exist_ok=True)
+        try:
+            os.link(tmp, final)  # exclusive: only the first writer of this content creates it
+            created = True
+        except FileExistsError:
+            os.replace(tmp, final)  # fresh mtime for GC's grace, fresh inode for a concurrent discard
+            created = False
+        except OSError:  # a filesystem without hard links: never discard, GC still collects
             os.replace(tmp, final)
-        self._verified[sha] = _file_state(final)
+            created = False
+        state = _file_state(final)
+        self._verified[sha] = state
+        if created:
+            with self._lock:
+                self._created[sha] = state[0]
+                while len(self._created) > CREATED_MEMORY:
+                    self._created.popitem(last=False)
         return sha, size
+
+    def discard(self, sha: str, referenced: Callable[[], bool]) -> bool:
+        """Remove an object this process created for a write that was then refused; True if removed.
+
+        Kept when anything is `referenced` or another writer published the same content since (the
+        inode this process created is gone from the path).
+        """
+        with self._lock:
+            inode = self._created.pop(sha, None)
+        return inode is not None and self.remove(sha, referenced, inode)
+
+    def remove(self, sha: str, referenced: Callable[[], bool], inode: int | None = None) -> bool:
+        """Remove an object nothing references (an evicted cache entry, a refused write); True if removed.
+
+        The file is moved aside first and removed only if still unreferenced (and still `inode`, when
+        given); otherwise it is put back, so a version committed meanwhile keeps its file.
+        """
+        if referenced():
+            return False
+        final, aside = self.path(sha), self.root / "tmp" / f"discard-{uuid.uuid4().hex}"
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return False
+        removed = False
+        try:
+            removed = (inode is None or aside.stat().st_ino == inode) and not referenced()
+        finally:
+            if removed:
+                aside.unlink()
+                self._verified.pop(sha, None)
+            else:
+                os.replace(aside, final)  # put it back: the same bytes as any copy published meanwhile
+        return removed
 
     def verify(self, sha: str) -> Path:
         """The object's path, after checking its bytes hash to its name (cached per file state)."""
@@ -162,6 +229,14 @@ class ObjectStore:
             return time.time() - path.stat().st_mtime
         except FileNotFoundError:
             return 0.0
+
+
+def _disk_full(root: Path, e: Exception) -> NoSpace | None:
+    """NoSpace when `e` says the disk (or a quota) is full; None for any other failure."""
+    full = (isinstance(e, OSError) and e.errno in DISK_FULL) or any(
+        mark in str(e) for mark in ("StorageFull", "No space left", "QuotaExceeded", "Disk quota")
+    )
+    return NoSpace(f"no space left for objects under {root}: free some space and retry") if full else None
 
 
 def _file_state(p: Path) -> tuple[int, int, int]:

@@ -6,18 +6,29 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from llmk.app import reading
+from llmk.app import exports, reading
 from llmk.app.admission import Meta, changes_architecture, check_entries, frozen_changes
 from llmk.app.model_task import TASK_KEY, decode_task
 from llmk.app.ports import Catalog, Events, Objects
+from llmk.app.snapshots import SnapshotCache
 from llmk.domain import deltas
-from llmk.domain.names import any_match, check_file_name, check_name, check_tensor_name, matches
+from llmk.domain.names import (
+    AUTHOR_MAX,
+    IDEMPOTENCY_KEY_MAX,
+    MESSAGE_MAX,
+    any_match,
+    check_file_name,
+    check_name,
+    check_tensor_name,
+    check_text,
+    matches,
+)
 from llmk.domain.versions import Entry, Model, Ref, Version, VersionEvent, part_key
 from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
 
@@ -31,6 +42,12 @@ class CommitInfo:
     message: str = ""
     metadata: dict[str, Any] | None = None
     idempotency_key: str | None = None
+
+    def check(self) -> None:
+        """Refuse text no backend can store as given, before anything is written."""
+        check_text(self.author, "author", AUTHOR_MAX)
+        check_text(self.message, "commit message", MESSAGE_MAX)
+        check_text(self.idempotency_key or "", "idempotency key", IDEMPOTENCY_KEY_MAX)
 
 
 @dataclass(frozen=True)
@@ -48,12 +65,21 @@ class Store:
         events: Events,
         cache_chain_length: int = 8,
         gc_grace_seconds: float = 3600.0,
+        snapshot_cache_bytes: int = 2 << 30,
     ):
         self.catalog = catalog
         self.objects = objects
         self.events = events
-        self.cache_chain_length = cache_chain_length
+        self.snapshots = SnapshotCache(catalog, objects, snapshot_cache_bytes, cache_chain_length)
         self.gc_grace_seconds = gc_grace_seconds
+
+    @property
+    def cache_chain_length(self) -> int:
+        return self.snapshots.chain_length
+
+    @cache_chain_length.setter
+    def cache_chain_length(self, length: int) -> None:
+        self.snapshots.chain_length = length
 
     # models ---------------------------------------------------------------------
     def create_model(
@@ -66,6 +92,7 @@ class Store:
     ) -> Version:
         """A new model whose first version on `main` holds every tensor in full."""
         check_name(name, "model name")
+        info.check()
         for fname in files:
             check_file_name(fname)
         if not tensors:
@@ -78,6 +105,7 @@ class Store:
             self.catalog.create_model(name, config, blobs)
         except AlreadyExists:
             if self.catalog.refs(name):
+                self._discard(*blobs.values())
                 raise
             # an import that died before its first version committed: take the name over
             self.catalog.update_model(name, config=config, files=blobs)
@@ -128,6 +156,7 @@ class Store:
 
         With parent None the branch is created (first commit) or its current head is used.
         """
+        info.check()
         if info.idempotency_key and (done := self.catalog.by_idempotency_key(model, info.idempotency_key)):
             return done
         for name in entries:
@@ -190,7 +219,7 @@ class Store:
         info: CommitInfo,
     ) -> Version:
         pack = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
-        sha, _ = self.objects.put_tensors(pack)  # the file lands before the row that points at it
+        sha = self.objects.put_tensors(pack)[0] if pack else ""  # the file lands before its rows
         rows = [
             Entry(n, d.kind.value, sha, shapes[n][0], _dtype_name(shapes[n][1]), d.nnz, d.nbytes)
             for n, d in sorted(entries.items())
@@ -207,9 +236,30 @@ class Store:
             info.idempotency_key,
             rows,
         )
-        v = self.catalog.add_version(model, branch, expected, version)
+        v = self._add_version(model, branch, expected, version, sha)
         self._announce(v, branch, [e.name for e in v.entries])
         return v
+
+    def _add_version(
+        self, model: str, branch: str, expected: int | None, version: Version, sha: str, create: bool = False
+    ) -> Version:
+        """Insert a version whose object file is written; a refused insert (a lost race, a redelivered
+        commit answered by its first version) removes the file, unless something else references it."""
+        try:
+            v = self.catalog.add_version(model, branch, expected, version, create_branch=create)
+        except Exception:
+            self._discard(sha)
+            raise
+        if all(e.object != sha for e in v.entries):
+            self._discard(sha)
+        return v
+
+    def _discard(self, *shas: str) -> None:
+        for sha in filter(None, shas):
+            try:
+                self.objects.discard(sha, partial(self.catalog.is_referenced, sha))
+            except Exception:  # the refusal is what the caller must see; gc collects the file later
+                log.exception("could not remove object %s of a refused write", sha[:12])
 
     def _announce(self, v: Version, branch: str, changed: list[str] | None) -> None:
         """Tell workers: `changed` names the tensors that differ from the parent (None: any may)."""
@@ -267,6 +317,7 @@ class Store:
         """
         if not to:
             raise InvalidInput("a rollback needs the version, tag or branch to restore")
+        info.check()
         target = self.resolve(model, to)
         head = self.resolve(model, branch)
         frozen = self.catalog.model(model).frozen
@@ -297,6 +348,7 @@ class Store:
 
     def squash(self, model: str, ref: str | None = None, info: CommitInfo = CommitInfo()) -> Version:
         """A new base version holding every tensor in full, bit-identical to `ref`'s values."""
+        info.check()
         vid = self.resolve(model, ref)
         tensors = self.materialize(model, str(vid))
         head_ref = self.catalog.ref(model, ref or MAIN)
@@ -322,7 +374,7 @@ class Store:
             info.idempotency_key,
             rows,
         )
-        v = self.catalog.add_version(model, branch, vid, version, create_branch=branch != (ref or MAIN))
+        v = self._add_version(model, branch, vid, version, sha, create=branch != (ref or MAIN))
         self._announce(v, branch, [])  # same values, new id
         return v
 
@@ -331,16 +383,15 @@ class Store:
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         vid = self.resolve(model, ref)
-        p = reading.plan(self.catalog, self.objects, model, vid, reading.selector_filter(selector, names))
-        tensors = reading.load(self.objects, p)
-        if p.depth >= self.cache_chain_length and not selector and names is None:
-            sha, _ = self.objects.put_tensors(tensors)
-            self.catalog.add_snapshot(vid, sha)
+        p, tensors = self.snapshots.read(model, vid, reading.selector_filter(selector, names))
+        if not selector and names is None:
+            self.snapshots.offer(vid, p.depth, tensors)
         return tensors
 
     def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
+        exports.check_target(out)
         vid = self.resolve(model, ref)
-        return write_export(self.materialize(model, str(vid), selector), out, model, vid, selector)
+        return exports.write(self.materialize(model, str(vid), selector), out, model, vid, selector)
 
     def diff(self, model: str, a: str, b: str) -> list[reading.Change]:
         return reading.changes(
@@ -388,18 +439,6 @@ class Store:
             if self.objects.age_seconds(tmp) >= self.gc_grace_seconds and not dry_run:
                 tmp.unlink(missing_ok=True)
         return removed
-
-
-def write_export(
-    tensors: Mapping[str, torch.Tensor], out: Path, model: str, version: int, selector: str
-) -> int:
-    """Write a version's tensors under a temporary name first: a reader never sees half a file."""
-    if not tensors:
-        raise NotFound(f"no tensor of {model}@{version} matches {selector!r}")
-    tmp = out.with_name(out.name + ".partial")
-    save_file(dict(tensors), str(tmp), metadata={"model": model, "version": str(version)})
-    tmp.replace(out)
-    return len(tensors)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

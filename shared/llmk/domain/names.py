@@ -66,3 +66,21 @@ def check_file_name(name: str) -> None:
 
 def _shown(name: str) -> str:
     return repr(name if len(name) <= 60 else name[:60] + "...")
+
+
+# Free text a commit carries: bounded by its column on every backend, and storable by every backend
+# (PostgreSQL refuses NUL characters; text must encode as UTF-8).
+AUTHOR_MAX = 200
+IDEMPOTENCY_KEY_MAX = 200
+MESSAGE_MAX = 64 * 1024
+
+
+def check_text(value: str, what: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidInput(f"{what} of {len(value)} characters is longer than the {limit} allowed")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode text (a lone surrogate)") from None

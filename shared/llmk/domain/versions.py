@@ -56,6 +56,16 @@ class Ref:
     version: int
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A cached full materialization of a version: an ordinary object, kept while the cache has room."""
+
+    version: int
+    object: str
+    size: int
+    used_at: datetime
+
+
 def part_key(tensor_name: str, part: str) -> str:
     """Key of one delta part inside a pack object."""
     return f"{tensor_name}/{part}"

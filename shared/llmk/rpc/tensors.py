@@ -28,6 +28,9 @@ DTYPES = {
 }
 
 
+MAX_DIMS = 32
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -99,6 +102,8 @@ def _declared(c: common_pb2.TensorChunk) -> tuple[torch.dtype, list[int], int]:
     dtype, shape = DTYPES[c.dtype], list(c.shape)
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{c.name}: negative dimension in shape {shape}")
+    if len(shape) > MAX_DIMS or math.prod(d for d in shape if d) >= 2**63:  # torch's own limits
+        raise InvalidInput(f"{c.name}: shape {shape[: MAX_DIMS + 1]} has too many dimensions or elements")
     size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if c.offset != 0 or c.total_bytes != size:
         raise InvalidInput(f"{c.name}: first chunk must start at 0 and size {shape} {c.dtype}")

@@ -1,0 +1,87 @@
+"""The snapshot cache: full materializations of long delta chains, kept within a byte budget.
+
+Any reader may add to it (a long chain is read once, then served from one file), so it must never let
+reads fill the disk: snapshots beyond the budget go, least recently used first, rows before files. It is
+a cache, never the truth: a failure to write, touch or evict it is logged and the read goes on, and a
+snapshot that turns out missing or damaged is dropped and read around (from the deltas, which are).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from functools import partial
+
+import torch
+
+from llmk.app import reading
+from llmk.app.ports import Catalog, Objects
+from llmk.errors import Corrupt
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotCache:
+    def __init__(self, catalog: Catalog, objects: Objects, budget_bytes: int, chain_length: int):
+        self.catalog = catalog
+        self.objects = objects
+        self.budget_bytes = budget_bytes
+        self.chain_length = chain_length
+
+    def read(
+        self, model: str, version_id: int, want: Callable[[str], bool]
+    ) -> tuple[reading.Plan, dict[str, torch.Tensor]]:
+        """Plan and load a version, through its snapshot when it has a readable one."""
+        p: reading.Plan | None = None
+        try:
+            p = reading.plan(self.catalog, self.objects, model, version_id, want)
+            tensors = reading.load(self.objects, p)
+        except Corrupt as e:
+            if p is not None and p.snapshot is None:
+                raise  # damage in the deltas themselves: never read around
+            snapshot = self.catalog.chain(model, version_id)[1]
+            if snapshot is not None:  # still listed, so damaged rather than evicted meanwhile: drop it
+                log.warning("snapshot %s of %s@%s dropped: %s", snapshot[:12], model, version_id, e)
+                self._forget(snapshot)
+            p = reading.plan(self.catalog, self.objects, model, version_id, want)
+            return p, reading.load(self.objects, p)
+        if p.snapshot:
+            self._quietly("mark a snapshot used", self.catalog.touch_snapshot, p.snapshot)
+        return p, tensors
+
+    def offer(self, version_id: int, depth: int, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Cache a full read of a long chain, if the budget allows; never fails the read."""
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if depth < self.chain_length or not tensors or size > self.budget_bytes:
+            return
+        self._quietly("cache snapshot", self._add, version_id, tensors)
+
+    def _add(self, version_id: int, tensors: Mapping[str, torch.Tensor]) -> None:
+        sha, size = self.objects.put_tensors(tensors)
+        self.catalog.add_snapshot(version_id, sha, size)
+        self.evict()
+
+    def evict(self) -> list[str]:
+        """Drop least recently used snapshots until the cache fits its budget; returns their objects."""
+        by_object: dict[str, int] = {}
+        for s in self.catalog.snapshots():  # least recently used first; one object may serve several
+            by_object.setdefault(s.object, s.size)
+        total, dropped = sum(by_object.values()), []
+        for sha, size in by_object.items():
+            if total <= self.budget_bytes:
+                break
+            self._forget(sha)
+            total -= size
+            dropped.append(sha)
+        return dropped
+
+    def _forget(self, sha: str) -> None:
+        self.catalog.drop_snapshots(sha)
+        self.objects.remove(sha, partial(self.catalog.is_referenced, sha))
+
+    @staticmethod
+    def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a cache failure (full disk, read-only folder, database hiccup) is no read failure
+            log.warning("could not %s", what, exc_info=True)
