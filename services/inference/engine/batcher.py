@@ -6,6 +6,10 @@ refused at once (ResourceExhausted) instead of growing latency without limit.
 
 Each answer names the weight version it was computed with: `version` is read under `lock`, the same lock a
 hot update holds while it changes the weights and the version together.
+
+The keys and values of each template's fixed start are computed once and reused by every batch; they are
+dropped when the version changes or any weight is written through `weights.set_weight`, and recomputed by
+the next batch that uses the template.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmk.errors import ResourceExhausted, Unavailable
-from services.inference.engine.classifier import classify, validate
+from services.inference.engine.attention import Prefix
+from services.inference.engine.classifier import classify, template_prefix, validate
 from services.inference.engine.model import Model
+from services.inference.engine.weights import writes
+
+MAX_TEMPLATES = 16  # templates whose prefix is kept; the least recently built one goes first
 
 
 class Probabilities(list[dict[str, float]]):
@@ -61,6 +69,8 @@ class ClassifyBatcher:
         self.lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._carry: list[_Job | None] = []  # at most one item that opens the next batch
+        self._prefixes: dict[str, Prefix | None] = {}  # template -> its prefix for the weights of `_served`
+        self._served: tuple[str, int] = (version, writes(model))
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="llmk-classify-batcher", daemon=True)
         self._thread.start()
@@ -123,7 +133,10 @@ class ClassifyBatcher:
             try:
                 with self.lock:
                     version = self.version
-                    results = classify(self.model, self.tokenizer, prompts, labels, template, self.separator)
+                    prefix = self._prefix(template)
+                    results = classify(
+                        self.model, self.tokenizer, prompts, labels, template, self.separator, prefix
+                    )
             except Exception as error:  # one bad group fails its own callers only
                 for job in group:
                     job.future.set_exception(error)
@@ -134,6 +147,18 @@ class ClassifyBatcher:
             for job in group:
                 job.future.set_result(Probabilities(results[start : start + len(job.prompts)], version))
                 start += len(job.prompts)
+
+    def _prefix(self, template: str) -> Prefix | None:
+        """The template's keys and values for the weights served now (under `lock`)."""
+        served = (self.version, writes(self.model))
+        if served != self._served:
+            self._prefixes.clear()
+            self._served = served
+        if template not in self._prefixes:
+            if len(self._prefixes) >= MAX_TEMPLATES:
+                del self._prefixes[next(iter(self._prefixes))]
+            self._prefixes[template] = template_prefix(self.model, self.tokenizer, template)
+        return self._prefixes[template]
 
     def _drain(self) -> None:
         """Refuse whatever arrived after close()."""

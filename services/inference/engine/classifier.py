@@ -2,6 +2,9 @@
 
 Each label is scored by the sum of its tokens' log-probabilities following the formatted prompt; a softmax
 over the labels turns the scores into probabilities. All prompt x label pairs run as one padded forward pass.
+
+A template's fixed start is the same for every prompt: given its keys and values (`template_prefix`, computed
+once by the caller and kept while the weights stay), each pass runs only the tokens after it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 from torch import Tensor
 
 from llmk.errors import InvalidInput
+from services.inference.engine.attention import Prefix
 from services.inference.engine.model import Model
 
 
@@ -28,22 +32,49 @@ def validate(prompts: Sequence[str], labels: Sequence[str], template: str) -> No
 
 def _pad(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
     """Right-pad token rows into input_ids and attention_mask [N, T]."""
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids.to(device), mask.to(device)
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True).to(device)
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    mask = (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+    return ids, mask
 
 
-def label_scores(model: Model, contexts: list[list[int]], label_ids: list[list[int]]) -> Tensor:
+def template_prefix(model: Model, tokenizer: Any, template: str) -> Prefix | None:
+    """Keys and values of the template's text before {prompt}, minus its last token, which may merge with
+    the prompt's first characters; None when that leaves nothing worth caching."""
+    head = template.split("{prompt}", 1)[0]
+    tokens = list(tokenizer.encode(head))[:-1] if head else []
+    if len(tokens) < 2:
+        return None
+    with torch.no_grad():
+        return model.encode_prefix(tokens)
+
+
+def _after(prefix: Prefix | None, contexts: list[list[int]]) -> list[list[int]] | None:
+    """Each context's tokens after the prefix, or None unless every context starts with it and goes on."""
+    if prefix is None:
+        return None
+    n = prefix.length
+    if any(len(c) <= n or c[:n] != prefix.tokens for c in contexts):
+        return None
+    return [c[n:] for c in contexts]
+
+
+def label_scores(
+    model: Model, contexts: list[list[int]], label_ids: list[list[int]], prefix: Prefix | None = None
+) -> Tensor:
     """Sum of log-probabilities of each label's tokens after each context: [P, L]."""
-    if all(len(lab) == 1 for lab in label_ids):
-        return _next_token_scores(model, contexts, [lab[0] for lab in label_ids])
-    rows = [c + lab for c in contexts for lab in label_ids]
-    if max(len(r) for r in rows) > model.config.max_positions:
+    single = all(len(lab) == 1 for lab in label_ids)
+    longest = max(len(c) for c in contexts) + (0 if single else max(len(lab) for lab in label_ids))
+    if longest > model.config.max_positions:
         raise InvalidInput(f"a prompt with its label exceeds {model.config.max_positions} tokens")
+    rests = _after(prefix, contexts)
+    if rests is None:
+        prefix = None
+    else:
+        contexts = rests
+    if single:
+        return _next_token_scores(model, contexts, [lab[0] for lab in label_ids], prefix)
+    rows = [c + lab for c in contexts for lab in label_ids]
     device = model.lm_head.weight.device
     ids, mask = _pad(rows, device)
     # Only the positions that predict a label token go through the vocabulary projection.
@@ -53,7 +84,7 @@ def label_scores(model: Model, contexts: list[list[int]], label_ids: list[list[i
         row_idx += [r] * len(lab)
         pos_idx += range(len(c) - 1, len(c) + len(lab) - 1)
     rows_t, pos_t = torch.tensor(row_idx, device=device), torch.tensor(pos_idx, device=device)
-    hidden = model.features(ids, mask)  # [N, T, D]
+    hidden = model.features(ids, mask, prefix)  # [N, T, D]
     logits = model.lm_head(hidden[rows_t, pos_t]).float()  # [M, V]
     targets = ids[rows_t, pos_t + 1]  # [M]
     logp = logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]  # [M]
@@ -61,14 +92,14 @@ def label_scores(model: Model, contexts: list[list[int]], label_ids: list[list[i
     return scores.view(len(contexts), len(label_ids))
 
 
-def _next_token_scores(model: Model, contexts: list[list[int]], tokens: list[int]) -> Tensor:
+def _next_token_scores(
+    model: Model, contexts: list[list[int]], tokens: list[int], prefix: Prefix | None
+) -> Tensor:
     """Single-token labels are all read off one pass over the prompts, not one pass per label."""
-    if max(len(c) for c in contexts) > model.config.max_positions:
-        raise InvalidInput(f"a prompt exceeds {model.config.max_positions} tokens")
     device = model.lm_head.weight.device
     ids, mask = _pad(contexts, device)
     last = torch.tensor([len(c) - 1 for c in contexts], device=device)
-    hidden = model.features(ids, mask)  # [P, T, D]
+    hidden = model.features(ids, mask, prefix)  # [P, T, D]
     logits = model.lm_head(hidden[torch.arange(len(contexts), device=device), last]).float()  # [P, V]
     return logits.log_softmax(-1)[:, torch.tensor(tokens, device=device)]  # [P, L]
 
@@ -80,13 +111,16 @@ def classify(
     labels: Sequence[str],
     template: str = "{prompt}",
     separator: str = " ",
+    prefix: Prefix | None = None,
 ) -> list[dict[str, float]]:
-    """For each prompt, the probability of each label; the label text follows `separator` after the prompt."""
+    """For each prompt, the probability of each label; the label text follows `separator` after the prompt.
+
+    `prefix` is `template_prefix(model, tokenizer, template)` for the model's current weights, or None."""
     validate(prompts, labels, template)
     contexts = [list(tokenizer.encode(template.replace("{prompt}", p))) for p in prompts]
     label_ids = [list(tokenizer.encode(separator + lab, add_special_tokens=False)) for lab in labels]
     if not all(contexts) or not all(label_ids):
         raise InvalidInput("a prompt or a label encodes to no tokens")
     with torch.no_grad():
-        probs = label_scores(model, contexts, label_ids).softmax(-1).tolist()
+        probs = label_scores(model, contexts, label_ids, prefix).softmax(-1).tolist()
     return [dict(zip(labels, row, strict=True)) for row in probs]

@@ -9,7 +9,6 @@ loop that a later step can wrap to offload weights layer by layer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,55 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmk.errors import InvalidInput
+from services.inference.engine.attention import KVCache, Prefix, Step, additive, attend
 from services.inference.engine.config import ModelConfig
 
 # Buffers some checkpoints carry that are derived from the config, not learned: safe to ignore when loading.
 _DERIVED_BUFFERS = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
-
-
-class KVCache:
-    """A fixed pool of sequence slots; each slot has its own length, so sequences that started at different
-    times share one batched decode step."""
-
-    def __init__(self, config: ModelConfig, n_slots: int, max_len: int, device: Any, dtype: torch.dtype):
-        shape = (n_slots, config.n_kv_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.lengths = [0] * n_slots
-        self.max_len = max_len
-
-    def update(self, layer: int, step: Step, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write the new keys/values at their positions, return each slot's cache up to the longest one."""
-        # k, v: [B, Hkv, T, hd]; slots: [B]; positions: [B, T]
-        assert step.slots is not None
-        rows = step.slots[:, None].expand_as(step.positions)
-        self.k[layer][rows, :, step.positions] = k.transpose(1, 2)
-        self.v[layer][rows, :, step.positions] = v.transpose(1, 2)
-        span = step.mask.shape[-1]
-        # returns: [B, Hkv, S, hd]
-        return self.k[layer][step.slots, :, :span], self.v[layer][step.slots, :, :span]
-
-
-@dataclass
-class Step:
-    """What one pass attends to: positions of the new tokens, the mask, and the cache slots if any."""
-
-    positions: Tensor  # [B, T]
-    mask: Tensor  # [B, 1, T, S] bool, True where a query may attend a key
-    rope: tuple[Tensor, Tensor] | None = None  # cos, sin: [B, 1, T, hd]
-    cache: KVCache | None = None
-    slots: Tensor | None = None  # [B]
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, step: Step, layer: int) -> Tensor:
-    # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
-    if step.cache is not None:
-        k, v = step.cache.update(layer, step, k, v)  # k, v: [B, Hkv, S, hd]
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)  # y: [B, H, T, hd]
-    return y.transpose(1, 2).flatten(2)  # [B, T, H * hd]
 
 
 def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
@@ -256,56 +211,113 @@ class Model(nn.Module):
         x = self.body.embed(tokens, step.positions)
         return self.body.norm(self.run_layers(x, step))
 
-    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Final hidden states [B, T, D] without a cache; padding may sit on either side."""
+    def features(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, prefix: Prefix | None = None
+    ) -> Tensor:
+        """Final hidden states [B, T, D] without a cache; padding may sit on either side.
+
+        With a `prefix`, each row continues that shared start: its keys and values are read, not rerun."""
         # input_ids, attention_mask: [B, T]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         valid = attention_mask.bool()
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        T = input_ids.shape[1]
-        idx = torch.arange(T, device=input_ids.device)
+        P = prefix.length if prefix is not None else 0
+        positions = P + (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        T, device = input_ids.shape[1], input_ids.device
+        idx = torch.arange(T, device=device)
         causal = idx[None, :] <= idx[:, None]  # [T, T]
         # A padded query attends to itself alone so its row is never empty (no NaN); it is ignored anyway.
-        mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=input_ids.device)
-        return self._hidden(input_ids, Step(positions=positions, mask=mask[:, None]))
+        mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=device)  # [B, T, T]
+        if P:
+            mask = torch.cat((mask.new_ones(mask.shape[0], T, P), mask), dim=-1)  # [B, T, P + T]
+        step = Step(positions=positions, mask=additive(mask[:, None], self._dtype), prefix=prefix)
+        return self._hidden(input_ids, step)
+
+    def encode_prefix(self, token_ids: Sequence[int]) -> Prefix:
+        """The keys and values of a prompt start that many later passes continue (see `features`)."""
+        tokens = torch.as_tensor(token_ids, device=self.lm_head.weight.device).view(1, -1)
+        T = tokens.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+        prefix = Prefix(list(token_ids))
+        step = Step(positions=torch.arange(T, device=tokens.device)[None], mask=additive(causal, self._dtype))
+        step.record = prefix
+        self._hidden(tokens, step)
+        return prefix
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits [B, T, V] for every position; differentiable, used by classification and training."""
         return self.lm_head(self.features(input_ids, attention_mask))
 
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
     def setup_cache(self, n_slots: int, max_len: int) -> None:
         weight = self.lm_head.weight
         self.cache = KVCache(self.config, n_slots, max_len, weight.device, weight.dtype)
 
-    def _cached_logits(self, slots: Sequence[int], tokens: Tensor) -> Tensor:
-        # tokens: [B, T] -> logits of each slot's last token: [B, V]
-        cache = self.cache
-        if cache is None:
-            raise RuntimeError("call setup_cache() before prefill or decode_step")
-        device, T = tokens.device, tokens.shape[1]
+    def prefill_batch(self, slots: Sequence[int], token_ids: Sequence[Sequence[int]]) -> Tensor:
+        """Append each row of tokens to its slot's sequence in one padded pass; rows may differ in length.
+
+        Returns the logits [B, V] that predict each row's next token."""
+        cache = self._need_cache()
+        device = self.lm_head.weight.device
+        n = torch.tensor([len(t) for t in token_ids], device=device)  # [B]
+        tokens = torch.nn.utils.rnn.pad_sequence(
+            [torch.as_tensor(t, device=device) for t in token_ids], batch_first=True
+        )  # [B, T]
         starts = torch.tensor([cache.lengths[s] for s in slots], device=device)
-        if int(starts.max()) + T > cache.max_len:
+        if int((starts + n).max()) > cache.max_len:
             raise InvalidInput(f"sequence would exceed the cache length {cache.max_len}")
-        positions = starts[:, None] + torch.arange(T, device=device)  # [B, T]
-        span = int(positions.max()) + 1
-        mask = torch.arange(span, device=device) <= positions[..., None]  # [B, T, S]
-        slot_ids = torch.tensor(list(slots), device=device)
-        step = Step(positions=positions, mask=mask[:, None], cache=cache, slots=slot_ids)
-        x = self._hidden(tokens, step)
-        for s in slots:
-            cache.lengths[s] += T
-        return self.lm_head(x[:, -1])
+        offsets = torch.arange(tokens.shape[1], device=device)
+        real = offsets < n[:, None]  # [B, T]; padding is neither written to the cache nor read
+        positions = (starts[:, None] + offsets).clamp(max=cache.max_len - 1)
+        x = self._run_cached(slots, tokens, positions, None if bool(real.all()) else real)  # [B, T, D]
+        for s, length in zip(slots, n.tolist(), strict=True):
+            cache.lengths[s] += length
+        return self.lm_head(x[torch.arange(len(slots), device=device), n - 1])
 
     def prefill(self, slot: int, token_ids: Sequence[int] | Tensor) -> Tensor:
         """Append tokens to one slot's sequence; return the logits [V] that predict the next token."""
-        tokens = torch.as_tensor(token_ids, device=self.lm_head.weight.device).view(1, -1)
-        return self._cached_logits([slot], tokens)[0]
+        ids = token_ids.tolist() if isinstance(token_ids, Tensor) else list(token_ids)
+        return self.prefill_batch([slot], [ids])[0]
 
     def decode_step(self, slots: Sequence[int], last_tokens: Sequence[int] | Tensor) -> Tensor:
         """One token for each slot, each at its own position; returns next-token logits [B, V]."""
-        tokens = torch.as_tensor(last_tokens, device=self.lm_head.weight.device).view(-1, 1)
-        return self._cached_logits(slots, tokens)
+        cache = self._need_cache()
+        device = self.lm_head.weight.device
+        tokens = torch.as_tensor(last_tokens, device=device).view(-1, 1)
+        lengths = [cache.lengths[s] for s in slots]
+        if max(lengths) + 1 > cache.max_len:
+            raise InvalidInput(f"sequence would exceed the cache length {cache.max_len}")
+        x = self._run_cached(slots, tokens, torch.tensor(lengths, device=device)[:, None])
+        for s in slots:
+            cache.lengths[s] += 1
+        return self.lm_head(x[:, -1])
+
+    def _need_cache(self) -> KVCache:
+        if self.cache is None:
+            raise RuntimeError("call setup_cache() before prefill or decode_step")
+        return self.cache
+
+    def _run_cached(
+        self, slots: Sequence[int], tokens: Tensor, positions: Tensor, real: Tensor | None = None
+    ) -> Tensor:
+        # tokens, positions, real: [B, T] -> final hidden states [B, T, D]; keys up to each query's position
+        device = tokens.device
+        span = int(positions.max()) + 1
+        mask = torch.arange(span, device=device) <= positions[..., None]  # [B, T, S]
+        lo = slots[0]
+        in_order = list(slots) == list(range(lo, lo + len(slots)))
+        step = Step(
+            positions=positions,
+            mask=additive(mask[:, None], self._dtype),
+            cache=self.cache,
+            slots=torch.tensor(list(slots), device=device),
+            slot_range=(lo, lo + len(slots)) if in_order else None,
+            real=real,
+        )
+        return self._hidden(tokens, step)
 
     def free_slot(self, slot: int) -> None:
         """Forget a slot's sequence; stale keys beyond a slot's length are masked, so nothing is cleared."""

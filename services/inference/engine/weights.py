@@ -47,6 +47,7 @@ class Form:
 class WeightRules:
     forms: dict[str, Form] = field(default_factory=dict)
     placement: Placement | None = None
+    writes: int = 0  # values written through set_weight: what was computed from older weights is stale
 
 
 def weight_rules(model: nn.Module) -> WeightRules:
@@ -73,11 +74,18 @@ def register_form(model: nn.Module, name: str, convert: Convert) -> None:
     forms[name] = Form(prior.shape, composed)
 
 
+def writes(model: nn.Module) -> int:
+    """How many values set_weight has written to `model`: a cache of anything computed from the weights
+    (a classify template's keys and values) is valid while this stays the same."""
+    rules = getattr(model, _RULES, None)
+    return rules.writes if rules is not None else 0
+
+
 def set_weight(model: nn.Module, name: str, value: Tensor) -> None:
     """Replace the weight `name` (a Hugging Face state-dict name) with `value`, keeping the model's form.
 
     Everything is converted before anything is written, so a refused value leaves the model unchanged."""
-    rules = getattr(model, _RULES, None) or WeightRules()
+    rules = weight_rules(model)
     form = rules.forms.get(name)
     shape = form.shape if form is not None else _stored_shape(model, rules, name)
     if shape is None:
@@ -88,6 +96,7 @@ def set_weight(model: nn.Module, name: str, value: Tensor) -> None:
         raise InvalidDelta(f"{name}: new shape {tuple(value.shape)} does not match served {shape}")
     with torch.no_grad():
         tensors = form.convert(value) if form is not None else {name: value}
+        rules.writes += 1
         for key, tensor in tensors.items():
             _write(model, rules, key, tensor)
 

@@ -11,13 +11,15 @@ import torch
 
 from llmk.errors import InvalidInput, ResourceExhausted
 from services.inference.engine.batcher import ClassifyBatcher
-from services.inference.engine.classifier import classify
+from services.inference.engine.classifier import classify, template_prefix
+from services.inference.engine.weights import set_weight
 
-from .conftest import Pair
+from .conftest import Pair, tiny_llama_pair
 
 PROMPTS = ["stocks soar", "bank fails", "rates unchanged today", "x"]
 LABELS = ["positive", "negative", "neutral"]
 TEMPLATE = "Headline: {prompt}\nSentiment:"
+FINANCE = "Is the sentiment of this financial news negative, positive or neutral?\nNews: {prompt}\nSentiment:"
 
 
 def test_probabilities_follow_label_log_likelihoods(tiny: Pair, byte_tokenizer: Any) -> None:
@@ -97,3 +99,55 @@ def test_batcher_refuses_bad_requests_at_once(tiny_llama: Pair, byte_tokenizer: 
     with pytest.raises(InvalidInput):
         batcher.submit(PROMPTS, ["same", "same"], TEMPLATE)
     batcher.close()
+
+
+@pytest.mark.parametrize("labels", [LABELS, ["up a lot", "down", "flat"]])
+def test_prefix_cached_classify_equals_uncached(tiny: Pair, byte_tokenizer: Any, labels: list[str]) -> None:
+    prefix = template_prefix(tiny.ours, byte_tokenizer, FINANCE)
+    assert prefix is not None and prefix.length == len(FINANCE.split("{prompt}")[0]) - 1  # a byte a token
+    cached = classify(tiny.ours, byte_tokenizer, PROMPTS, labels, FINANCE, prefix=prefix)
+    plain = classify(tiny.ours, byte_tokenizer, PROMPTS, labels, FINANCE)
+    for with_prefix, without in zip(cached, plain, strict=True):
+        assert with_prefix == pytest.approx(without, abs=1e-4)
+
+
+def test_a_prefix_the_prompts_do_not_start_with_is_not_used(tiny_llama: Pair, byte_tokenizer: Any) -> None:
+    wrong = template_prefix(tiny_llama.ours, byte_tokenizer, "Other words: {prompt}")
+    assert wrong is not None
+    cached = classify(tiny_llama.ours, byte_tokenizer, PROMPTS, LABELS, FINANCE, prefix=wrong)
+    plain = classify(tiny_llama.ours, byte_tokenizer, PROMPTS, LABELS, FINANCE)
+    assert cached == plain
+
+
+def _gap(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
+    return max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True) for k in x)
+
+
+def test_batcher_recomputes_the_template_prefix_when_the_weights_change(byte_tokenizer: Any) -> None:
+    model = tiny_llama_pair().ours  # its own copy: the weights change below
+    batcher = ClassifyBatcher(model, byte_tokenizer, max_wait_ms=0, version="1")
+    assert (
+        _gap(
+            batcher.classify(PROMPTS, LABELS, FINANCE),
+            classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE),
+        )
+        < 1e-4
+    )
+    stale = template_prefix(model, byte_tokenizer, FINANCE)
+    torch.manual_seed(1)
+    with batcher.lock:  # as a hot update does: through set_weight, between batches
+        for part in ("k_proj", "v_proj"):
+            name = f"model.layers.0.self_attn.{part}.weight"
+            set_weight(model, name, torch.randn_like(model.get_parameter(name)))
+    uncached = classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE)
+    assert _gap(batcher.classify(PROMPTS, LABELS, FINANCE), uncached) < 1e-4
+    assert _gap(classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE, prefix=stale), uncached) > 1e-3
+
+    with batcher.lock, torch.no_grad():  # a new version stamped on weights changed by other means
+        model.get_parameter("model.layers.1.self_attn.v_proj.weight").normal_()
+        batcher.version = "2"
+    after_stamp = batcher.classify(PROMPTS, LABELS, FINANCE)
+    batcher.close()
+    assert after_stamp.version == "2"
+    assert _gap(after_stamp, classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE)) < 1e-4
+    assert _gap(after_stamp, uncached) > 1e-3

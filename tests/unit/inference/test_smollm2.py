@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.inference.engine.classifier import classify
+from services.inference.engine.classifier import classify, template_prefix
 from services.inference.engine.generator import Generator, Request
 
 from .conftest import SmolLM2
@@ -24,6 +24,7 @@ HEADLINES = [
 ]
 LABELS = ["positive", "negative", "neutral"]
 TEMPLATE = "Financial headline: {prompt}\nThe sentiment of this headline (positive, negative or neutral) is:"
+FINANCE = "Is the sentiment of this financial news negative, positive or neutral?\nNews: {prompt}\nSentiment:"
 
 
 def test_logits_equal_transformers(smollm2: SmolLM2) -> None:
@@ -54,3 +55,13 @@ def test_batched_classify_equals_one_at_a_time(smollm2: SmolLM2) -> None:
         [alone] = classify(smollm2.ours, smollm2.tokenizer, [headline], LABELS, TEMPLATE)
         assert probs == pytest.approx(alone, abs=1e-4)
         assert sum(probs.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("template", [FINANCE, TEMPLATE])
+def test_prefix_cached_classify_equals_uncached(smollm2: SmolLM2, template: str) -> None:
+    prefix = template_prefix(smollm2.ours, smollm2.tokenizer, template)
+    assert prefix is not None and prefix.length >= 3
+    cached = classify(smollm2.ours, smollm2.tokenizer, HEADLINES, LABELS, template, prefix=prefix)
+    plain = classify(smollm2.ours, smollm2.tokenizer, HEADLINES, LABELS, template)
+    for with_prefix, without in zip(cached, plain, strict=True):
+        assert with_prefix == pytest.approx(without, abs=1e-4)

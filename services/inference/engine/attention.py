@@ -1,0 +1,98 @@
+"""What one pass of the decoder attends to: its own new tokens, a slot of the KV cache, or a shared prefix.
+
+Two kinds of remembered keys and values:
+- `KVCache`, a fixed pool of sequence slots for continuous batching; each slot has its own length;
+- `Prefix`, the keys and values of a prompt start that many rows share (a classify template's fixed text),
+  computed once and attended by every row of a batch without being recomputed or copied per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from services.inference.engine.config import ModelConfig
+
+
+class KVCache:
+    """A fixed pool of sequence slots; each slot has its own length, so sequences that started at different
+    times share one batched decode step."""
+
+    def __init__(self, config: ModelConfig, n_slots: int, max_len: int, device: Any, dtype: torch.dtype):
+        shape = (n_slots, config.n_kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.lengths = [0] * n_slots
+        self.max_len = max_len
+
+    def update(self, layer: int, step: Step, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new keys/values at their positions, return each slot's cache up to the longest one."""
+        # k, v: [B, Hkv, T, hd]; slots: [B]; positions: [B, T]
+        assert step.slots is not None
+        rows, positions = step.slots[:, None].expand_as(step.positions), step.positions
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, T, Hkv, hd]
+        if step.real is not None:
+            rows, positions, k, v = rows[step.real], positions[step.real], k[step.real], v[step.real]
+        self.k[layer][rows, :, positions] = k
+        self.v[layer][rows, :, positions] = v
+        span = step.mask.shape[-1]
+        if step.slot_range is not None:  # slots lo..hi-1 in order: views, no gathered copy
+            lo, hi = step.slot_range
+            return self.k[layer][lo:hi, :, :span], self.v[layer][lo:hi, :, :span]
+        # returns: [B, Hkv, S, hd]
+        return self.k[layer][step.slots, :, :span], self.v[layer][step.slots, :, :span]
+
+
+@dataclass
+class Prefix:
+    """Keys and values of a shared prompt start: one [1, Hkv, P, hd] pair per layer."""
+
+    tokens: list[int]
+    k: list[Tensor] = field(default_factory=list)
+    v: list[Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class Step:
+    """What one pass attends to: the new tokens' positions, the mask, and the cache slots or prefix if any."""
+
+    positions: Tensor  # [B, T]
+    mask: Tensor  # [B, 1, T, S] additive float mask: 0 where a query may attend a key, -inf elsewhere
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin: [B, 1, T, hd]
+    cache: KVCache | None = None
+    slots: Tensor | None = None  # [B]
+    slot_range: tuple[int, int] | None = None  # set when the slots are lo..hi-1 in order: no gather needed
+    real: Tensor | None = None  # [B, T] bool, False for padding, which is not written to the cache
+    prefix: Prefix | None = None  # attended before the new tokens; S = prefix length + T
+    record: Prefix | None = None  # when set, each layer's new keys and values are appended to it
+
+
+def additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask (True where attending is allowed) as the additive mask SDPA runs fastest with."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, float("-inf"))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, step: Step, layer: int) -> Tensor:
+    # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
+    if step.record is not None:
+        step.record.k.append(k)
+        step.record.v.append(v)
+    if step.cache is not None:
+        k, v = step.cache.update(layer, step, k, v)  # k, v: [B, Hkv, S, hd]
+    elif step.prefix is not None:
+        B = q.shape[0]
+        pk, pv = step.prefix.k[layer], step.prefix.v[layer]  # [1, Hkv, P, hd]
+        k = torch.cat((pk.expand(B, -1, -1, -1), k), dim=2)  # [B, Hkv, P + T, hd]
+        v = torch.cat((pv.expand(B, -1, -1, -1), v), dim=2)
+    gqa = q.shape[1] != k.shape[1]
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, enable_gqa=gqa)  # y: [B, H, T, hd]
+    return y.transpose(1, 2).flatten(2)  # [B, T, H * hd]
