@@ -11,6 +11,7 @@ import argparse
 import logging
 import signal
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ def consume(settings: Settings, host: Host) -> None:
     app = tasks.make_app(settings)
     tasks.register(app, host)
     app.Worker(
+        hostname=f"inference-{uuid.uuid4().hex[:8]}@%h",  # unique: several workers may share a host
         queues=[settings.inference_queue],
         pool="threads",
         concurrency=settings.max_batch_size,  # enough tasks in flight to fill a batch

@@ -42,7 +42,7 @@ def test_tasks_are_shared_by_every_worker_process_and_answered_over_rpc(
     other = service(
         home, name, "--worker", broker_url=rabbitmq_url, inference_queue=queue, metrics_port=free_port()
     )
-    other.wait_for(r"celery@\S+ ready")  # consuming: tasks sent now reach both workers
+    other.wait_for(r"\S+@\S+ ready")  # consuming: tasks sent now reach both workers
     host = Host(settings, LocalStoreClient(open_store(settings)))
     host.load(name)
     app = tasks.make_app(settings)
