@@ -23,12 +23,12 @@ from llmk.adapters.importers import load_source
 from llmk.app.feedback import load_trainer
 from llmk.app.job_records import TASKS, Example, Job, JobSpec
 from llmk.app.training import JobRunner
+from llmk.bus.workers import InProcessWorker
 from llmk.config import Settings
 from llmk.data import FINANCE_NEWS
 from llmk.domain.optim import OptimizerSpec
 from llmk.wiring import open_events
 from services.optimizer.main import Runtime, wire
-from services.optimizer.tasks import InProcessWorker
 
 DATA = FINANCE_NEWS
 TASK = TASKS["sentiment"]

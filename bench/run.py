@@ -7,7 +7,13 @@ import sys
 
 from bench import report
 
-BENCHES = ["bench.bench_store", "bench.bench_inference", "bench.bench_compress", "bench.bench_optimizer"]
+BENCHES = [
+    "bench.bench_store",
+    "bench.bench_inference",
+    "bench.bench_compress",
+    "bench.bench_optimizer",
+    "bench.bench_monitor",
+]
 
 
 def main() -> None:

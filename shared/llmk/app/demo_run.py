@@ -50,6 +50,7 @@ class Timeline:
     sent_sizes: list[int] = field(default_factory=list)  # feedback chunk -> its examples
     scores: dict[int, Score] = field(default_factory=dict)
     zero_shot: Score | None = None
+    stream_started: float = 0.0  # seconds since the run started
     stream_seconds: float = 0.0
     throughput: list[tuple[float, int]] = field(default_factory=list)  # (t, items scored)
 
@@ -90,6 +91,7 @@ class DemoRun:
         self.phase = "streaming; feedback flows to the optimizer"
         self.monitor.on_progress = self._on_progress
         began = time.monotonic()
+        t.stream_started = t.now()
         self.monitor.run(self._stream_with_feedback())
         t.stream_seconds = time.monotonic() - began
         self.phase = "stream done; waiting for the optimizer and the last evaluation"

@@ -291,7 +291,7 @@ class Dashboard:
 
     def _text(self, run: DemoRun) -> str:
         t, s = run.timeline, run.monitor.summary
-        rate = s.scored / max(1e-9, t.now() - (t.throughput[0][0] if t.throughput else 0))
+        rate = s.scored / max(1e-9, t.now() - t.stream_started) if t.stream_started else 0.0
         latest = t.scores[max(t.scores)] if t.scores else None
         held = (
             f"version {latest.version}: macro-F1 {latest.macro_f1:.3f}, accuracy {latest.accuracy:.3f}"
