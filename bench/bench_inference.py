@@ -5,15 +5,18 @@ the same run.
   request at a time (the request's three label continuations as one padded batch);
 - generation: 16 concurrent greedy streams of up to 64 tokens through continuous batching vs transformers
   `generate` one prompt at a time (tokens per second; both make the same tokens and stop at the same end);
-- hot apply: a version changing 1% of the parameters, commit to the first answer served on it (p50), the
-  change spread over the last 4 layers' MLPs (where fine-tuning lands) and, reported, over every tensor.
+- hot apply: a version changing 1% of the parameters, commit to the first answer served on it (p50 and
+  p99), the change spread over the last 4 layers' MLPs (where fine-tuning lands) and over every tensor;
+  store, worker and committer share one process here (embedded SQLite and in-process events).
 
-python -m bench.bench_inference
+python -m bench.bench_inference [--hot]   (--hot: only the hot-apply rows, the others kept from the last run)
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-from bench.common import write
+from bench.common import RESULTS, write
 from llmk.adapters.importers import load_source, smollm2_path
 from llmk.app.store import CommitInfo
 from llmk.client import LocalStoreClient
@@ -47,6 +50,7 @@ HEADLINES = [
 ]
 PROMPTS = [f"Write a detailed essay about {topic}." for topic in ("bonds", "stocks", "gold", "tax")]
 NEW_TOKENS = 64
+HOT_RUNS = 15
 
 
 def transformers_model() -> tuple[Any, Any]:
@@ -153,22 +157,65 @@ def sparse_version(tensors: dict[str, torch.Tensor], names: list[str], seed: int
 
 def hot_apply(
     host: Host, store: LocalStoreClient, tensors: dict[str, torch.Tensor], names: list[str]
-) -> list[float]:
-    """Milliseconds from the commit call to the first answer tagged with the new version; the probe is a
-    one-token answer to a one-word prompt, so the figure is the update's propagation, not a long answer."""
+) -> tuple[list[float], list[float]]:
+    """Milliseconds from the commit call, and from its return (the worker's part), to the first answer tagged
+    with the new version; the probe is a one-token answer to a one-word prompt, so the figure is the update's
+    propagation, not a long answer."""
     probe = Request("Hi", max_tokens=1)
-    times = []
-    for i in range(7):
+    total, worker = [], []
+    for i in range(HOT_RUNS):
         change = sparse_version(tensors, names, i)
         start = time.perf_counter()
         v = store.commit("smollm2", change, info=CommitInfo(message=f"1% sparse {i}"))
+        committed = time.perf_counter()
         while host.generate(probe).result().version != str(v.id):
             pass
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+        total.append((time.perf_counter() - start) * 1000)
+        worker.append((time.perf_counter() - committed) * 1000)
+    return total, worker
+
+
+def hot_rows(
+    host: Host, store: LocalStoreClient, tensors: dict[str, torch.Tensor], layers: int
+) -> list[dict]:
+    mlps = [
+        f"model.layers.{i}.mlp.{p}.weight"
+        for i in range(layers - 4, layers)
+        for p in ("gate_proj", "up_proj", "down_proj")
+    ]
+    rows = []
+    for label, names, goal in (
+        ("last 4 layers' MLPs", mlps, "p50 < 200 ms"),
+        ("every tensor", sorted(tensors), "p50 < 500 ms, p99 < 1000 ms"),
+    ):
+        total, worker = hot_apply(host, store, tensors, names)
+        ms = sorted(total)
+        p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+        rows.append(
+            {
+                "metric": f"hot apply of a 1%-sparse version ({label}), commit returned to first answer "
+                "(the worker's part), p50, one process",
+                "value": statistics.median(worker),
+                "unit": "ms",
+                "baseline": f"max {max(worker):.0f} ms over {len(worker)}",
+                "goal": "(reported)",
+            }
+        )
+        rows.append(
+            {
+                "metric": f"hot apply of a 1%-sparse version ({label}), commit to first answer, p50, "
+                "one process",
+                "value": statistics.median(ms),
+                "unit": "ms",
+                "baseline": f"p99 {p99:.0f} ms, min {ms[0]:.0f} ms over {len(ms)}",
+                "goal": goal,
+            }
+        )
+    return rows
 
 
 def main() -> None:
+    hot_only = "--hot" in sys.argv[1:]
     home = Path(tempfile.mkdtemp(prefix="llmk-bench-inference-"))
     settings = Settings(
         home=home,
@@ -183,32 +230,20 @@ def main() -> None:
     imported = load_source("smollm2")
     store = LocalStoreClient(open_store(settings))
     store.create_model("smollm2", imported.tensors, imported.config, imported.files, CommitInfo())
-    model, tokenizer = transformers_model()
     torch.set_num_threads(torch.get_num_threads())
     host = Host(settings, store, open_events(settings))
     host.load("smollm2")
     try:
-        rows = [classification(host, model, tokenizer), generation(host, model, tokenizer)]
-        layers = imported.config["num_hidden_layers"]
-        mlps = [
-            f"model.layers.{i}.mlp.{p}.weight"
-            for i in range(layers - 4, layers)
-            for p in ("gate_proj", "up_proj", "down_proj")
-        ]
-        for label, names in (("last 4 layers' MLPs", mlps), ("every tensor", sorted(imported.tensors))):
-            ms = hot_apply(host, store, imported.tensors, names)
-            rows.append(
-                {
-                    "metric": f"hot apply of a 1%-sparse version ({label}), commit to first answer, p50",
-                    "value": statistics.median(ms),
-                    "unit": "ms",
-                    "baseline": f"min {min(ms):.0f} ms, max {max(ms):.0f} ms over {len(ms)}",
-                    "goal": "< 500 ms" if names is mlps else "(reported)",
-                }
-            )
+        if hot_only:
+            kept = json.loads((RESULTS / "inference.json").read_text())["rows"]
+            rows = [r for r in kept if not r["metric"].startswith("hot apply")]
+        else:
+            model, tokenizer = transformers_model()
+            rows = [classification(host, model, tokenizer), generation(host, model, tokenizer)]
+        rows += hot_rows(host, store, imported.tensors, imported.config["num_hidden_layers"])
     finally:
         host.close()
-    write("inference", rows, "python -m bench.bench_inference")
+    write("inference", rows, "python -m bench.bench_inference" + (" --hot" if hot_only else ""))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def plan(model: nn.Module, steps: Sequence[Step]) -> Patch:
 
 def apply_in_place(model: nn.Module, name: str, delta: Delta) -> None:
     """Apply one entry to the held weight and check the positions it wrote; InvalidDelta if they differ."""
-    weight = dict(model.named_parameters())[name].data  # [*shape], plain and contiguous (see plan)
+    weight = model.get_parameter(name).data  # [*shape], plain and contiguous (see plan)
     parts = {k: p.to(weight.device) for k, p in delta.parts.items()}
     if delta.kind in EXACT_ANYWHERE:
         parts["values"] = parts["values"].to(weight.dtype)
@@ -87,10 +87,10 @@ def _in_place_ok(model: nn.Module, param: nn.Parameter | None, name: str, delta:
 
 
 def _region(weight: Tensor, delta: Delta) -> Tensor:
-    """The values at the positions an indexed entry names."""
+    """The values at the positions an indexed entry names (index_select: a plain gather, no index kernel)."""
     if delta.kind in (Kind.ROWS, Kind.ROWS_SET):
-        return weight[delta.parts["rows"].long()]
-    return weight.view(-1)[delta.parts["indices"].long()]
+        return torch.index_select(weight, 0, delta.parts["rows"].long())
+    return torch.index_select(weight.view(-1), 0, delta.parts["indices"].long())
 
 
 def _expected_region(weight: Tensor, delta: Delta) -> Tensor | None:
