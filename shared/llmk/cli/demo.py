@@ -52,7 +52,7 @@ def demo(
     workers: Annotated[int, typer.Option(help="Inference worker processes (--distributed)")] = 1,
     stream: Annotated[int, typer.Option(help="Tweets streamed through the monitor")] = 1000,
     feedback: Annotated[int, typer.Option(help="Labelled tweets sent as feedback while it streams")] = 640,
-    held_out: Annotated[int, typer.Option(help="valid.csv rows each served version is scored on")] = 400,
+    held_out: Annotated[int, typer.Option(help="valid.csv rows each served version is scored on")] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the samples")] = 0,
     source: Annotated[
         str, typer.Option(help="Model to import: smollm2, or synthetic:llama-tiny for a quick dry run")
@@ -70,7 +70,7 @@ def demo(
     task = packaged("sentiment")
     plan = make_plan(task, stream, feedback, held_out, seed)
     branch = f"demo-{uuid.uuid4().hex[:8]}" if distributed else "main"  # zero-shot again on every run
-    _say(f"importing SmolLM2-135M as {MODEL!r} (task: sentiment), serving branch {branch!r}", json_)
+    _say(f"importing {source} as {MODEL!r} (task: sentiment), serving branch {branch!r}", json_)
     _import(settings, source, branch)
     with _tiers(settings, distributed, workers, branch, out) as tier_settings:
         result = _run(ctx, tier_settings, plan, branch, json_)
