@@ -1,7 +1,9 @@
 """Continuous-batching text generation: one thread interleaves admissions with batched decode steps.
 
-The loop admits waiting requests into free cache slots (prefilling each), runs one decode step over every
-active slot, streams the new text, and frees finished slots, so no request waits for a whole batch to end.
+The loop admits waiting requests into free cache slots, runs one batched prefill pass over the prompts not
+yet in the cache (at most `prefill_chunk` tokens of each, so a long prompt does not stall the others), then
+one decode step over every slot whose prompt is in, streams the new text, and frees finished slots, so no
+request waits for a whole batch to end.
 
 Weight versions. Each result carries the generator's `version` as it was when the sequence was admitted.
 Weights may only change while no sequence is active, which keeps every sequence on one version: either in
@@ -25,7 +27,7 @@ import torch
 
 from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
 from services.inference.engine.model import Model
-from services.inference.engine.sampling import SamplingParams, make_rng, sample, sample_batch
+from services.inference.engine.sampling import SamplingParams, make_rng, sample_batch
 
 _log = logging.getLogger(__name__)
 
@@ -138,7 +140,12 @@ class _Sequence:
     rng: torch.Generator | None = None
     version: str = ""
     slot: int = -1
+    fed: int = 0  # prompt tokens already in the cache
     token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt_ids)
 
 
 class Generator:
@@ -156,17 +163,19 @@ class Generator:
         version: str = "",
         between_steps: Callable[[], None] | None = None,
         idle_poll_s: float = 0.05,
+        prefill_chunk: int = 256,
     ):
         self.model, self.tokenizer, self.version = model, tokenizer, version
         self.between_steps = between_steps
         self.max_active, self.max_waiting, self.idle_poll_s = max_active, max_waiting, idle_poll_s
+        self.prefill_chunk = prefill_chunk
         self.max_seq_len = min(max_seq_len, model.config.max_positions)
         eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
         self.eos_token_ids = {t for t in eos if t is not None}
         model.setup_cache(max_active, self.max_seq_len)
         self._waiting: deque[_Sequence] = deque()
         self._active: dict[int, _Sequence] = {}
-        self._free_slots = list(range(max_active))
+        self._free_slots = list(range(max_active - 1, -1, -1))  # pop() takes the lowest: slots stay in a run
         self._cond = threading.Condition()
         self._pauses, self._busy, self._closed = 0, False, False
         self._thread = threading.Thread(target=self._loop, name="llmk-generator", daemon=True)
@@ -273,9 +282,9 @@ class Generator:
 
     def _loop(self) -> None:
         with torch.no_grad():
-            while (admitted := self._take_work()) is not None:
+            while self._take_work():
                 if self._active:
-                    self._run_step(admitted)
+                    self._run_step()
                     continue
                 self._call_between_steps()
                 with self._cond:
@@ -294,38 +303,45 @@ class Generator:
     def _can_admit(self) -> bool:
         return bool(self._waiting) and bool(self._free_slots) and self._pauses == 0
 
-    def _take_work(self) -> list[_Sequence] | None:
-        """Under the lock: the sequences to admit now (None once closed); marks the model busy or idle."""
+    def _take_work(self) -> bool:
+        """Under the lock: admit what fits in free slots (False once closed); mark the model busy or idle."""
         with self._cond:
             if self._closed:
-                return None
-            admitted = []
+                return False
             while self._can_admit():
                 seq = self._waiting.popleft()
                 seq.slot, seq.version = self._free_slots.pop(), self.version
                 self._active[seq.slot] = seq
-                admitted.append(seq)
-            self._busy = bool(admitted or self._active)
+            self._busy = bool(self._active)
             self._cond.notify_all()
-            return admitted
+            return True
 
-    def _run_step(self, admitted: list[_Sequence]) -> None:
+    def _run_step(self) -> None:
         try:
-            for seq in admitted:
-                self._prefill(seq)
             for seq in [s for s in self._active.values() if s.stream.cancelled]:
                 self._finish(seq, "cancelled")
-            if self._active:
-                self._decode()
+            self._prefill([s for s in self._active.values() if s.prefilling])
+            decoding = sorted((s for s in self._active.values() if not s.prefilling), key=lambda s: s.slot)
+            if decoding:
+                self._decode(decoding)
         except Exception as error:  # a failed step fails its sequences, never the loop
             self._fail_all(error)
 
-    def _prefill(self, seq: _Sequence) -> None:
-        logits = self.model.prefill(seq.slot, seq.prompt_ids)
-        self._deliver(seq, sample(logits, seq.params, seq.rng))
+    def _prefill(self, seqs: list[_Sequence]) -> None:
+        """The next chunk of each prompt in one padded pass; a prompt fully in gets its first token."""
+        if not seqs:
+            return
+        chunks = [s.prompt_ids[s.fed : s.fed + self.prefill_chunk] for s in seqs]
+        logits = self.model.prefill_batch([s.slot for s in seqs], chunks)  # [B, V]
+        for seq, chunk in zip(seqs, chunks, strict=True):
+            seq.fed += len(chunk)
+        done = [i for i, s in enumerate(seqs) if not s.prefilling]
+        if done:
+            first = sample_batch(logits[done], [seqs[i].params for i in done], [seqs[i].rng for i in done])
+            for i, token in zip(done, first, strict=True):
+                self._deliver(seqs[i], token)
 
-    def _decode(self) -> None:
-        seqs = list(self._active.values())
+    def _decode(self, seqs: list[_Sequence]) -> None:
         logits = self.model.decode_step([s.slot for s in seqs], [s.token_ids[-1] for s in seqs])  # [B, V]
         tokens = sample_batch(logits, [s.params for s in seqs], [s.rng for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
@@ -355,6 +371,7 @@ class Generator:
         if self._active.pop(seq.slot, None) is not None:
             self.model.free_slot(seq.slot)
             self._free_slots.append(seq.slot)
+            self._free_slots.sort(reverse=True)
 
     @staticmethod
     def _result(seq: _Sequence, reason: str) -> None:

@@ -78,6 +78,18 @@ def test_sequences_joining_mid_run_get_their_solo_tokens(make_generator: Any) ->
     assert together == alone
 
 
+def test_prompts_prefilled_together_and_in_chunks_get_their_solo_tokens(
+    make_generator: Any, tiny_llama: Pair, byte_tokenizer: Any
+) -> None:
+    generator = make_generator(max_active=4, prefill_chunk=4)  # a prompt takes several steps to be read
+    prompts = ["hi", "a prompt much longer than one chunk", "middle one", "x"]
+    with generator.paused():  # all admitted at once: one padded prefill pass, rows of different lengths
+        streams = [generator.submit(Request(p, max_tokens=10)) for p in prompts]
+    for prompt, stream in zip(prompts, streams, strict=True):
+        expected = greedy_reference(tiny_llama.ours, byte_tokenizer.encode(prompt), 10)
+        assert stream.result().token_ids == expected
+
+
 def test_seeded_sampling_is_reproducible(make_generator: Any) -> None:
     generator = make_generator()
     request = Request("hello", max_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=5)
