@@ -28,7 +28,7 @@ class QueueSource:
         self.connection, self.run, self.limit = connection, run, max_item_bytes
         self.queue = Queue(name, durable=True)
         self.stop = threading.Event()
-        self._unacked: dict[str, Message] = {}
+        self._unacked: dict[str, list[Message]] = {}  # per item id, in arrival order (ids may repeat)
         self._inbox: local.Queue[Message] = local.Queue()
 
     def __iter__(self) -> Iterator[Item | Rejected | None]:
@@ -47,9 +47,11 @@ class QueueSource:
         self._inbox.put(message)
 
     def done(self, item_id: str) -> None:
-        message = self._unacked.pop(item_id, None)
-        if message is not None:
-            message.ack()
+        waiting = self._unacked.get(item_id)
+        if waiting:
+            waiting.pop(0).ack()
+            if not waiting:
+                del self._unacked[item_id]
 
     def _item(self, message: Message) -> Item | Rejected:
         body: bytes = message.body if isinstance(message.body, bytes) else str(message.body).encode()
@@ -62,7 +64,7 @@ class QueueSource:
                 if isinstance(entry, Item)
                 else Rejected(fallback, entry.reason, entry.raw)
             )
-        self._unacked[entry.id] = message
+        self._unacked.setdefault(entry.id, []).append(message)
         return entry
 
 
@@ -91,3 +93,24 @@ def publish(url: str, name: str, bodies: list[dict[str, Any]]) -> None:
         target = Queue(name, durable=True)
         for body in bodies:
             producer.publish(json.dumps(body), routing_key=name, declare=[target], delivery_mode=2)
+
+
+class AlertPublisher:
+    """Alerts as JSON messages on a durable queue (`alerts`), for whatever pages the analysts."""
+
+    def __init__(self, url: str, queue: str = "alerts"):
+        self.connection = Connection(url)
+        self.queue = Queue(queue, durable=True)
+        self.producer = self.connection.Producer()
+
+    def __call__(self, alert: Any) -> None:
+        import dataclasses
+        import json
+
+        body = json.dumps(dataclasses.asdict(alert), default=str)
+        self.producer.publish(
+            body, routing_key=self.queue.name, declare=[self.queue], delivery_mode=2, retry=True
+        )
+
+    def close(self) -> None:
+        self.connection.release()

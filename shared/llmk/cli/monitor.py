@@ -100,9 +100,18 @@ def run_monitor(
     from llmk.bus.inference_queue import QueuedClassifier
 
     repo = monitor_repo(settings)
-    with workers, _Progress(progress) as shown:
+    with ExitStack() as stack:
+        stack.enter_context(workers)
+        shown = stack.enter_context(_Progress(progress))
+        publish = None
+        if settings.broker_url.startswith(("amqp", "pyamqp")):  # alerts also go to the `alerts` queue
+            from llmk.bus.news_queue import AlertPublisher
+
+            publish = AlertPublisher(settings.broker_url)
+            stack.callback(publish.close)
         done = getattr(items, "done", None)  # a queue source acknowledges what is stored
-        m = Monitor(repo, QueuedClassifier(app, config.model), config, run, shown.update, on_done=done)
+        scoring = QueuedClassifier(app, config.model)
+        m = Monitor(repo, scoring, config, run, shown.update, on_alert=publish, on_done=done)
         return m.run(items)
 
 
