@@ -22,6 +22,7 @@ def build(
     alerts: Sequence[AlertRecord],
     setup: dict[str, Any],
     wall_seconds: float,
+    scored_twice: int,
 ) -> dict[str, Any]:
     zero = timeline.zero_shot
     versions = [_version(v, timeline, stored) for v in sorted(timeline.served_at)]
@@ -39,7 +40,8 @@ def build(
         "in": s["in"],
         "scored": s["scored"],
         "rejected": s["rejected"],
-        "scored_twice": s["duplicates"],
+        "scored_twice": scored_twice,  # from the stored scores: items holding more than one
+        "duplicates_rejected": s["duplicates"],
         "lost": s["in"] - s["scored"] - s["rejected"],
         "wall_seconds": round(wall_seconds, 1),
         "tiers": _tiers(timeline, summary, job),

@@ -196,6 +196,7 @@ class Result:
     job: Job
     stored: dict[int, tuple[int, int]]
     alerts: list[AlertRecord]
+    scored_twice: int
 
 
 def _run(ctx: typer.Context, settings: Settings, plan: Plan, branch: str, json_: bool) -> Result:
@@ -232,7 +233,9 @@ def _run(ctx: typer.Context, settings: Settings, plan: Plan, branch: str, json_:
         )
         run.run()
         stored = {s.version: (s.stored_bytes, s.full_bytes) for s in store.stats(MODEL)}
-        return Result(run, jobs.get_job(job.id), stored, repo.alerts(MODEL, run_id))
+        scores = repo.scores(MODEL, None, None, run_id)
+        twice = len(scores) - len({s.item_id for s in scores})
+        return Result(run, jobs.get_job(job.id), stored, repo.alerts(MODEL, run_id), twice)
 
 
 def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float) -> dict[str, Any]:
@@ -240,7 +243,10 @@ def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float)
     from llmk.app.report import build, write
 
     run = result.run
-    report = build(run.timeline, run.monitor.summary, result.job, result.stored, result.alerts, setup, wall)
+    summary = run.monitor.summary
+    report = build(
+        run.timeline, summary, result.job, result.stored, result.alerts, setup, wall, result.scored_twice
+    )
     write(out, report)
     draw(out, report, run.timeline.throughput)
     return report
