@@ -12,6 +12,7 @@ from jobs_support import TASK, examples, wait_done, wait_step
 
 from llmk.app.job_records import COMPLETED, JobSpec
 from llmk.domain.optim import OptimizerSpec
+from llmk.domain.versions import VersionEvent
 from llmk.wiring import open_events
 from services.optimizer.main import Runtime
 
@@ -27,9 +28,9 @@ def feedback_spec(model: str, **changes: object) -> JobSpec:
 
 @pytest.mark.usefixtures("worker")
 def test_feedback_job_commits_sparse_versions_with_lineage(runtime: Runtime, model: str) -> None:
-    heard: list[dict] = []
+    heard: list[VersionEvent] = []
     unsubscribe = open_events(runtime.settings).subscribe(
-        lambda event: heard.append(event) if event["model"] == model else None
+        lambda event: heard.append(event) if event.model == model else None
     )
     job = runtime.jobs.create_job(feedback_spec(model), validation=examples(8, offset=100))
     runtime.jobs.submit_feedback(job.id, examples(24), "batch-1")
@@ -52,7 +53,7 @@ def test_feedback_job_commits_sparse_versions_with_lineage(runtime: Runtime, mod
             assert e.nnz <= math.ceil(0.05 * math.prod(e.shape))
     assert len({c.examples_hash for c in job.commits}) == 3
     assert job.commits[-1].loss_after < job.commits[0].loss_before
-    assert [e["version"] for e in heard] == [c.version for c in job.commits]
+    assert [e.version for e in heard] == [c.version for c in job.commits]
 
 
 @pytest.mark.usefixtures("worker")
