@@ -52,6 +52,7 @@ demo-store: proto
 	HF_HUB_OFFLINE=1 bash infra/demo.sh
 
 bench: proto
+	$(BIN)/pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # One image per tier (infra/docker/Dockerfile); ACCELERATOR=cu128 builds the CUDA inference image.

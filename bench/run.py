@@ -10,6 +10,7 @@ from bench import report
 BENCHES = [
     "bench.bench_store",
     "bench.bench_inference",
+    "bench.bench_peers",
     "bench.bench_compress",
     "bench.bench_optimizer",
     "bench.bench_monitor",
