@@ -36,7 +36,7 @@ from llmk.app.job_records import (
 )
 from llmk.app.jobs import LOSS_KEY, Blobs, JobRepo, ParameterStore, dense_gradients
 from llmk.app.store import CommitInfo
-from llmk.app.updates import Update, compress, defer
+from llmk.app.updates import Update, compress, defer, discard_residuals
 from llmk.domain.optim import optimizer_step
 from llmk.errors import AlreadyExists, Conflict, InvalidInput, LlmkError, NotFound, Unavailable
 
@@ -270,8 +270,9 @@ class JobRunner:
             return replace(record, reason="the update changed no parameter")
         version, branch, why = self._commit_version(s, job, number, update, passed, lineage)
         promoted = branch == spec.branch
-        if not promoted:
+        if not promoted:  # the update is dropped whole, with the remainder error feedback carried
             self._set(s, before)
+            discard_residuals(s.state)
         return replace(record, version=version, branch=branch, promoted=promoted, reason=why or reason)
 
     def _gate(self, job: Job, metric: float | None, parent: float | None) -> tuple[bool, str]:

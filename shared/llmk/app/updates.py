@@ -15,7 +15,7 @@ from torch import Tensor
 
 from llmk.domain import deltas
 from llmk.domain.deltas import Delta, Kind
-from llmk.domain.sparsify import ErrorFeedback
+from llmk.domain.sparsify import RESIDUAL_SLOT, ErrorFeedback
 from llmk.errors import InvalidInput
 
 
@@ -31,6 +31,13 @@ class Update:
     @property
     def nbytes(self) -> int:
         return sum(d.nbytes for d in self.entries.values())
+
+
+def discard_residuals(state: dict[str, Tensor]) -> None:
+    """Forget what error feedback carried: after a held-back version it is drift that only grows (each
+    later top-k would pick its largest, stalest entries), so the job restarts from the last served weights."""
+    for key in [k for k in state if k.endswith("::" + RESIDUAL_SLOT)]:
+        del state[key]
 
 
 def defer(state: dict[str, Tensor], step_deltas: Mapping[str, Tensor]) -> None:
