@@ -36,6 +36,21 @@ MODEL = "smol"
 log = logging.getLogger("llmk.demo")
 
 
+# How the demo's optimizer job trains (a standing feedback job, like `llmk feedback add` creates): the last
+# four layers' MLPs, 5% of each update committed, a version every 4 steps. Steps between commits compute their
+# gradients at the last committed weights and add up, so a version moves about commit_every x lr: at 8 x 1e-3
+# and 8 x 3e-4 the versions overshot to predicting one class (loss after a commit 3-20 against 1.6 before)
+# and the gate held every one back. The feedback is class-balanced: analysts label what matters, not the
+# neutral two-thirds of the stream.
+OPTIMIZER_LR, OPTIMIZER_TOPK = 2.5e-4, 0.05
+OPTIMIZER: dict[str, Any] = {
+    "lr": OPTIMIZER_LR,
+    "topk": OPTIMIZER_TOPK,
+    "commit_every": 4,
+    "trainable": "last 4 MLPs",
+}
+
+
 def register(app: typer.Typer) -> None:
     app.command()(demo)
 
@@ -54,6 +69,10 @@ def demo(
     feedback: Annotated[int, typer.Option(help="Labelled tweets sent as feedback while it streams")] = 640,
     held_out: Annotated[int, typer.Option(help="valid.csv rows each served version is scored on")] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the samples")] = 0,
+    lr: Annotated[float, typer.Option(help="The optimizer's learning rate")] = OPTIMIZER_LR,
+    topk: Annotated[
+        float, typer.Option(help="Fraction of each tensor's update a version commits")
+    ] = OPTIMIZER_TOPK,
     source: Annotated[
         str, typer.Option(help="Model to import: smollm2, or synthetic:llama-tiny for a quick dry run")
     ] = "smollm2",
@@ -72,8 +91,9 @@ def demo(
     branch = f"demo-{uuid.uuid4().hex[:8]}" if distributed else "main"  # zero-shot again on every run
     _say(f"importing {source} as {MODEL!r} (task: sentiment), serving branch {branch!r}", json_)
     _import(settings, source, branch)
+    optimizer = {**OPTIMIZER, "lr": lr, "topk": topk}
     with _tiers(settings, distributed, workers, branch, out) as tier_settings:
-        result = _run(ctx, tier_settings, plan, branch, json_)
+        result = _run(ctx, tier_settings, plan, branch, optimizer, json_)
     setup = {
         "mode": "distributed" if distributed else "embedded",
         "inference_workers": workers if distributed else 1,
@@ -84,7 +104,7 @@ def demo(
         "held_out_rows": held_out,
         "seed": seed,
         "branch": branch,
-        "optimizer": OPTIMIZER,
+        "optimizer": optimizer,
     }
     report = _write_report(out, result, setup, time.monotonic() - started)
     headline = [{"figure": k, "value": v} for k, v in _headline(report, out).items()]
@@ -155,15 +175,6 @@ def _settings(out: Path, distributed: bool) -> Settings:
     return settings
 
 
-# How the demo's optimizer job trains (a standing feedback job, like `llmk feedback add` creates): the last
-# four layers' MLPs, 5% of each update committed, a version every 4 steps. Steps between commits compute their
-# gradients at the last committed weights and add up, so a version moves about commit_every x lr: at 8 x 1e-3
-# and 8 x 3e-4 the versions overshot to predicting one class (loss after a commit 3-20 against 1.6 before)
-# and the gate held every one back. The feedback is class-balanced: analysts label what matters, not the
-# neutral two-thirds of the stream.
-OPTIMIZER: dict[str, Any] = {"lr": 2.5e-4, "topk": 0.05, "commit_every": 4, "trainable": "last 4 MLPs"}
-
-
 def _import(settings: Settings, source: str, branch: str) -> None:
     from llmk.adapters.importers import load_source
     from llmk.app.model_task import TASK_KEY, encode_task, packaged
@@ -214,7 +225,14 @@ class Result:
     scored_twice: int
 
 
-def _run(ctx: typer.Context, settings: Settings, plan: Plan, branch: str, json_: bool) -> Result:
+def _run(
+    ctx: typer.Context,
+    settings: Settings,
+    plan: Plan,
+    branch: str,
+    optimizer_spec: dict[str, Any],
+    json_: bool,
+) -> Result:
     from llmk.app.demo_run import DemoRun
     from llmk.app.model_task import packaged
     from llmk.app.monitor import Monitor, MonitorConfig
@@ -238,7 +256,7 @@ def _run(ctx: typer.Context, settings: Settings, plan: Plan, branch: str, json_:
         jobs = stack.enter_context(optimizer(ctx, settings, worker=embedded))
         layers = int(store.model(MODEL).config.get("num_hidden_layers", 1))
         last_four = [f"model.layers.{i}.mlp" for i in range(max(0, layers - 4), layers)]
-        spec = job_spec(MODEL, branch, packaged("sentiment"), **{**OPTIMIZER, "trainable": last_four})
+        spec = job_spec(MODEL, branch, packaged("sentiment"), **{**optimizer_spec, "trainable": last_four})
         job = jobs.create_job(spec, plan.gate)
         config = MonitorConfig(MODEL, AlertRules(window=300, threshold=0.6, min_mentions=3))
         monitor = Monitor(repo, scoring, config, run_id)
