@@ -175,7 +175,7 @@ class Monitor:
             if (opened := self._open.pop(key, None)) is not None:
                 self.repo.clear_alert(opened.id, now)
                 log.warning(
-                    "alert cleared: %s %s (share %.2f)", change.ticker, change.direction, change.share
+                    "alert cleared: %s %s (share %.2f of %d mentions)", *key, change.share, change.mentions
                 )
             return
         evidence, version = self._evidence(change)
