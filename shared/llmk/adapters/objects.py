@@ -95,7 +95,7 @@ class ObjectStore:
     def __init__(self, root: Path, max_header_bytes: int = 100 * 1024 * 1024):
         self.root = root
         self.max_header_bytes = max_header_bytes
-        self._verified: dict[str, tuple[int, int, int]] = {}
+        self._verified: dict[str, tuple[int, int, int, int]] = {}
         self._created: OrderedDict[str, int] = OrderedDict()  # sha -> inode this process created
         self._lock = threading.Lock()
         (root / "tmp").mkdir(parents=True, exist_ok=True)
@@ -213,6 +213,17 @@ class ObjectStore:
         except SafetensorError as e:
             raise Corrupt(f"object {sha[:12]} is not a readable safetensors file: {e}") from None
 
+    def scrub(self) -> list[str]:
+        """Re-hash every object, whatever was verified before; damaged ones move to quarantine/."""
+        damaged = []
+        for sha, path in list(self.list()):
+            if sha256_file(path) != sha:
+                self._verified.pop(sha, None)
+                (self.root / "quarantine").mkdir(exist_ok=True)
+                os.replace(path, self.root / "quarantine" / sha)
+                damaged.append(sha)
+        return damaged
+
     def list(self) -> Iterator[tuple[str, Path]]:
         for sub in self.root.iterdir():
             if sub.is_dir() and len(sub.name) == 2:
@@ -239,6 +250,7 @@ def _disk_full(root: Path, e: Exception) -> NoSpace | None:
     return NoSpace(f"no space left for objects under {root}: free some space and retry") if full else None
 
 
-def _file_state(p: Path) -> tuple[int, int, int]:
+def _file_state(p: Path) -> tuple[int, int, int, int]:
+    """What a write to the file changes: ctime too, which no user can set back (mtime can be, with touch)."""
     st = p.stat()
-    return st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

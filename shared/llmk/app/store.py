@@ -426,6 +426,10 @@ class Store:
             out.append(VersionStats(v.id, sum(sizes[s] for s in objs), full[v.id]))
         return out
 
+    def scrub(self) -> list[str]:
+        """Re-hash every object file; damaged ones are quarantined and named (reads of them then fail)."""
+        return self.objects.scrub()
+
     def gc(self, dry_run: bool = False) -> list[str]:
         """Delete object files no version references, once older than the grace period."""
         referenced = self.catalog.referenced_objects()

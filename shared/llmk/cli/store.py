@@ -260,6 +260,20 @@ def models(json_: Json = False) -> None:
 
 
 @app.command()
+def scrub(json_: Json = False) -> None:
+    """Re-hash every object file under LLMK_OBJECT_DIR; quarantine damaged ones and exit 7 if any."""
+    from llmk.config import Settings
+    from llmk.errors import Corrupt
+    from llmk.wiring import open_store
+
+    damaged = open_store(Settings()).scrub()
+    emit(json_, {"damaged": damaged, "count": len(damaged)})
+    if damaged:
+        shown = ", ".join(d[:12] for d in damaged)
+        raise Corrupt(f"{len(damaged)} damaged object(s) moved to quarantine/: {shown}")
+
+
+@app.command()
 def gc(
     dry_run: Annotated[bool, typer.Option(help="Only list what would be removed")] = False,
     json_: Json = False,
