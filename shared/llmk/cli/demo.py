@@ -47,6 +47,7 @@ OPTIMIZER: dict[str, Any] = {
     "lr": OPTIMIZER_LR,
     "topk": OPTIMIZER_TOPK,
     "commit_every": 4,
+    "tolerance": 0.03,  # macro-F1 on 96 gate rows moves by about that between equally good versions
     "trainable": "last 4 MLPs",
 }
 

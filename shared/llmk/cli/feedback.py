@@ -88,6 +88,7 @@ def job_spec(
     topk: float,
     commit_every: int,
     trainable: list[str] | None,
+    tolerance: float = 0.01,
 ) -> JobSpec:
     """A standing feedback job: AdamW, runs until cancelled, steps as labels arrive."""
     from llmk.app.job_records import FEEDBACK, JobSpec
@@ -103,6 +104,7 @@ def job_spec(
         steps=None,
         topk=topk,
         task=task,
+        tolerance=tolerance,
         author="llmk feedback",
     )
 
