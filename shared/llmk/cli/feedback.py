@@ -36,9 +36,12 @@ def add(
     ],
     branch: Annotated[str, typer.Option(help="Serving branch the versions go to")] = "main",
     holdout: Annotated[int, typer.Option(help="Rows of the first file kept for the validation gate")] = 48,
-    lr: Annotated[float, typer.Option(help="Learning rate (for a new job)")] = 3e-4,
+    lr: Annotated[float, typer.Option(help="Learning rate (for a new job)")] = 1e-4,
     topk: Annotated[float, typer.Option(help="Fraction of each tensor's update committed (new job)")] = 0.05,
     commit_every: Annotated[int, typer.Option(help="Optimizer steps per version (new job)")] = 4,
+    tolerance: Annotated[
+        float, typer.Option(help="How much worse a version's held-out metric may be and still serve")
+    ] = 0.03,
     trainable: Annotated[
         list[str] | None, typer.Option(help="Tensor patterns to train (new job; default: last layers' MLPs)")
     ] = None,
@@ -58,7 +61,7 @@ def add(
     with client() as c:
         task = require_task(c.store, model, branch)
     examples = read_examples(file, task)
-    spec = job_spec(model, branch, task, lr, topk, commit_every, trainable)
+    spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance)
     with optimizer(ctx, settings, worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
         key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
