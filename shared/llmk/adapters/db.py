@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,8 +133,20 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(UTC)
+
+
+def utc(t: datetime) -> datetime:
+    """SQLite drops the zone of a stored time; every backend returns aware UTC times."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One session, one transaction: committed on leaving, rolled back on an error."""
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        yield s
 
 
 class Catalog:
@@ -143,16 +155,14 @@ class Catalog:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            yield s
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self.engine)
 
     # models -----------------------------------------------------------------
     def create_model(self, name: str, config: dict[str, Any], files: dict[str, str]) -> Model:
         try:
             with self._tx() as s:
-                row = ModelRow(name=name, created_at=_now(), config=config, files=files, frozen=[])
+                row = ModelRow(name=name, created_at=now(), config=config, files=files, frozen=[])
                 s.add(row)
                 s.flush()
                 return _model(row)
@@ -195,7 +205,7 @@ class Catalog:
                     basis_id=version.basis,
                     author=version.author,
                     message=version.message,
-                    created_at=_now(),
+                    created_at=now(),
                     meta=version.metadata,
                     idempotency_key=version.idempotency_key,
                 )
@@ -327,21 +337,21 @@ class Catalog:
     def add_snapshot(self, version_id: int, sha: str, size: int) -> None:
         try:
             with self._tx() as s:
-                s.merge(SnapshotRow(version_id=version_id, object=sha, size=size, used_at=_now()))
+                s.merge(SnapshotRow(version_id=version_id, object=sha, size=size, used_at=now()))
         except IntegrityError:
             pass  # another process cached the same version first
 
     def touch_snapshot(self, sha: str) -> None:
         """Mark a snapshot used now (one small write next to a read of a whole model)."""
         with self._tx() as s:
-            s.execute(update(SnapshotRow).where(SnapshotRow.object == sha).values(used_at=_now()))
+            s.execute(update(SnapshotRow).where(SnapshotRow.object == sha).values(used_at=now()))
 
     def snapshots(self) -> list[Snapshot]:
         """Every cached snapshot, least recently used first."""
         with self._tx() as s:
             rows = s.scalars(select(SnapshotRow).order_by(SnapshotRow.used_at, SnapshotRow.version_id))
             epoch = datetime.fromtimestamp(0, UTC)
-            return [Snapshot(r.version_id, r.object, r.size, _utc(r.used_at or epoch)) for r in rows]
+            return [Snapshot(r.version_id, r.object, r.size, utc(r.used_at or epoch)) for r in rows]
 
     def drop_snapshots(self, sha: str) -> None:
         with self._tx() as s:
@@ -381,13 +391,8 @@ def _entry_rows(version_id: int, entries: list[Entry]) -> list[EntryRow]:
     ]
 
 
-def _utc(t: datetime) -> datetime:
-    """SQLite drops the zone of a stored time; every backend returns aware UTC times."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 def _model(r: ModelRow) -> Model:
-    return Model(r.id, r.name, _utc(r.created_at), dict(r.config), dict(r.files), list(r.frozen))
+    return Model(r.id, r.name, utc(r.created_at), dict(r.config), dict(r.files), list(r.frozen))
 
 
 def _version(r: VersionRow, model: str, entries: list[Entry]) -> Version:
@@ -398,7 +403,7 @@ def _version(r: VersionRow, model: str, entries: list[Entry]) -> Version:
         r.basis_id,
         r.author,
         r.message,
-        _utc(r.created_at),
+        utc(r.created_at),
         dict(r.meta or {}),
         r.idempotency_key,
         sorted(entries, key=lambda e: e.name),

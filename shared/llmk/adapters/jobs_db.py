@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llmk.adapters.db import Base
+from llmk.adapters.db import Base, transaction, utc
 from llmk.app.job_records import TERMINAL, Job, JobInput, JobSpec, StepRecord, step_records, tensor_meta
 from llmk.errors import Conflict, FailedPrecondition, NotFound
 
@@ -73,10 +72,8 @@ class JobsDb:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            yield s
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self.engine)
 
     @staticmethod
     def _row(s: Session, job_id: str, lock: bool = False) -> JobRow:
@@ -232,10 +229,6 @@ def _column_value(value: Any) -> Any:
     return value
 
 
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands back naive datetimes
-
-
 def _job(r: JobRow) -> Job:
     return Job(
         id=r.id,
@@ -253,8 +246,8 @@ def _job(r: JobRow) -> Job:
         state_object=r.state_object,
         commits=step_records(r.commits),
         idempotency_key=r.idempotency_key,
-        created_at=_utc(r.created_at),
-        updated_at=_utc(r.updated_at),
+        created_at=utc(r.created_at),
+        updated_at=utc(r.updated_at),
     )
 
 

@@ -4,9 +4,8 @@ an item delivered twice (a worker killed after answering, a source read again) i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text, UniqueConstraint, select
@@ -14,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llmk.adapters.db import Base
+from llmk.adapters.db import Base, now, transaction, utc
 from llmk.app.monitor_records import AlertRecord, Evidence, RejectRecord, ScoreRecord
 from llmk.errors import NotFound
 
@@ -70,10 +69,8 @@ class MonitorDb:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            yield s
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self.engine)
 
     def add_score(self, r: ScoreRecord) -> bool:
         row = ScoreRow(
@@ -87,7 +84,7 @@ class MonitorDb:
             latency_ms=r.latency_ms,
             tickers=list(r.tickers),
             fields=r.fields,
-            scored_at=r.scored_at or _now(),
+            scored_at=r.scored_at or now(),
         )
         try:
             with self._tx() as s:
@@ -105,7 +102,7 @@ class MonitorDb:
                     run=r.run,
                     reason=r.reason,
                     raw=r.raw,
-                    rejected_at=r.rejected_at or _now(),
+                    rejected_at=r.rejected_at or now(),
                 )
             )
 
@@ -157,7 +154,7 @@ class MonitorDb:
             q = q.where(RejectRow.run == run)
         with self._tx() as s:
             return [
-                RejectRecord(r.model, r.item_id, r.reason, r.raw, r.run, _utc(r.rejected_at))
+                RejectRecord(r.model, r.item_id, r.reason, r.raw, r.run, utc(r.rejected_at))
                 for r in s.scalars(q)
             ]
 
@@ -183,7 +180,7 @@ def _score(r: ScoreRow) -> ScoreRecord:
         tuple(r.tickers),
         dict(r.fields),
         r.run,
-        _utc(r.scored_at),
+        utc(r.scored_at),
     )
 
 
@@ -192,12 +189,12 @@ def _alert(r: AlertRow) -> AlertRecord:
         Evidence(e["item_id"], e["text"], e["label"], e["probability"], [tuple(t) for t in e["top_tokens"]])
         for e in r.evidence
     ]
-    cleared = _utc(r.cleared) if r.cleared else None
+    cleared = utc(r.cleared) if r.cleared else None
     return AlertRecord(
         r.model,
         r.ticker,
         r.direction,
-        _utc(r.opened),
+        utc(r.opened),
         int(r.version),
         r.share,
         int(r.mentions),
@@ -206,12 +203,3 @@ def _alert(r: AlertRow) -> AlertRecord:
         r.run,
         int(r.id),
     )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
