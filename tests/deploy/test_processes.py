@@ -1,7 +1,8 @@
 """The closest thing to `docker compose up` these machines allow: the processes docker-compose.yml describes
-(migrate and import jobs, store, inference as a queue worker, optimizer), started in its dependency order
-with its environment, on the real PostgreSQL and on RabbitMQ loaded with its definitions file, each waited
-on with `llmk health`, then a classify sent through the quorum `inference` queue.
+(migrate and import jobs, store, inference as a queue worker, optimizer, the monitor), started in its
+dependency order with its environment, on the real PostgreSQL and on RabbitMQ loaded with its definitions
+file, each waited on with its compose health check, then a classify sent through the quorum `inference`
+queue and news published to the monitor's `news` queue.
 
 Only what a container would get from Docker changes: host names become loopback ports, volumes become
 folders, the broker is a fresh virtual host, and the import job imports synthetic:llama-tiny instead of
@@ -32,7 +33,7 @@ from deploy_support import ROOT, compose
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.slow]
 
 SERVICES = compose()["services"]
-STARTED = ("migrate", "import", "store", "inference", "optimizer")  # the monitor is the lead's test
+STARTED = ("migrate", "import", "store", "inference", "optimizer", "monitor")
 DEMO_SOURCE = "synthetic:llama-tiny"
 LLMK = str(Path(sys.executable).parent / "llmk")
 
@@ -181,17 +182,21 @@ def start(stack: Stack, name: str) -> Running:
     env["LLMK_LISTEN"] = f"127.0.0.1:{stack.ports[name]}"
     log = stack.root / f"{name}.log"
     sink: IO[bytes] = open(log, "wb")  # noqa: SIM115 - the process holds it until it ends
-    process = subprocess.Popen([LLMK, *SERVICES[name]["command"]], env=env, stdout=sink, stderr=sink)
+    command = [stack.broker_url if a.startswith("amqp://") else a for a in SERVICES[name]["command"]]
+    process = subprocess.Popen([LLMK, *command], env=env, stdout=sink, stderr=sink)
     sink.close()
     return Running(name, process, log, env)
 
 
-def wait_healthy(running: Running, timeout: float = 300.0) -> None:
-    """As compose's health check does: `llmk health` until it exits 0."""
+def wait_healthy(stack: Stack, running: Running, timeout: float = 300.0) -> None:
+    """As compose's health check does: its `llmk health ADDRESS` until it exits 0."""
+    test = SERVICES[running.name]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "llmk", "health"], test
+    address = running.address if test[3] == "127.0.0.1:50051" else stack.local("", test[3])
     deadline = time.monotonic() + timeout
     while True:
         assert running.process.poll() is None, f"{running.name} exited:\n{running.output()}"
-        check = subprocess.run([LLMK, "health", running.address], capture_output=True, text=True, timeout=60)
+        check = subprocess.run([LLMK, "health", address], capture_output=True, text=True, timeout=60)
         if check.returncode == 0:
             return
         assert time.monotonic() < deadline, f"{running.name} never became healthy:\n{running.output()}"
@@ -213,6 +218,27 @@ def scrape(running: Running) -> str:
         return reply.read().decode()
 
 
+def check_the_monitor(broker_url: str, database_url: str) -> None:
+    """News published to the `news` queue are scored (or rejected, with why) and stored by the monitor."""
+    from sqlalchemy import create_engine, text
+
+    from llmk.bus.news_queue import publish
+
+    news = [{"id": f"n{i}", "text": f"$ACME headline number {i}"} for i in range(5)] + [{"text": ""}]
+    publish(broker_url, "news", news)
+    engine = create_engine(database_url)
+
+    def stored() -> tuple[int, int]:
+        with engine.connect() as c:
+            scored = c.execute(text("SELECT count(*) FROM monitor_scores")).scalar_one()
+            rejected = c.execute(text("SELECT count(*) FROM monitor_rejects")).scalar_one()
+        return int(scored), int(rejected)
+
+    wait_until(lambda: stored() == (5, 1), 180, "the monitor never stored the 6 news items")
+    engine.dispose()
+    assert queues(broker_url.rsplit("/", 1)[1])["news"]["messages"] == 0  # all acknowledged
+
+
 def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
     postgres_url: str, vhost: str, tmp_path: Path
 ) -> None:
@@ -220,7 +246,8 @@ def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
     from services.inference import tasks
 
     order = start_order(STARTED)
-    assert order[:3] == ["migrate", "import", "store"] and set(order[3:]) == {"inference", "optimizer"}
+    assert order[:3] == ["migrate", "import", "store"] and set(order[3:5]) == {"inference", "optimizer"}
+    assert order[5:] == ["monitor"]
     stack = Stack(postgres_url, vhost, tmp_path, {n: free_port() for n in SERVICES})
     running: list[Running] = []
     try:
@@ -229,7 +256,7 @@ def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
                 run_job(stack, name)
                 continue
             running.append(start(stack, name))
-            wait_healthy(running[-1])
+            wait_healthy(stack, running[-1])
         assert "False" in run_job(stack, "import"), "a rerun of the import job imports nothing"
 
         inference = next(r for r in running if r.name == "inference")
@@ -244,11 +271,12 @@ def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
         broker = queues(vhost.rsplit("/", 1)[1])
         assert broker["inference"]["type"] == broker["optimizer"]["type"] == "quorum"
         assert broker["inference"]["messages"] == 0
-        pages = {r.name: scrape(r) for r in running}
+        pages = {r.name: scrape(r) for r in running if "LLMK_METRICS_PORT" in r.env}
         classified = r'llmk_inference_requests_total\{outcome="ok",task="classify"\} [1-9]'
         assert re.search(classified, pages["inference"])
         assert re.search(r"llmk_store_fetched_bytes_total [1-9]", pages["store"]), "workers load from it"
         assert "llmk_optimizer_queue_lag_seconds" in pages["optimizer"]
+        check_the_monitor(vhost, postgres_url)
     finally:
         for r in reversed(running):
             stop(r)
