@@ -48,7 +48,7 @@ def test_cli_metrics_and_head_polling_against_a_worker_process(
     )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
-    assert answer["version"] == "1" and [r["label"] in LABELS for r in answer["results"]] == [True, True]
+    assert answer["version"] == 1 and [r["label"] in LABELS for r in answer["results"]] == [True, True]
 
     done = llmk(
         worker.address, home, "generate", "--model", f"{name}@1", "--raw", "--max-tokens", "7", "--json", "Hi"
