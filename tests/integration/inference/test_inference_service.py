@@ -80,4 +80,4 @@ def test_cli_metrics_and_head_polling_against_a_worker_process(
             time.sleep(0.1)
     done = llmk(worker.address, home, "classify", "--model", f"{name}@{v.id}", "--json", "x")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["version"] == str(v.id)
+    assert json.loads(done.stdout)["version"] == v.id
