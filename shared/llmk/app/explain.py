@@ -37,8 +37,8 @@ def without(words: Sequence[str], drop: set[int]) -> str:
     return " ".join(w for i, w in enumerate(words) if i not in drop)
 
 
-def explain(classify: Classify, text: str, chunk: int = 64) -> Explanation:
-    """Occlusion attributions for the label `classify` gives `text`."""
+def explain(classify: Classify, text: str, chunk: int = 64, label: str | None = None) -> Explanation:
+    """Occlusion attributions for `label` (default: the label `classify` gives `text`)."""
     words = text.split()
     occluded = [without(words, {i}) or "." for i in range(min(len(words), MAX_WORDS))]
     texts = [text, *occluded]
@@ -49,7 +49,7 @@ def explain(classify: Classify, text: str, chunk: int = 64) -> Explanation:
         versions.add(int(answer["version"]))
     if len(versions) != 1:
         raise Unavailable(f"the served version changed while explaining ({sorted(versions)}); try again")
-    label = answers[0]["label"]
+    label = label or answers[0]["label"]
     base = float(answers[0]["probabilities"][label])
     drops = [base - float(a["probabilities"][label]) for a in answers[1:]]
     drops += [0.0] * (len(words) - len(drops))

@@ -204,13 +204,17 @@ class Monitor:
         )
         self.on_alert(alert)
 
+    def _classify(self, texts: Sequence[str]) -> dict[str, Any]:
+        return self.scoring.submit(texts).result(self.config.timeout)
+
     def _evidence(self, change: Change) -> tuple[list[Evidence], int]:
         """The items that moved the mood most, each with the words that drove its label."""
         out: list[Evidence] = []
         version = change.items[0].version if change.items else 0
         for scored in change.items[: self.config.evidence_items]:
             try:
-                why = explain(lambda t: self.scoring.submit(t).result(self.config.timeout), scored.text)
+                # the words behind the alert's direction, on the version serving now (it may be newer)
+                why = explain(self._classify, scored.text, label=change.direction)
             except LlmkError as e:
                 log.warning("could not explain item %s: %s", scored.item_id, e)
                 continue
