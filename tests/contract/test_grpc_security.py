@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,3 +129,16 @@ def test_reads_need_the_token_when_configured(settings: Settings, grpc_server: C
     finally:
         for c in (owner, anonymous, wrong):
             c.close()
+
+
+def test_llmk_health_checks_a_tls_server_with_the_tls_settings(
+    settings: Settings, grpc_server: Callable, pki: Path
+) -> None:
+    served = grpc_server(settings.model_copy(update=tls(pki, "server")))
+    llmk = [str(Path(sys.executable).with_name("llmk")), "health", served.address]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMK_")}
+    with_certificate = {f"LLMK_{k.upper()}": str(v) for k, v in tls(pki, "client").items()}
+    ok = subprocess.run(llmk, env=env | with_certificate, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    plain = subprocess.run(llmk, env=env, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 11 and plain.stderr.startswith("llmk: error: ")

@@ -28,7 +28,10 @@ def health(
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    from llmk.config import Settings
+    from llmk.rpc.security import Tls, open_channel
+
+    with open_channel(address, [], Tls.of(Settings())) as channel:  # TLS when LLMK_TLS_* say so
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
