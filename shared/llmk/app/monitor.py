@@ -25,6 +25,7 @@ from llmk.domain.alerts import AlertRules, Change, Moods, Scored, tickers_in
 from llmk.errors import LlmkError, Unavailable
 
 log = logging.getLogger("llmk.monitor")
+MAX_GROUP_WAIT = 0.25  # seconds the first item of an unfilled group waits for company
 
 
 class Pending(Protocol):
@@ -76,7 +77,8 @@ class MonitorConfig:
     model: str
     rules: AlertRules = field(default_factory=AlertRules)
     companies: Mapping[str, str] = field(default_factory=dict)  # company name -> ticker
-    in_flight: int = 64
+    in_flight: int = 64  # items
+    group: int = 8  # texts per message: the queue's cost per message is spread over them
     evidence_items: int = 3
     timeout: float = 300.0
 
@@ -103,35 +105,60 @@ class Monitor:
     def run(self, items: Iterable[Item | Rejected | None], stop: threading.Event | None = None) -> Summary:
         """Score `items` to their end (or until `stop` is set); returns the counts.
 
-        A None from `items` means the source is idle: every item in flight is finished meanwhile."""
-        pending: deque[tuple[Item, float, Pending]] = deque()
+        Items travel in groups of `group` texts per message (fewer when the source is slow); a None from
+        `items` means the source is idle: every item in flight is finished meanwhile."""
+        self._pending: deque[tuple[list[tuple[Item, float]], Pending]] = deque()
+        self._group: list[tuple[Item, float]] = []
         for entry in items:
             if entry is None:
-                while pending:
-                    self._complete(*pending.popleft())
+                self._send()
+                self._finish(0)
                 continue
             self.summary.read += 1
             if isinstance(entry, Rejected):
                 self._reject(entry.id, entry.reason, entry.raw)
             else:
-                pending.append((entry, time.monotonic(), self.scoring.submit([entry.text])))
-            while len(pending) >= self.config.in_flight:
-                self._complete(*pending.popleft())
+                self._group.append((entry, time.monotonic()))
+                if (
+                    len(self._group) >= self.config.group
+                    or time.monotonic() - self._group[0][1] > MAX_GROUP_WAIT
+                ):
+                    self._send()
+            self._finish(self.config.in_flight - 1)
             if stop is not None and stop.is_set():
                 break
-        while pending:
-            self._complete(*pending.popleft())
+        self._send()
+        self._finish(0)
         self.on_progress(self.summary)
         return self.summary
 
-    def _complete(self, item: Item, started: float, answer: Pending) -> None:
-        try:
-            result = answer.result(self.config.timeout)
-        except Unavailable:
-            raise  # no worker answered: stop rather than reject items that were never looked at
-        except Exception as e:  # this item could not be scored (too long for the model, ...)
-            self._reject(item.id, f"not scored: {e}", item.text)
-            return
+    def _send(self) -> None:
+        if self._group:
+            texts = [item.text for item, _ in self._group]
+            self._pending.append((self._group, self.scoring.submit(texts)))
+            self._group = []
+
+    def _finish(self, keep: int) -> None:
+        """Take answers, oldest first, until at most `keep` items are in flight."""
+        while self._pending and sum(len(g) for g, _ in self._pending) > keep:
+            group, answer = self._pending.popleft()
+            try:
+                result = answer.result(self.config.timeout)
+            except Unavailable:
+                raise  # no worker answered: stop rather than reject items that were never looked at
+            except Exception as e:  # one text may spoil its group (too long...): score the rest alone
+                if len(group) == 1:
+                    self._reject(group[0][0].id, f"not scored: {e}", group[0][0].text)
+                    continue
+                for item, started in reversed(group):  # in stream order at the front
+                    self._pending.appendleft(([(item, started)], self.scoring.submit([item.text])))
+                continue
+            for k, (item, started) in enumerate(group):
+                self._complete(
+                    item, started, {"version": result["version"], "results": [result["results"][k]]}
+                )
+
+    def _complete(self, item: Item, started: float, result: dict[str, Any]) -> None:
         scores = result["results"][0]
         version = int(result["version"])
         record = ScoreRecord(
