@@ -118,3 +118,12 @@ def test_demo_dry_run_with_the_tiny_model_writes_the_report(env: dict[str, str],
     assert {"version", "macro_f1", "accuracy"} <= set(report["versions"][0])
     assert json.loads((out / "report.json").read_text())["in"] == 40
     assert all((out / name).stat().st_size > 1000 for name in ("f1.png", "throughput.png", "bytes.png"))
+
+
+def test_train_uses_the_model_task_unless_told_otherwise(env: dict[str, str], tmp_path: Path) -> None:
+    labelled = tmp_path / "few.csv"
+    labelled.write_text("text,label\n" + "\n".join(f"$ACME note {i},{i % 3}" for i in range(12)) + "\n")
+    args = ("train", "--model", "tiny", "--data", str(labelled), "--steps", "1", "--batch-size", "4")
+    job = llmk(env, *args, "--holdout", "4", "--trainable", "model.layers.1.mlp", "--json")
+    assert job["spec"]["task"]["template"] == TEMPLATE  # what classify serves, not the packaged prompt
+    assert job["spec"]["task"]["labels"] == ["negative", "positive", "neutral"]

@@ -64,7 +64,12 @@ def train(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Stored model to fine-tune")],
     data: Annotated[Path, typer.Option(help="CSV: text,label (classification) or prompt,completion")],
-    task: Annotated[str, typer.Option(help="sentiment, classification or completion")] = "sentiment",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="model (its stored task: what classify serves), sentiment, classification or completion"
+        ),
+    ] = "model",
     labels: Annotated[
         list[str] | None, typer.Option(help="Label set, in order (numeric labels index it)")
     ] = None,
@@ -90,7 +95,10 @@ def train(
     from llmk.app.job_records import COMPLETED, JobSpec
     from llmk.domain.optim import OptimizerKind, OptimizerSpec
 
-    spec_task = _task(task, labels)
+    if task == "model":
+        spec_task = _stored_task(model, branch) if not labels else _task("sentiment", labels)
+    else:
+        spec_task = _task(task, labels)
     examples = read_examples(data, spec_task)
     random.Random(seed).shuffle(examples)
     held_out = read_examples(valid, spec_task) if valid else examples[:holdout]
@@ -137,6 +145,16 @@ def jobs(
     _print_job(job, json_)
 
 
+def _stored_task(model: str, branch: str) -> TaskSpec:
+    """The model's own task, so training learns exactly what is served; sentiment if it has none."""
+    from llmk.app.job_records import TASKS
+    from llmk.app.model_task import task_of
+    from llmk.cli.context import client
+
+    with client() as c:
+        return task_of(c.store, model, branch) or TASKS["sentiment"]
+
+
 def _task(name: str, labels: list[str] | None) -> TaskSpec:
     from llmk.app.job_records import CLASSIFICATION, TASKS, TaskSpec
 
@@ -149,7 +167,7 @@ def _task(name: str, labels: list[str] | None) -> TaskSpec:
         if not chosen:
             raise InvalidInput("--task classification needs --labels")
         return TaskSpec(CLASSIFICATION, chosen)
-    raise InvalidInput(f"unknown task {name!r}; choose sentiment, classification or completion")
+    raise InvalidInput(f"unknown task {name!r}; choose model, sentiment, classification or completion")
 
 
 def read_examples(path: Path, task: TaskSpec) -> list[Example]:
