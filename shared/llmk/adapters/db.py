@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from llmk.adapters.sessions import now, transaction, utc
 from llmk.domain.versions import Entry, Model, Ref, Snapshot, Version
 from llmk.errors import AlreadyExists, Conflict, NotFound
 
@@ -131,22 +131,6 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def utc(t: datetime) -> datetime:
-    """SQLite drops the zone of a stored time; every backend returns aware UTC times."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """One session, one transaction: committed on leaving, rolled back on an error."""
-    with Session(engine, expire_on_commit=False) as s, s.begin():
-        yield s
 
 
 class Catalog:
