@@ -18,9 +18,23 @@ def table() -> str:
         for r in data["rows"]:
             lines.append(
                 f"| {data['bench']}: {r['metric']} | {r['value']:.4g} {r.get('unit', '')} | "
-                f"{r.get('baseline', '')} | {r.get('ratio', '')} | {r.get('goal', '')} |"
+                f"{r.get('baseline', '')} | {r.get('ratio', '')} | {verdict(r)} |"
             )
     return "\n".join(lines)
+
+
+def verdict(row: dict) -> str:
+    """The goal with whether this run met it, where the goal is a bound on the ratio or on a p50 time."""
+    goal = str(row.get("goal", ""))
+    if "met" in goal or "missed" in goal:
+        return goal
+    if (m := re.fullmatch(r">=\s*([\d.]+)x?", goal.strip())) and isinstance(row.get("ratio"), int | float):
+        return f"{goal}: {'met' if row['ratio'] >= float(m.group(1)) else 'missed'}"
+    if (m := re.match(r"(?:p50 )?< ([\d.]+) ms", goal.strip())) and row.get("unit") == "ms":
+        return f"{goal}: {'met' if row['value'] < float(m.group(1)) else 'missed'}"
+    if (m := re.fullmatch(r"<=\s*([\d.]+)", goal.strip())) and isinstance(row.get("value"), int | float):
+        return f"{goal}: {'met' if row['value'] <= float(m.group(1)) else 'missed'}"
+    return goal
 
 
 def main() -> None:
