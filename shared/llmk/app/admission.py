@@ -8,6 +8,8 @@ parts can still overflow (a low-rank 1e20 x 1e20, or +3e38 added twice).
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +19,7 @@ from llmk.app import reading
 from llmk.app.ports import Catalog, Objects
 from llmk.domain import deltas
 from llmk.domain.names import any_match
+from llmk.domain.versions import part_key
 from llmk.errors import InvalidDelta
 
 Meta = tuple[tuple[int, ...], torch.dtype]
@@ -33,6 +36,7 @@ def check_entries(
     model: str,
     basis: int | None,
     entries: Mapping[str, deltas.Delta],
+    bounds: Bounds,
     reshape: bool = False,
 ) -> dict[str, Meta]:
     """Refuse the commit (InvalidDelta) unless every entry is acceptable; returns each tensor's new meta."""
@@ -54,7 +58,8 @@ def check_entries(
             )
         metas[name] = new
     if p:
-        _check_results(objects, p, {n: d for n, d in entries.items() if d.kind is not deltas.Kind.FULL})
+        additive = {n: d for n, d in entries.items() if d.kind not in deltas.REPLACING}
+        _check_results(objects, bounds, p, additive, metas)
     return metas
 
 
@@ -91,14 +96,67 @@ def _stored_meta(objects: Objects, p: reading.Plan) -> dict[str, Meta]:
     return metas
 
 
-# Entries that write given values: their parts are checked finite, and every stored value already is.
-REPLACING = frozenset({deltas.Kind.FULL, deltas.Kind.SPARSE_SET, deltas.Kind.ROWS_SET})
+class Bounds:
+    """Upper bounds on |value| of stored tensors, so a commit can prove its result finite without reading it.
+
+    A bound is the stored value's reach (see deltas.reach) carried through its entries. Each entry's reach is
+    worked out once per process, when this process writes it or first reads it back: objects are
+    content-addressed, so a remembered reach never goes stale.
+    """
+
+    def __init__(self, objects: Objects, size: int = 1 << 17):
+        self.objects = objects
+        self.size = size
+        self._reach: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, sha: str, entries: Mapping[str, deltas.Delta]) -> None:
+        for name, d in entries.items():
+            self._keep((sha, name), deltas.reach(d))
+
+    def of(self, p: reading.Plan, name: str) -> float:
+        """A bound on |value| of tensor `name` in the planned version."""
+        lineage = p.lineage.get(name, [])
+        bound = 0.0
+        if p.snapshot and name in p.snapshot_names and not (lineage and lineage[-1].kind == deltas.Kind.FULL):
+            bound = self._entry(p.snapshot, name, deltas.Kind.FULL, {"tensor": name})
+        for e in reversed(lineage):  # oldest first
+            kind = deltas.Kind(e.kind)
+            keys = {k: part_key(e.name, k) for k in deltas.PARTS[kind]}
+            bound = deltas.bound_after(bound, kind, self._entry(e.object, e.name, kind, keys))
+        return bound
+
+    def _entry(self, sha: str, name: str, kind: deltas.Kind, keys: dict[str, str]) -> float:
+        with self._lock:
+            if (known := self._reach.get((sha, name))) is not None:
+                self._reach.move_to_end((sha, name))
+                return known
+        with self.objects.open_tensors(sha) as f:
+            parts = {k: f.get_tensor(key) for k, key in keys.items()}
+        return self._keep((sha, name), deltas.reach(deltas.Delta(kind, parts)))
+
+    def _keep(self, key: tuple[str, str], reach: float) -> float:
+        with self._lock:
+            self._reach[key] = reach
+            while len(self._reach) > self.size:
+                self._reach.popitem(last=False)
+        return reach
 
 
-def _check_results(objects: Objects, p: reading.Plan, changes: Mapping[str, deltas.Delta]) -> None:
-    """Apply each additive delta to its stored value, one tensor at a time, and refuse a non-finite result."""
+def _check_results(
+    objects: Objects,
+    bounds: Bounds,
+    p: reading.Plan,
+    changes: Mapping[str, deltas.Delta],
+    metas: Mapping[str, Meta],
+) -> None:
+    """Refuse an additive delta whose result is not finite: proven finite by bounds where they are far
+    from overflow (every commit of ordinary weights), else by applying it to the stored value."""
     for name, d in changes.items():
-        if d.kind in REPLACING:
+        dtype = metas[name][1]
+        if not dtype.is_floating_point:
+            continue
+        if deltas.bound_after(bounds.of(p, name), d.kind, deltas.reach(d)) < torch.finfo(dtype).max / 2:
             continue
         one = dataclasses.replace(
             p,
@@ -106,7 +164,7 @@ def _check_results(objects: Objects, p: reading.Plan, changes: Mapping[str, delt
             snapshot_names=[n for n in p.snapshot_names if n == name],
         )
         value = deltas.apply(reading.load(objects, one)[name], d)
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if not bool(torch.isfinite(value).all()):
             raise InvalidDelta(f"{name}: applying this {d.kind} delta gives NaN or Inf (overflow)")
 
 

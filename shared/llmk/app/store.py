@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from llmk.app import exports, reading
-from llmk.app.admission import Meta, changes_architecture, check_entries, frozen_changes
+from llmk.app.admission import Bounds, Meta, changes_architecture, check_entries, frozen_changes
 from llmk.app.model_task import TASK_KEY, decode_task
 from llmk.app.ports import Catalog, Events, Objects
 from llmk.app.snapshots import SnapshotCache
@@ -72,6 +72,7 @@ class Store:
         self.events = events
         self.snapshots = SnapshotCache(catalog, objects, snapshot_cache_bytes, cache_chain_length)
         self.gc_grace_seconds = gc_grace_seconds
+        self.bounds = Bounds(objects)
 
     @property
     def cache_chain_length(self) -> int:
@@ -178,7 +179,7 @@ class Store:
         if frozen:
             raise Frozen(f"commit touches frozen tensor(s) of {model!r}: {', '.join(frozen[:10])}")
         reshape = changes_architecture(info.metadata)
-        shapes = check_entries(self.catalog, self.objects, model, expected, entries, reshape)
+        shapes = check_entries(self.catalog, self.objects, model, expected, entries, self.bounds, reshape)
         return self._write(model, branch, expected, entries, shapes, info)
 
     def commit_full(
@@ -220,6 +221,7 @@ class Store:
     ) -> Version:
         pack = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
         sha = self.objects.put_tensors(pack)[0] if pack else ""  # the file lands before its rows
+        self.bounds.remember(sha, entries)
         rows = [
             Entry(n, d.kind.value, sha, shapes[n][0], _dtype_name(shapes[n][1]), d.nnz, d.nbytes)
             for n, d in sorted(entries.items())

@@ -149,6 +149,46 @@ def apply(base: Tensor | None, delta: Delta) -> Tensor:
     return base
 
 
+# Entries that write given values; the others add to what is stored.
+REPLACING = frozenset({Kind.FULL, Kind.SPARSE_SET, Kind.ROWS_SET})
+
+
+def reach(delta: Delta) -> float:
+    """An upper bound on the magnitude the entry writes (replacing kinds) or adds (the others) at any one
+    position; it only has to be cheap and sound, since a bound near overflow falls back to an exact check.
+
+    Repeated positions add up: sparse values bound a position by their largest only when the indices are
+    ascending (no repeats, as the optimizer sends them), else by their sum; row values by their column sums.
+    A low-rank product is bounded by the sum over its rank of each factor's largest column and row entry.
+    """
+    p = delta.parts
+    if delta.kind is Kind.LOW_RANK:
+        a, b = p["a"].double().abs(), p["b"].double().abs()
+        if a.numel() == 0 or b.numel() == 0:
+            return 0.0
+        return float((a.amax(dim=0) * b.amax(dim=1)).sum())
+    values = p["tensor"] if delta.kind is Kind.FULL else p.get("values", p.get("diff"))
+    if values is None or values.numel() == 0 or not values.is_floating_point():
+        return 0.0
+    magnitude = values.double().abs()
+    if delta.kind in REPLACING or delta.kind is Kind.DENSE:
+        return float(magnitude.max())
+    if delta.kind is Kind.ROWS:
+        return float(magnitude.sum(dim=0).max())
+    ids = p["indices"]
+    ascending = ids.numel() < 2 or bool((ids[1:] > ids[:-1]).all())
+    return float(magnitude.max() if ascending else magnitude.sum())
+
+
+def bound_after(before: float, kind: Kind, entry_reach: float) -> float:
+    """An upper bound on |value| anywhere after an entry of `kind` and `entry_reach` is applied."""
+    if kind is Kind.FULL:
+        return entry_reach
+    if kind in REPLACING:
+        return max(before, entry_reach)
+    return before + entry_reach
+
+
 def changed_mask(old: Tensor, new: Tensor) -> Tensor:
     """Positions whose bits differ (so -0.0 vs 0.0 and NaN payloads count as changes)."""
     if old.dtype.is_floating_point and old.element_size() in (2, 4, 8):

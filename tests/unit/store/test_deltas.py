@@ -325,3 +325,56 @@ def test_a_replacement_naming_one_position_twice_is_rejected(kind: Kind) -> None
     d = Delta(kind, {key: torch.tensor([1, 1]), "values": values})
     with pytest.raises(InvalidDelta, match="twice"):
         deltas.validate("w", d, (4, 3), torch.float32)
+
+
+# bounds: what lets a commit prove its result finite without reading the stored tensor -----------------
+
+
+def any_delta(kind: Kind, shape: tuple[int, int], dtype: torch.dtype, g: torch.Generator) -> Delta:
+    """A delta of `kind`, with repeated and unordered positions where the kind allows them."""
+    n, scale = 1 + int(torch.randint(0, 12, (1,), generator=g)), 10.0 ** int(torch.randint(-3, 3, (1,)))
+    if kind in (Kind.SPARSE, Kind.SPARSE_SET):
+        numel = shape[0] * shape[1]
+        idx = (
+            pick(numel, 1.0, g)[:n] if kind is Kind.SPARSE_SET else torch.randint(0, numel, (n,), generator=g)
+        )
+        return Delta(kind, {"indices": idx, "values": random_values((idx.numel(),), dtype, g) * scale})
+    if kind in (Kind.ROWS, Kind.ROWS_SET):
+        rows = (
+            pick(shape[0], 1.0, g)[:n]
+            if kind is Kind.ROWS_SET
+            else torch.randint(0, shape[0], (n,), generator=g)
+        )
+        return Delta(
+            kind, {"rows": rows, "values": random_values((rows.numel(), shape[1]), dtype, g) * scale}
+        )
+    if kind is Kind.LOW_RANK:
+        rank = 1 + n % 4
+        a, b = random_values((shape[0], rank), dtype, g), random_values((rank, shape[1]), dtype, g)
+        return Delta(kind, {"a": a * scale, "b": b})
+    if kind is Kind.DENSE:
+        return Delta(kind, {"diff": random_values(shape, dtype, g) * scale})
+    return deltas.full(random_values(shape, dtype, g) * scale)
+
+
+@FAST
+@given(dtype=st.sampled_from(FLOATS), shape=matrix_shapes, seed=seeds, steps=st.integers(1, 6))
+def test_a_bound_carried_through_entries_holds_every_stored_value(dtype, shape, seed, steps) -> None:
+    """bound_after(reach) never underestimates |value|, whatever mix of entries, repeats and order."""
+    g = torch.Generator().manual_seed(seed)
+    value = random_values(shape, dtype, g)
+    bound = deltas.reach(deltas.full(value))
+    for _ in range(steps):
+        kind = list(Kind)[int(torch.randint(0, len(Kind), (1,), generator=g))]
+        d = any_delta(kind, shape, dtype, g)
+        value = deltas.apply(value.clone(), d)
+        bound = deltas.bound_after(bound, kind, deltas.reach(d))
+        slack = 1 + 4 * torch.finfo(dtype).eps  # each stored add rounds once
+        assert float(value.double().abs().max()) <= bound * slack**steps
+
+
+def test_ascending_sparse_indices_give_a_tight_reach_and_repeats_add_up() -> None:
+    values = torch.tensor([1.0, -2.0, 0.5])
+    assert deltas.reach(Delta(Kind.SPARSE, {"indices": torch.tensor([1, 4, 9]), "values": values})) == 2.0
+    repeated = Delta(Kind.SPARSE, {"indices": torch.tensor([4, 4, 4]), "values": values})
+    assert deltas.reach(repeated) == 3.5  # position 4 moves by up to 1 + 2 + 0.5
