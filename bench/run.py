@@ -14,6 +14,7 @@ BENCHES = [
     "bench.bench_compress",
     "bench.bench_optimizer",
     "bench.bench_monitor",
+    "bench.bench_hot_apply",
 ]
 
 

@@ -15,16 +15,21 @@ from functools import partial
 import torch
 
 from llmk.app import reading
+from llmk.app.admission import Bounds
 from llmk.app.ports import Catalog, Objects
+from llmk.domain import deltas
 from llmk.errors import Corrupt
 
 log = logging.getLogger(__name__)
 
 
 class SnapshotCache:
-    def __init__(self, catalog: Catalog, objects: Objects, budget_bytes: int, chain_length: int):
+    def __init__(
+        self, catalog: Catalog, objects: Objects, budget_bytes: int, chain_length: int, bounds: Bounds
+    ):
         self.catalog = catalog
         self.objects = objects
+        self.bounds = bounds  # told each snapshot's values, so commits above it need not read them
         self.budget_bytes = budget_bytes
         self.chain_length = chain_length
 
@@ -58,6 +63,7 @@ class SnapshotCache:
 
     def _add(self, version_id: int, tensors: Mapping[str, torch.Tensor]) -> None:
         sha, size = self.objects.put_tensors(tensors)
+        self.bounds.remember(sha, {n: deltas.full(t) for n, t in tensors.items()})
         self.catalog.add_snapshot(version_id, sha, size)
         self.evict()
 

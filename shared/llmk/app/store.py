@@ -70,9 +70,11 @@ class Store:
         self.catalog = catalog
         self.objects = objects
         self.events = events
-        self.snapshots = SnapshotCache(catalog, objects, snapshot_cache_bytes, cache_chain_length)
-        self.gc_grace_seconds = gc_grace_seconds
         self.bounds = Bounds(objects)
+        self.snapshots = SnapshotCache(
+            catalog, objects, snapshot_cache_bytes, cache_chain_length, self.bounds
+        )
+        self.gc_grace_seconds = gc_grace_seconds
 
     @property
     def cache_chain_length(self) -> int:

@@ -21,17 +21,32 @@ def sparse(values: list[float]) -> dict[str, Delta]:
 
 
 class CountingReads:
-    """Counts the object files a store opens, around the real object store."""
+    """Counts the tensors a store reads from its object files, around the real object store."""
 
     def __init__(self, store: Store):
-        self.opened: list[str] = []
+        self.read: list[str] = []
         real = store.objects.open_tensors
+        counting = self
 
-        def open_tensors(sha: str):  # noqa: ANN202
-            self.opened.append(sha)
-            return real(sha)
+        class Handle:
+            def __init__(self, sha: str):
+                self.file = real(sha)
 
-        store.objects.open_tensors = open_tensors  # type: ignore[method-assign]
+            def __enter__(self) -> Handle:
+                self.file.__enter__()
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.file.__exit__(*exc)
+
+            def get_tensor(self, key: str) -> torch.Tensor:
+                counting.read.append(key)
+                return self.file.get_tensor(key)
+
+            def __getattr__(self, name: str):  # noqa: ANN204 - keys, get_slice: headers only
+                return getattr(self.file, name)
+
+        store.objects.open_tensors = Handle  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -45,7 +60,19 @@ def test_a_small_additive_commit_reads_no_stored_tensor(settings: Settings) -> N
     store.commit("m", sparse([0.1, 0.2]))
     reads = CountingReads(store)
     store.commit("m", sparse([0.3]))
-    assert reads.opened == []  # the bounds of what this process wrote are known
+    assert reads.read == []  # the bounds of what this process wrote are known
+
+
+def test_a_commit_above_a_snapshot_reads_no_stored_tensor(tmp_path: Path) -> None:
+    store = open_store(Settings(home=tmp_path, cache_chain_length=2))
+    store.create_model("m", {W: torch.randn(64, 64)}, {}, {}, CommitInfo())
+    for step in range(3):
+        v = store.commit("m", sparse([0.1 * step]))
+    store.materialize("m", str(v.id))  # a long chain: the read caches a snapshot
+    assert store.catalog.chain("m", v.id)[1] is not None
+    reads = CountingReads(store)
+    store.commit("m", sparse([0.3]))
+    assert reads.read == []
 
 
 def test_a_restarted_store_reads_each_entry_once(settings: Settings) -> None:
@@ -55,9 +82,9 @@ def test_a_restarted_store_reads_each_entry_once(settings: Settings) -> None:
     again = open_store(settings)
     reads = CountingReads(again)
     again.commit("m", sparse([0.2]))
-    assert len(reads.opened) == 2  # the full value and the delta beneath the head, once each
+    assert len(reads.read) == 3  # the full value and the delta's two parts beneath the head, once each
     again.commit("m", sparse([0.3]))
-    assert len(reads.opened) == 2
+    assert len(reads.read) == 3
 
 
 def test_a_result_near_overflow_is_checked_exactly(settings: Settings) -> None:
