@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from bench.common import best_of, touch_all, write
 from llmk.adapters.importers import load_source
 from llmk.app.store import CommitInfo, Store
-from llmk.client import GrpcStoreClient
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
+from llmk.rpc.store import GrpcStoreClient
 from llmk.wiring import open_store
 
 

@@ -1,14 +1,19 @@
-"""The composition root: the one module that imports every tier. `llmk` starts here.
+"""The composition root: the one module that imports every tier, and where the CLI's deployment mode
+is chosen.
 
 The shared package never imports a service, so the CLI cannot reach the tiers on its own; this module hands
-it a `Tiers` object (see llmk.cli.context) that runs a tier's service or serves a tier inside the command.
+it a `Tiers` object (see llmk.cli.context) whose factories choose each tier's client from the Settings: the
+gRPC client when the settings name the tier's address, else the tier in this process (llmk.app.clients
+lists both sides of every tier). The store's factory is llmk.client.connect, below the services, because
+the inference and optimizer services hold store clients too.
+
 Each tier is imported only when a command asks for it, so `llmk --help` and the store commands stay fast.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from llmk.cli import main as cli
@@ -17,11 +22,55 @@ from llmk.config import Settings
 if TYPE_CHECKING:
     from celery import Celery
 
-    from llmk.app.jobs import JobService
+    from llmk.app.clients import InferenceClient, JobsClient
 
 
 class Tiers:
-    """The tiers as the CLI reaches them: service entry points and in-process use cases."""
+    """The tiers as the CLI reaches them: their clients, and their service entry points."""
+
+    def inference(self, settings: Settings, model: str, ref: str | None) -> InferenceClient:
+        """`model` at `ref`: the worker at LLMK_INFERENCE_ADDRESS, else served in this process."""
+        if settings.inference_address:
+            from llmk.rpc.inference import GrpcInferenceClient
+            from llmk.rpc.security import Tls
+
+            s = settings
+            return GrpcInferenceClient(
+                s.inference_address, model, ref, s.auth_token, s.max_message_bytes, Tls.of(s)
+            )
+        from services.inference.client import LocalInferenceClient
+
+        return LocalInferenceClient(settings, model, ref)
+
+    @contextmanager
+    def jobs(self, settings: Settings, worker: bool = True) -> Iterator[JobsClient]:
+        """The optimizer at LLMK_OPTIMIZER_ADDRESS, else its use cases in this process, with a job worker
+        on a thread when `worker` (jobs then run only while the command does)."""
+        if settings.optimizer_address:
+            from llmk.rpc.jobs import GrpcOptimizerClient
+            from llmk.rpc.security import Tls
+
+            s = settings
+            client = GrpcOptimizerClient(
+                s.optimizer_address, s.auth_token, s.max_message_bytes, s.chunk_bytes, Tls.of(s)
+            )
+            try:
+                yield client
+            finally:
+                client.close()
+            return
+        from services.optimizer.main import embedded
+
+        with embedded(settings, worker) as jobs:
+            yield jobs
+
+    def inference_worker(
+        self, settings: Settings, app: Celery, name: str, ref: str | None
+    ) -> AbstractContextManager[Any]:
+        """A worker on the inference queue in this process (the monitor's embedded mode)."""
+        from services.inference.main import embedded_worker
+
+        return embedded_worker(settings, app, name, ref)
 
     def serve(self, tier: str, settings: Settings) -> None:
         if tier == "store":
@@ -31,60 +80,6 @@ class Tiers:
         else:
             from services.optimizer.main import main
         main(settings)
-
-    def local_inference(self, settings: Settings, name: str, ref: str | None) -> LocalInference:
-        return LocalInference(settings, name, ref)
-
-    def inference_worker(
-        self, settings: Settings, app: Celery, name: str, ref: str | None
-    ) -> AbstractContextManager[Any]:
-        from services.inference.main import embedded_worker
-
-        return embedded_worker(settings, app, name, ref)
-
-    def embedded_optimizer(self, settings: Settings, worker: bool) -> AbstractContextManager[JobService]:
-        from services.optimizer.main import embedded
-
-        return embedded(settings, worker)
-
-
-class LocalInference:
-    """The model served in this process for one command, built from the store named by the settings."""
-
-    def __init__(self, settings: Settings, name: str, ref: str | None):
-        from llmk.client import connect
-        from services.inference.host import Host
-
-        self.store = connect(settings)
-        one = settings.model_copy(update={"max_sequences": 1, "version_poll_seconds": 0.0})
-        self.host = Host(one, self.store)
-        self.host.load(name, ref)
-
-    def classify(self, texts: list[str], labels: list[str], template: str) -> dict[str, Any]:
-        answer = self.host.classify(texts, labels, template)
-        results = [
-            {"label": s.label, "probabilities": s.probabilities, "prompt_tokens": s.prompt_tokens}
-            for s in answer.results
-        ]
-        return {"version": answer.version, "results": results}
-
-    def generate(self, request: dict[str, Any]) -> Iterator[str | dict[str, Any]]:
-        from services.inference.engine.generator import Request
-
-        for item in self.host.generate(Request(**request)):
-            if isinstance(item, str):
-                yield item
-            else:
-                yield {
-                    "version": item.version,
-                    "finish_reason": item.finish_reason,
-                    "prompt_tokens": item.prompt_tokens,
-                    "completion_tokens": item.completion_tokens,
-                }
-
-    def close(self) -> None:
-        self.host.close()
-        self.store.close()
 
 
 def run() -> None:

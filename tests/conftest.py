@@ -24,8 +24,9 @@ if TYPE_CHECKING:  # imported lazily below: generated gRPC code exists only afte
 
     from llmk.adapters.importers import Imported
     from llmk.app.store import Store
-    from llmk.client import GrpcStoreClient, LocalStoreClient
+    from llmk.client import LocalStoreClient
     from llmk.config import Settings
+    from llmk.rpc.store import GrpcStoreClient
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -188,7 +189,7 @@ class GrpcStore:
 
 def start_grpc_store(settings: Settings) -> tuple[grpc.Server, GrpcStore]:
     """A store service on a free loopback port and a client with the service's token."""
-    from llmk.client import GrpcStoreClient
+    from llmk.rpc.store import GrpcStoreClient
     from services.store.main import build
 
     settings = settings.model_copy(update={"listen": "127.0.0.1:0"})

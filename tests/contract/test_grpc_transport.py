@@ -11,12 +11,12 @@ from contract_support import K1, NORM, Q0, UP0, corrupt_in_place, sparse
 
 from llmk.adapters.importers import Imported
 from llmk.app.store import Store
-from llmk.client import GrpcStoreClient
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, full
 from llmk.domain.versions import part_key
 from llmk.errors import Unauthenticated
 from llmk.rpc.server import message_options
+from llmk.rpc.store import GrpcStoreClient
 from llmk.rpc.tensors import to_chunks
 from llmk.v1 import common_pb2, store_pb2_grpc
 from llmk.v1 import store_pb2 as pb

@@ -19,22 +19,21 @@ from llmk.errors import InvalidInput
 if TYPE_CHECKING:
     from celery import Celery
 
-    from llmk.cli.infer import Engine
-    from llmk.cli.train import Jobs
-    from llmk.client import StoreClient
+    from llmk.app.clients import InferenceClient, JobsClient, StoreClient
 
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
 
 
 class Tiers(Protocol):
-    """What the CLI needs from the tiers; given to `run` by the composition root (services/compose.py)."""
+    """What the CLI needs from the tiers; given to `run` by the composition root (services/compose.py),
+    whose factories choose in-process or gRPC from the settings."""
 
-    def serve(self, tier: str, settings: Settings) -> None: ...
-    def local_inference(self, settings: Settings, name: str, ref: str | None) -> Engine: ...
+    def inference(self, settings: Settings, model: str, ref: str | None) -> InferenceClient: ...
+    def jobs(self, settings: Settings, worker: bool = True) -> AbstractContextManager[JobsClient]: ...
     def inference_worker(
         self, settings: Settings, app: Celery, name: str, ref: str | None
     ) -> AbstractContextManager[Any]: ...
-    def embedded_optimizer(self, settings: Settings, worker: bool) -> AbstractContextManager[Jobs]: ...
+    def serve(self, tier: str, settings: Settings) -> None: ...
 
 
 def tiers(ctx: typer.Context) -> Tiers:

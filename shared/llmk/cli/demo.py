@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llmk.cli.context import Json
+from llmk.cli.context import Json, tiers
 from llmk.cli.output import console, emit
 from llmk.config import Settings
 from llmk.errors import InvalidInput
@@ -203,17 +203,17 @@ def _tiers(settings: Settings, distributed: bool, workers: int, branch: str, out
         return
     from llmk.cli.processes import TierProcesses
 
-    with TierProcesses(settings, out / "logs") as tiers:
-        store = tiers.start("store")
+    with TierProcesses(settings, out / "logs") as processes:
+        store = processes.start("store")
         for i in range(workers):
-            tiers.start(
+            processes.start(
                 "inference",
                 f"inference-{i}",
                 LLMK_SERVE_MODEL=f"{MODEL}@{branch}",
                 LLMK_INFERENCE_WORKER="1",
                 LLMK_STORE_ADDRESS=store,
             )
-        optimizer = tiers.start("optimizer", LLMK_STORE_ADDRESS=store)
+        optimizer = processes.start("optimizer", LLMK_STORE_ADDRESS=store)
         yield settings.model_copy(update={"store_address": store, "optimizer_address": optimizer})
 
 
@@ -240,7 +240,6 @@ def _run(
     from llmk.bus.inference_queue import QueuedClassifier, make_app
     from llmk.cli.feedback import job_spec
     from llmk.cli.monitor import inference_workers, monitor_repo
-    from llmk.cli.train import optimizer
     from llmk.client import connect
     from llmk.domain.alerts import AlertRules
 
@@ -254,7 +253,7 @@ def _run(
         stack.callback(store.close)
         _say("starting the inference worker and the optimizer", json_)
         stack.enter_context(inference_workers(ctx, settings, app, MODEL, branch))
-        jobs = stack.enter_context(optimizer(ctx, settings, worker=embedded))
+        jobs = stack.enter_context(tiers(ctx).jobs(settings, worker=embedded))
         layers = int(store.model(MODEL).config.get("num_hidden_layers", 1))
         last_four = [f"model.layers.{i}.mlp" for i in range(max(0, layers - 4), layers)]
         spec = job_spec(MODEL, branch, packaged("sentiment"), **{**optimizer_spec, "trainable": last_four})

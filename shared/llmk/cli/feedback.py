@@ -21,8 +21,8 @@ from llmk.config import Settings
 from llmk.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
+    from llmk.app.clients import JobsClient
     from llmk.app.job_records import Example, Job, JobSpec, TaskSpec
-    from llmk.cli.train import Jobs
 
 app = typer.Typer(help="Labelled feedback for a served model.", no_args_is_help=True)
 
@@ -53,8 +53,8 @@ def add(
 ) -> None:
     """Queue labelled examples for the optimizer; prints the job and, with --wait, the versions it made."""
     from llmk.app.model_task import require_task
-    from llmk.cli.context import client
-    from llmk.cli.train import optimizer, read_examples
+    from llmk.cli.context import client, tiers
+    from llmk.cli.train import read_examples
 
     settings = Settings()
     embedded = not settings.optimizer_address and settings.broker_url.startswith("memory")
@@ -62,7 +62,7 @@ def add(
         task = require_task(c.store, model, branch)
     examples = read_examples(file, task)
     spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance)
-    with optimizer(ctx, settings, worker=embedded) as jobs:
+    with tiers(ctx).jobs(settings, worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
         key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
         submitted = jobs.submit_feedback(job.id, examples, key)
@@ -113,7 +113,7 @@ def job_spec(
 
 
 def standing_job(
-    jobs: Jobs, spec: JobSpec, examples: list[Example], holdout: int
+    jobs: JobsClient, spec: JobSpec, examples: list[Example], holdout: int
 ) -> tuple[Job, list[Example]]:
     """The model's open feedback job on the branch, or a new one whose gate holds out the first rows."""
     for job in jobs.list_jobs(spec.model):
@@ -131,7 +131,7 @@ def standing_job(
     return jobs.create_job(spec, validation), rest
 
 
-def wait_for_training(jobs: Jobs, job_id: str, quiet: bool, timeout: float = 3600.0) -> Job:
+def wait_for_training(jobs: JobsClient, job_id: str, quiet: bool, timeout: float = 3600.0) -> Job:
     """Until every full batch submitted so far has been trained on (and committed where due)."""
     deadline, shown = time.monotonic() + timeout, 0
     while True:

@@ -2,18 +2,19 @@
 else in this process (the model built from the store, served for this one command).
 
 NAME@REF pins the answer to that version (an id, tag or branch); the service refuses with FAILED_PRECONDITION
-when it serves another. The in-process model comes from the composition root (context.tiers()), so the
+when it serves another. The client comes from the composition root's factory (context.tiers()), so the
 shared package never imports the inference tier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +23,9 @@ from llmk.cli.context import Json, split_ref, tiers
 from llmk.cli.output import emit
 from llmk.config import Settings
 from llmk.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from llmk.app.clients import InferenceClient
 
 Model = Annotated[str, typer.Option("--model", "-m", help="NAME or NAME@REF (version id, tag or branch)")]
 
@@ -57,10 +61,10 @@ def classify(
     if not 1 <= batch <= 64:
         raise InvalidInput(f"--batch must be between 1 and 64, got {batch}")
     wanted = [part.strip() for part in labels.split(",") if part.strip()]
-    with _engine(ctx, name, ref) as engine:
-        answers = _classify_all(engine, inputs, wanted, template, batch, quiet=json_)
+    with _inference(ctx, name, ref) as inference:
+        answers = _classify_all(inference, inputs, wanted, template, batch, quiet=json_)
         if explain:
-            _add_explanations(engine, inputs, answers, wanted, template)
+            _add_explanations(inference, inputs, answers, wanted, template)
     versions = sorted({a["version"] for a in answers})
     rows = [
         {"text": t[:60], "label": a["label"], **{k: round(v, 4) for k, v in a["probabilities"].items()}}
@@ -99,7 +103,7 @@ def _text_of(line: str, n: int) -> str:
 
 
 def _classify_all(
-    engine: Engine, texts: list[str], labels: list[str], template: str, batch: int, quiet: bool
+    inference: InferenceClient, texts: list[str], labels: list[str], template: str, batch: int, quiet: bool
 ) -> list[dict[str, Any]]:
     from rich.progress import Progress
 
@@ -108,20 +112,23 @@ def _classify_all(
     with Progress(console=Console(stderr=True), transient=True, disable=not shown) as progress:
         bar = progress.add_task("classifying", total=len(texts))
         for i in range(0, len(texts), batch):
-            answer = engine.classify(texts[i : i + batch], labels, template)
-            version = int(answer["version"])
-            out += [{**r, "version": version} for r in answer["results"]]
+            answer = inference.classify(texts[i : i + batch], labels, template).encode()
+            out += [{**r, "version": answer["version"]} for r in answer["results"]]
             progress.advance(bar, len(answer["results"]))
     return out
 
 
 def _add_explanations(
-    engine: Engine, texts: list[str], answers: list[dict[str, Any]], labels: list[str], template: str
+    inference: InferenceClient,
+    texts: list[str],
+    answers: list[dict[str, Any]],
+    labels: list[str],
+    template: str,
 ) -> None:
     from llmk.app.explain import explain
 
     def classify(chunk: Sequence[str]) -> dict[str, Any]:
-        return engine.classify(list(chunk), labels, template)
+        return inference.classify(chunk, labels, template).encode()
 
     for text, answer in zip(texts, answers, strict=True):
         why = explain(classify, text)
@@ -139,117 +146,34 @@ def generate(
     json_: Json = False,
 ) -> None:
     """Generate a completion; text is printed as it is produced (all at once with --json)."""
+    from llmk.app.inference_records import GenerateRequest
+
     name, ref = split_ref(model)
-    request = {
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "chat": chat,
-    }
+    request = GenerateRequest(prompt, max_tokens, temperature, seed, chat)
     pieces: list[str] = []
-    with _engine(ctx, name, ref) as engine:
-        for item in engine.generate(request):
+    with _inference(ctx, name, ref) as inference:
+        for item in inference.generate(request):
             if isinstance(item, str):
                 pieces.append(item)
                 if not json_:
                     print(item, end="", flush=True)
-                continue
-            if json_:
-                emit(True, {"model": name, "text": "".join(pieces), **item, "version": int(item["version"])})
+            elif json_:
+                emit(True, {"model": name, "text": "".join(pieces), **dataclasses.asdict(item)})
             else:
                 print()
                 print(
-                    f"[{name} version {item['version']}: {item['prompt_tokens']} prompt + "
-                    f"{item['completion_tokens']} completion tokens, {item['finish_reason']}]",
+                    f"[{name} version {item.version}: {item.prompt_tokens} prompt + "
+                    f"{item.completion_tokens} completion tokens, {item.finish_reason}]",
                     file=sys.stderr,
                 )
 
 
-class Engine(Protocol):
-    """What classify and generate need: the service over gRPC, or the model served in this process."""
-
-    def classify(self, texts: list[str], labels: list[str], template: str) -> dict[str, Any]: ...
-    def generate(self, request: dict[str, Any]) -> Iterator[str | dict[str, Any]]: ...
-    def close(self) -> None: ...
-
-
-class _Remote:
-    """The inference service over gRPC; its failures are re-raised as llmk errors."""
-
-    def __init__(self, settings: Settings, name: str, ref: str | None):
-        from llmk.rpc.security import Tls, open_channel
-        from llmk.rpc.server import message_options
-        from llmk.v1 import inference_pb2, inference_pb2_grpc
-
-        self.pb, self.name, self.ref = inference_pb2, name, ref or ""
-        options = message_options(settings.max_message_bytes)
-        tls, token = Tls.of(settings), settings.auth_token
-        self.channel = open_channel(settings.inference_address, options, tls, token)
-        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
-
-    def classify(self, texts: list[str], labels: list[str], template: str) -> dict[str, Any]:
-        request = self.pb.ClassifyRequest(
-            model=self.name, version=self.ref, texts=texts, labels=labels, template=template
-        )
-        reply = self._call(lambda: self.stub.Classify(request))
-        results = [
-            {"label": r.label, "probabilities": dict(r.probabilities), "prompt_tokens": r.prompt_tokens}
-            for r in reply.results
-        ]
-        return {"version": reply.version, "results": results}
-
-    def generate(self, request: dict[str, Any]) -> Iterator[str | dict[str, Any]]:
-        fields = {"model": self.name, "version": self.ref, "max_tokens": request["max_tokens"]}
-        fields.update(temperature=request["temperature"], seed=request["seed"])
-        if request["chat"]:
-            fields["messages"] = [self.pb.ChatMessage(role="user", content=request["prompt"])]
-        else:
-            fields["prompt"] = request["prompt"]
-        stream = self.stub.Generate(self.pb.GenerateRequest(**fields))
-        with _translated():
-            for chunk in stream:
-                if chunk.text:
-                    yield chunk.text
-                if chunk.done:
-                    yield {
-                        "version": chunk.version,
-                        "finish_reason": chunk.finish_reason,
-                        "prompt_tokens": chunk.prompt_tokens,
-                        "completion_tokens": chunk.completion_tokens,
-                    }
-
-    def _call(self, fn: Any) -> Any:
-        with _translated():
-            return fn()
-
-    def close(self) -> None:
-        self.channel.close()
-
-
 @contextmanager
-def _translated() -> Iterator[None]:
-    import grpc
-
-    from llmk.rpc.errors import from_rpc_error
-
-    try:
-        yield
-    except grpc.RpcError as e:
-        raise from_rpc_error(e) from None
-
-
-@contextmanager
-def _engine(ctx: typer.Context, name: str, ref: str | None) -> Iterator[Engine]:
-    settings = Settings()
+def _inference(ctx: typer.Context, name: str, ref: str | None) -> Iterator[InferenceClient]:
     if not name:
         raise InvalidInput("--model NAME[@REF] is required")
-    engine: Engine = (
-        _Remote(settings, name, ref)
-        if settings.inference_address
-        else tiers(ctx).local_inference(settings, name, ref)
-    )
+    inference = tiers(ctx).inference(Settings(), name, ref)
     try:
-        yield engine
+        yield inference
     finally:
-        engine.close()
+        inference.close()

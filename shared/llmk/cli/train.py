@@ -1,7 +1,8 @@
 """`llmk train` and `llmk jobs`: fine-tune a stored model from a labelled CSV file; look at optimizer jobs.
 
 With LLMK_OPTIMIZER_ADDRESS set the commands talk to the optimizer service; otherwise the optimizer tier
-runs inside the command (its use cases plus a worker thread), loaded by name like `llmk serve`.
+runs inside the command (its use cases plus a worker thread). The composition root's factory
+(context.tiers().jobs) chooses.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ import csv
 import hashlib
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -24,40 +23,8 @@ from llmk.config import Settings
 from llmk.errors import InvalidInput, LlmkError, NotFound, Unavailable
 
 if TYPE_CHECKING:  # torch comes with these: imported by the commands, not by `llmk --help`
-    from llmk.app.job_records import Example, Job, JobSpec, Submission, TaskSpec
-
-
-class Jobs(Protocol):
-    """JobService in-process, or GrpcOptimizerClient: the same calls either way."""
-
-    def create_job(
-        self, spec: JobSpec, validation: Sequence[Example] = (), idempotency_key: str | None = None
-    ) -> Job: ...
-    def submit_feedback(
-        self, job_id: str, examples: Sequence[Example], idempotency_key: str
-    ) -> Submission: ...
-    def get_job(self, job_id: str) -> Job: ...
-    def list_jobs(self, model: str | None = None, limit: int = 100) -> list[Job]: ...
-    def cancel_job(self, job_id: str) -> Job: ...
-
-
-@contextmanager
-def optimizer(ctx: typer.Context, settings: Settings, worker: bool = True) -> Iterator[Jobs]:
-    if settings.optimizer_address:
-        from llmk.rpc.jobs import GrpcOptimizerClient
-        from llmk.rpc.security import Tls
-
-        s = settings
-        client = GrpcOptimizerClient(
-            s.optimizer_address, s.auth_token, s.max_message_bytes, s.chunk_bytes, Tls.of(s)
-        )
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    with tiers(ctx).embedded_optimizer(settings, worker) as jobs:
-        yield jobs
+    from llmk.app.clients import JobsClient
+    from llmk.app.job_records import Example, Job, TaskSpec
 
 
 def train(
@@ -118,7 +85,7 @@ def train(
         author="llmk train",
     )
     settings = Settings()
-    with optimizer(ctx, settings) as jobs:
+    with tiers(ctx).jobs(settings) as jobs:
         job = jobs.create_job(spec, held_out)
         key = hashlib.sha256(job.id.encode() + encode(training)).hexdigest()
         jobs.submit_feedback(job.id, training, key)
@@ -136,7 +103,7 @@ def jobs(
     json_: Json = False,
 ) -> None:
     """List optimizer jobs, or show one with the versions it committed."""
-    with optimizer(ctx, Settings(), worker=False) as client:
+    with tiers(ctx).jobs(Settings(), worker=False) as client:
         if job_id is None:
             listed = client.list_jobs(model)
             emit(json_, listed, [_summary(j) for j in listed], title="optimizer jobs")
@@ -192,7 +159,7 @@ def _label(raw: str, labels: tuple[str, ...]) -> str:
     return raw  # a label outside the set is refused by the job, which says so
 
 
-def _wait(client: Jobs, job_id: str, timeout: float, quiet: bool) -> Job:
+def _wait(client: JobsClient, job_id: str, timeout: float, quiet: bool) -> Job:
     deadline, shown = time.monotonic() + timeout, 0
     while True:
         job = client.get_job(job_id)

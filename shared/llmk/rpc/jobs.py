@@ -1,6 +1,6 @@
 """Optimizer job records to protobuf and back, and the Optimizer service's client.
 
-The client has the same methods as llmk.app.jobs.JobService, so callers use either one alike.
+The client implements llmk.app.clients.JobsClient, as llmk.app.jobs.JobService does in-process.
 """
 
 from __future__ import annotations

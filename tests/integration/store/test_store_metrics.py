@@ -19,7 +19,7 @@ def sparse(indices: list[int], values: list[float]) -> Delta:
 
 
 def test_commits_conflicts_fetches_and_damage_are_counted(tmp_path: Path, llama_tiny) -> None:  # noqa: ANN001
-    from llmk.client import GrpcStoreClient
+    from llmk.rpc.store import GrpcStoreClient
     from services.store.main import build
     from services.store.metrics import Metrics
 

@@ -15,11 +15,11 @@ from jobs_support import TASK, examples
 
 from llmk.adapters.importers import load_source
 from llmk.app.job_records import CANCELLED, COMPLETED, FAILED, Example, Job, JobSpec
-from llmk.client import GrpcStoreClient
 from llmk.config import Settings
 from llmk.domain.optim import OptimizerSpec
 from llmk.errors import InvalidInput, NotFound, Unauthenticated
 from llmk.rpc.jobs import GrpcOptimizerClient
+from llmk.rpc.store import GrpcStoreClient
 from services.optimizer.main import Runtime, build, wire
 from services.store.main import build as build_store
 

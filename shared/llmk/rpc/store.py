@@ -1,0 +1,226 @@
+"""The parameter store's service client: llmk.app.clients.StoreClient over gRPC.
+
+It raises the same llmk errors and returns the same records as the store in-process (llmk.client);
+tests/contract runs one suite against both so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmk.app import exports
+from llmk.app.reading import Change, Step
+from llmk.app.store import MAIN, CommitInfo, VersionStats
+from llmk.domain.deltas import Delta
+from llmk.domain.versions import Model, Ref, Version, part_key
+from llmk.rpc import codec
+from llmk.rpc.errors import translate
+from llmk.rpc.security import Tls, open_channel
+from llmk.rpc.server import message_options
+from llmk.rpc.tensors import from_chunks, to_chunks
+from llmk.v1 import store_pb2 as pb
+from llmk.v1 import store_pb2_grpc
+from llmk.v1.common_pb2 import Empty
+
+
+class GrpcStoreClient:
+    """The store service over gRPC; tensors stream in chunks of at most settings.chunk_bytes."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str = "",
+        max_message_bytes: int = 8 << 20,
+        chunk_bytes: int = 4 << 20,
+        tls: Tls | None = None,
+    ):
+        self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
+        self.stub = store_pb2_grpc.ParameterStoreStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.chunk_bytes = chunk_bytes
+
+    def _commit_stream(
+        self, header: pb.CommitHeader, tensors: Mapping[str, torch.Tensor]
+    ) -> Iterator[pb.CommitRequest]:
+        yield pb.CommitRequest(header=header)
+        for chunk in to_chunks(tensors, self.chunk_bytes):
+            yield pb.CommitRequest(chunk=chunk)
+
+    @staticmethod
+    def _header(
+        model: str, branch: str, parent: int | None, info: CommitInfo, **extra: Any
+    ) -> pb.CommitHeader:
+        return pb.CommitHeader(
+            model=model,
+            branch=branch,
+            parent=parent,
+            author=info.author,
+            message=info.message,
+            metadata_json=json.dumps(info.metadata or {}),
+            idempotency_key=info.idempotency_key or "",
+            **extra,
+        )
+
+    @translate
+    def create_model(
+        self,
+        name: str,
+        tensors: Mapping[str, torch.Tensor],
+        config: dict[str, Any],
+        files: Mapping[str, bytes],
+        info: CommitInfo = CommitInfo(),
+    ) -> Version:
+        header = self._header(
+            name,
+            MAIN,
+            None,
+            info,
+            config_json=json.dumps(config),
+            files=dict(files),
+            kinds={n: "full" for n in tensors},
+        )
+        parts = {part_key(n, "tensor"): t for n, t in tensors.items()}
+        return codec.version_from_pb(
+            self.stub.CreateModel(self._commit_stream(header, parts), metadata=self.metadata)
+        )
+
+    @translate
+    def commit(
+        self,
+        model: str,
+        entries: Mapping[str, Delta],
+        branch: str = MAIN,
+        parent: int | None = None,
+        info: CommitInfo = CommitInfo(),
+    ) -> Version:
+        header = self._header(
+            model, branch, parent, info, kinds={n: d.kind.value for n, d in entries.items()}
+        )
+        parts = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
+        return codec.version_from_pb(
+            self.stub.Commit(self._commit_stream(header, parts), metadata=self.metadata)
+        )
+
+    @translate
+    def commit_full(
+        self,
+        model: str,
+        tensors: Mapping[str, torch.Tensor],
+        branch: str = MAIN,
+        parent: int | None = None,
+        info: CommitInfo = CommitInfo(),
+    ) -> Version:
+        header = self._header(
+            model, branch, parent, info, full_weights=True, kinds={n: "full" for n in tensors}
+        )
+        parts = {part_key(n, "tensor"): t for n, t in tensors.items()}
+        return codec.version_from_pb(
+            self.stub.Commit(self._commit_stream(header, parts), metadata=self.metadata)
+        )
+
+    @translate
+    def model(self, name: str) -> Model:
+        return codec.model_from_pb(self.stub.GetModel(pb.ModelRequest(model=name)))
+
+    @translate
+    def models(self) -> list[Model]:
+        return [codec.model_from_pb(m) for m in self.stub.ListModels(Empty()).models]
+
+    @translate
+    def refs(self, model: str) -> list[Ref]:
+        return [codec.ref_from_pb(r) for r in self.stub.GetModel(pb.ModelRequest(model=model)).refs]
+
+    @translate
+    def file(self, model: str, name: str) -> bytes:
+        return bytes(self.stub.GetFile(pb.FileRequest(model=model, name=name)).data)
+
+    @translate
+    def version(self, model: str, ref: str | None = None) -> Version:
+        reply = self.stub.GetVersion(pb.VersionRequest(model=model, ref=ref or "", with_entries=True))
+        return codec.version_from_pb(reply)
+
+    @translate
+    def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
+        reply = self.stub.ListVersions(pb.LogRequest(model=model, ref=ref or "", limit=limit))
+        return [codec.version_from_pb(v) for v in reply.versions]
+
+    @translate
+    def fetch(
+        self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
+        return from_chunks(self.stub.FetchTensors(request))
+
+    def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
+        exports.check_target(out)
+        vid = self.version(model, ref).id  # fetch exactly this version, even if the branch moves meanwhile
+        return exports.write(self.fetch(model, str(vid), selector), out, model, vid, selector)
+
+    @translate
+    def diff(self, model: str, a: str, b: str) -> list[Change]:
+        return [
+            codec.change_from_pb(c) for c in self.stub.Diff(pb.DiffRequest(model=model, a=a, b=b)).changes
+        ]
+
+    @translate
+    def branch(self, model: str, name: str, from_ref: str | None = None) -> Ref:
+        request = pb.RefRequest(model=model, name=name, kind="branch", from_ref=from_ref or "")
+        return codec.ref_from_pb(self.stub.CreateRef(request, metadata=self.metadata))
+
+    @translate
+    def tag(self, model: str, name: str, ref: str | None = None) -> Ref:
+        request = pb.RefRequest(model=model, name=name, kind="tag", from_ref=ref or "")
+        return codec.ref_from_pb(self.stub.CreateRef(request, metadata=self.metadata))
+
+    @translate
+    def rollback(
+        self, model: str, to: str, branch: str = MAIN, author: str = "llmk", force_frozen: bool = False
+    ) -> Version:
+        request = pb.RollbackRequest(
+            model=model, to=to, branch=branch, author=author, force_frozen=force_frozen
+        )
+        return codec.version_from_pb(self.stub.Rollback(request, metadata=self.metadata))
+
+    @translate
+    def freeze(self, model: str, patterns: list[str]) -> Model:
+        request = pb.FreezeRequest(model=model, patterns=patterns)
+        return codec.model_from_pb(self.stub.Freeze(request, metadata=self.metadata))
+
+    @translate
+    def unfreeze(self, model: str, patterns: list[str]) -> Model:
+        request = pb.FreezeRequest(model=model, patterns=patterns)
+        return codec.model_from_pb(self.stub.Unfreeze(request, metadata=self.metadata))
+
+    @translate
+    def squash(self, model: str, ref: str | None = None, author: str = "llmk") -> Version:
+        request = pb.SquashRequest(model=model, ref=ref or "", author=author)
+        return codec.version_from_pb(self.stub.Squash(request, metadata=self.metadata))
+
+    @translate
+    def gc(self, dry_run: bool = False) -> list[str]:
+        return list(self.stub.Gc(pb.GcRequest(dry_run=dry_run), metadata=self.metadata).removed)
+
+    @translate
+    def stats(self, model: str) -> list[VersionStats]:
+        return [codec.stats_from_pb(s) for s in self.stub.Stats(pb.ModelRequest(model=model)).versions]
+
+    @translate
+    def head(self, model: str, branch: str = MAIN) -> int:
+        return int(self.stub.Head(pb.HeadRequest(model=model, branch=branch)).version)
+
+    @translate
+    def changed(self, model: str, a: int, b: int) -> list[str]:
+        return list(self.stub.Changed(pb.ChangedRequest(model=model, a=a, b=b)).names)
+
+    @translate
+    def steps(self, model: str, a: int, b: int) -> list[Step] | None:
+        request = pb.StepsRequest(model=model, from_version=a, to_version=b)
+        return codec.steps_from_chunks(self.stub.FetchSteps(request))
+
+    def close(self) -> None:
+        self.channel.close()
