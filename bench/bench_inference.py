@@ -150,7 +150,8 @@ def sparse_version(tensors: dict[str, torch.Tensor], names: list[str], seed: int
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name in names:
-        idx = torch.randperm(tensors[name].numel(), generator=g)[:per_tensor].to(torch.int32)
+        # ascending, as the optimizer sends them
+        idx = torch.randperm(tensors[name].numel(), generator=g)[:per_tensor].sort().values.to(torch.int32)
         out[name] = Delta(Kind.SPARSE, {"indices": idx, "values": torch.randn(len(idx), generator=g) * 1e-3})
     return out
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from llmk.app.reading import Step
-from llmk.domain.deltas import Delta, Kind, apply, changed_mask
+from llmk.domain.deltas import Delta, Kind, apply, ascending, changed_mask
 from llmk.errors import InvalidDelta
 from services.inference.engine.weights import weight_rules
 
@@ -101,6 +101,6 @@ def _expected_region(weight: Tensor, delta: Delta) -> Tensor | None:
     if delta.kind in EXACT_ANYWHERE:
         return values
     ids = delta.parts["rows" if delta.kind is Kind.ROWS else "indices"]
-    if ids.unique().numel() != ids.numel():
+    if not ascending(ids) and ids.unique().numel() != ids.numel():
         return None
     return _region(weight, delta) + values

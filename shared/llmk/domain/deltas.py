@@ -175,9 +175,12 @@ def reach(delta: Delta) -> float:
         return float(magnitude.max())
     if delta.kind is Kind.ROWS:
         return float(magnitude.sum(dim=0).max())
-    ids = p["indices"]
-    ascending = ids.numel() < 2 or bool((ids[1:] > ids[:-1]).all())
-    return float(magnitude.max() if ascending else magnitude.sum())
+    return float(magnitude.max() if ascending(p["indices"]) else magnitude.sum())
+
+
+def ascending(ids: Tensor) -> bool:
+    """Strictly ascending positions, so none repeats: checked in one pass, where unique() sorts."""
+    return ids.numel() < 2 or bool((ids[1:] > ids[:-1]).all())
 
 
 def bound_after(before: float, kind: Kind, entry_reach: float) -> float:
