@@ -45,6 +45,8 @@ def apply_options(model: Model, options: Sequence[str]) -> list[str]:
         if odd:
             raise InvalidInput(f"2:4 sparsity needs input widths divisible by 4; not so for {odd[:3]}")
     quantized = any(o.kind == "int8" for o in parsed)
+    if parsed:
+        model.unfuse()  # the options replace weight tensors wholesale
     done = []
     for o in parsed:
         if o.kind == "int8":

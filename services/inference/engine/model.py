@@ -16,17 +16,37 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmk.errors import InvalidInput
-from services.inference.engine.attention import KVCache, Prefix, Step, additive, attend
+from services.inference.engine.attention import (
+    KVCache,
+    Prefix,
+    Step,
+    additive,
+    apply_rope,
+    attend,
+    padded_causal,
+    rope,
+)
 from services.inference.engine.config import ModelConfig
 
 # Buffers some checkpoints carry that are derived from the config, not learned: safe to ignore when loading.
 _DERIVED_BUFFERS = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
 
-def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-    # x: [B, H, T, hd]; rotates the two halves of each head, as Hugging Face's Llama does
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * rope[0] + torch.cat((-x2, x1), dim=-1) * rope[1]
+def fuse_linears(linears: Sequence[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """One weight [sum of outs, in] (and bias) for linears that read the same input, so one matmul runs them.
+
+    Each linear's weight becomes a view of its rows of the fused weight: an in-place update of a weight by its
+    Hugging Face name writes into the fused weight, so hot updates keep working unchanged."""
+    fused: dict[str, Tensor | None] = {"weight": None, "bias": None}
+    for attr in fused:
+        parts = [getattr(m, attr) for m in linears]
+        if parts[0] is None:  # the config gives all of them a bias or none
+            continue
+        fused[attr] = whole = torch.cat([p.detach() for p in parts])  # [sum of outs, ...]
+        for m, p, view in zip(linears, parts, whole.split([m.out_features for m in linears]), strict=True):
+            setattr(m, attr, nn.Parameter(view, requires_grad=p.requires_grad))
+    assert fused["weight"] is not None
+    return fused["weight"], fused["bias"]
 
 
 class RMSNorm(nn.Module):
@@ -61,16 +81,25 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
         self.v_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=c.attention_bias)
-        self.layer, self.head_dim = layer, c.head_dim
+        self.layer, self.head_dim, self.n_heads, self.n_kv_heads = layer, c.head_dim, c.n_heads, c.n_kv_heads
+        self.qkv: tuple[Tensor, Tensor | None] | None = None  # [q; k; v] weight and bias, see fuse()
+
+    def fuse(self) -> None:
+        self.qkv = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
 
     def forward(self, x: Tensor, step: Step) -> Tensor:
         # x: [B, T, D]
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         assert step.rope is not None
-        q, k = apply_rope(q, step.rope), apply_rope(k, step.rope)
+        if self.qkv is not None and not torch.is_grad_enabled():  # the fused weights carry no gradient
+            qkv = F.linear(x, *self.qkv).view(B, T, -1, self.head_dim)  # [B, T, H + 2 Hkv, hd]
+            qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv_heads], step.rope)
+            q, k, v = qk[:, :, : self.n_heads], qk[:, :, self.n_heads :], qkv[:, :, -self.n_kv_heads :]
+        else:
+            q = apply_rope(self.q_proj(x).view(B, T, -1, self.head_dim), step.rope)  # [B, T, H, hd]
+            k = apply_rope(self.k_proj(x).view(B, T, -1, self.head_dim), step.rope)  # [B, T, Hkv, hd]
+            v = self.v_proj(x).view(B, T, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H or Hkv, T, hd]
         return self.o_proj(attend(q, k, v, step, self.layer))
 
 
@@ -80,9 +109,17 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(c.dim, c.hidden_dim, bias=c.mlp_bias)
         self.up_proj = nn.Linear(c.dim, c.hidden_dim, bias=c.mlp_bias)
         self.down_proj = nn.Linear(c.hidden_dim, c.dim, bias=c.mlp_bias)
+        self.gate_up: tuple[Tensor, Tensor | None] | None = None  # [gate; up] weight and bias, see fuse()
+
+    def fuse(self) -> None:
+        self.gate_up = fuse_linears([self.gate_proj, self.up_proj])
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up is not None and not torch.is_grad_enabled():
+            gate, up = F.linear(x, *self.gate_up).chunk(2, dim=-1)  # [B, T, hidden] each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class LlamaBlock(nn.Module):
@@ -188,26 +225,37 @@ class Model(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.body.layers
 
+    def fuse(self) -> None:
+        """Fuse each Llama layer's q/k/v and gate/up projections (one matmul each) for inference."""
+        for m in self.modules():
+            if isinstance(m, LlamaAttention | LlamaMLP):
+                m.fuse()
+
+    def unfuse(self) -> None:
+        """Run each projection on its own weight again: before anything replaces a weight tensor wholesale
+        (pruning, int8, offloading, a move), after which the fused weight would be stale."""
+        for m in self.modules():
+            if isinstance(m, LlamaAttention):
+                m.qkv = None
+            elif isinstance(m, LlamaMLP):
+                m.gate_up = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Model:
+        self.unfuse()  # .to(), .half(), .cuda() replace every tensor
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
+
     def run_layers(self, x: Tensor, step: Step) -> Tensor:
         """The one place the decoder layers run, so offloading can wrap it layer by layer."""
         for layer in self.layers:
             x = layer(x, step)
         return x
 
-    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
-        c = self.config
-        if c.family != "llama":
-            return None
-        exponents = torch.arange(0, c.head_dim, 2, device=positions.device, dtype=torch.float32) / c.head_dim
-        inv_freq = 1.0 / (c.rope_theta**exponents)  # [hd / 2]
-        freqs = positions[..., None].float() * inv_freq  # [B, T, hd / 2]
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, hd]
-        dtype = self.lm_head.weight.dtype
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
     def _hidden(self, tokens: Tensor, step: Step) -> Tensor:
         # tokens: [B, T] -> x: [B, T, D], after the final norm
-        step.rope = self._rope(step.positions)
+        c = self.config
+        step.rope = (
+            rope(step.positions, c.head_dim, c.rope_theta, self._dtype) if c.family == "llama" else None
+        )
         x = self.body.embed(tokens, step.positions)
         return self.body.norm(self.run_layers(x, step))
 
@@ -223,14 +271,7 @@ class Model(nn.Module):
         valid = attention_mask.bool()
         P = prefix.length if prefix is not None else 0
         positions = P + (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        T, device = input_ids.shape[1], input_ids.device
-        idx = torch.arange(T, device=device)
-        causal = idx[None, :] <= idx[:, None]  # [T, T]
-        # A padded query attends to itself alone so its row is never empty (no NaN); it is ignored anyway.
-        mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=device)  # [B, T, T]
-        if P:
-            mask = torch.cat((mask.new_ones(mask.shape[0], T, P), mask), dim=-1)  # [B, T, P + T]
-        step = Step(positions=positions, mask=additive(mask[:, None], self._dtype), prefix=prefix)
+        step = Step(positions=positions, mask=padded_causal(valid, P, self._dtype), prefix=prefix)
         return self._hidden(input_ids, step)
 
     def encode_prefix(self, token_ids: Sequence[int]) -> Prefix:
@@ -266,13 +307,15 @@ class Model(nn.Module):
         tokens = torch.nn.utils.rnn.pad_sequence(
             [torch.as_tensor(t, device=device) for t in token_ids], batch_first=True
         )  # [B, T]
-        starts = torch.tensor([cache.lengths[s] for s in slots], device=device)
+        lengths = [cache.lengths[s] for s in slots]
+        starts = torch.tensor(lengths, device=device)
         if int((starts + n).max()) > cache.max_len:
             raise InvalidInput(f"sequence would exceed the cache length {cache.max_len}")
         offsets = torch.arange(tokens.shape[1], device=device)
         real = offsets < n[:, None]  # [B, T]; padding is neither written to the cache nor read
         positions = (starts[:, None] + offsets).clamp(max=cache.max_len - 1)
-        x = self._run_cached(slots, tokens, positions, None if bool(real.all()) else real)  # [B, T, D]
+        same = lengths[0] if len(set(lengths)) == 1 else None
+        x = self._run_cached(slots, tokens, positions, None if bool(real.all()) else real, same)  # [B, T, D]
         for s, length in zip(slots, n.tolist(), strict=True):
             cache.lengths[s] += length
         return self.lm_head(x[torch.arange(len(slots), device=device), n - 1])
@@ -290,7 +333,8 @@ class Model(nn.Module):
         lengths = [cache.lengths[s] for s in slots]
         if max(lengths) + 1 > cache.max_len:
             raise InvalidInput(f"sequence would exceed the cache length {cache.max_len}")
-        x = self._run_cached(slots, tokens, torch.tensor(lengths, device=device)[:, None])
+        same = lengths[0] if len(set(lengths)) == 1 else None
+        x = self._run_cached(slots, tokens, torch.tensor(lengths, device=device)[:, None], start=same)
         for s in slots:
             cache.lengths[s] += 1
         return self.lm_head(x[:, -1])
@@ -301,21 +345,33 @@ class Model(nn.Module):
         return self.cache
 
     def _run_cached(
-        self, slots: Sequence[int], tokens: Tensor, positions: Tensor, real: Tensor | None = None
+        self,
+        slots: Sequence[int],
+        tokens: Tensor,
+        positions: Tensor,
+        real: Tensor | None = None,
+        start: int | None = None,
     ) -> Tensor:
+        """`start`: every row's tokens start at this position (slots of equal length), which lets one
+        token per row attend every cached key with no mask at all."""
         # tokens, positions, real: [B, T] -> final hidden states [B, T, D]; keys up to each query's position
         device = tokens.device
-        span = int(positions.max()) + 1
-        mask = torch.arange(span, device=device) <= positions[..., None]  # [B, T, S]
+        span = int(positions.max()) + 1 if start is None else start + tokens.shape[1]
+        mask = None
+        if start is None or tokens.shape[1] > 1:
+            allowed = torch.arange(span, device=device) <= positions[..., None]  # [B, T, S]
+            mask = additive(allowed[:, None], self._dtype)
         lo = slots[0]
         in_order = list(slots) == list(range(lo, lo + len(slots)))
         step = Step(
             positions=positions,
-            mask=additive(mask[:, None], self._dtype),
+            mask=mask,
             cache=self.cache,
             slots=torch.tensor(list(slots), device=device),
             slot_range=(lo, lo + len(slots)) if in_order else None,
             real=real,
+            span=span,
+            start=start if in_order and real is None else None,
         )
         return self._hidden(tokens, step)
 
@@ -333,7 +389,8 @@ def build_model(
 ) -> Model:
     """Build on the meta device (no wasted init), then adopt the tensors under their Hugging Face names.
 
-    Tensors already on `device` in `dtype` are shared, not copied: an in-place update reaches the model."""
+    Tensors already on `device` in `dtype` are shared, not copied, except the projections that are fused
+    (copied into one weight per layer; their names then address views of it)."""
     cfg = ModelConfig.from_hf(config)
     with torch.device("meta"):
         model = Model(cfg)
@@ -351,4 +408,5 @@ def build_model(
     model.load_state_dict(state, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.get_parameter(embed_name)
+    model.fuse()
     return model.eval()

@@ -64,6 +64,7 @@ def fit_budget(
     if rules.placement is not None:
         raise InvalidInput("this model already has a memory budget")
     plan = _plan(model, budget_bytes, device)
+    model.unfuse()  # layers are moved and released tensor by tensor
     if plan.offloaded:
         stager = _Stager(model, plan, Path(source) if source is not None else None)
         rules.placement = stager

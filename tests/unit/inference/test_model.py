@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmk.domain.deltas import Delta, Kind
 from llmk.errors import InvalidInput
 from services.inference.engine.model import ModelConfig, build_model
+from services.inference.engine.weights import set_weight
+from services.inference.patching import apply_in_place
 
 from .conftest import VOCAB, Pair
 
@@ -82,6 +85,27 @@ def test_forward_is_differentiable(tiny: Pair) -> None:
     grads = [p.grad for p in tiny.ours.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     tiny.ours.zero_grad(set_to_none=True)
+
+
+def test_updates_by_name_reach_the_fused_projections(tiny_llama: Pair) -> None:
+    """q/k/v and gate/up each run as one matmul; their named weights are views of the fused weight, so a hot
+    update written in place (set_weight, a sparse entry patched in) changes what the fused pass computes."""
+    model, ids = tiny_llama.ours, _ids(2, 8)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    new = torch.randn_like(state["model.layers.0.self_attn.k_proj.weight"])
+    state["model.layers.0.self_attn.k_proj.weight"] = new
+    set_weight(model, "model.layers.0.self_attn.k_proj.weight", new)
+    up = "model.layers.1.mlp.up_proj.weight"
+    sparse = Delta(
+        Kind.SPARSE, {"indices": torch.tensor([0, 77, 500]), "values": torch.tensor([1.0, -2.0, 3.0])}
+    )
+    state[up].view(-1)[sparse.parts["indices"]] += sparse.parts["values"]
+    apply_in_place(model, up, sparse)
+    rebuilt = build_model(tiny_llama.hf.config.to_dict(), state)
+    assert model.layers[0].self_attn.qkv is not None and model.layers[1].mlp.gate_up is not None
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), rebuilt(ids), atol=ATOL, rtol=0)
+        assert not torch.allclose(model(ids), tiny_llama.hf(ids).logits, atol=ATOL)  # it did change
 
 
 def test_parameter_names_are_hugging_face_names(tiny: Pair) -> None:
