@@ -1,6 +1,7 @@
 """The inference tier's contract: the client the composition root's factory hands out answers the same
 records and raises the same llmk errors whether the model is served in this process or by a worker over
-gRPC (tests/contract/conftest.py runs every test with both). A tiny seeded model keeps it fast."""
+gRPC (tests/contract/conftest.py runs every test with both). A tiny seeded model keeps it fast; the store
+behind it is SQLite only, since the store's own suite covers PostgreSQL."""
 
 from __future__ import annotations
 
