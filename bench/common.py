@@ -24,9 +24,9 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> float:
     return statistics.median(times)
 
 
-def write(name: str, rows: list[dict[str, Any]], command: str) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{name}.json"
+def write(name: str, rows: list[dict[str, Any]], command: str, folder: Path = RESULTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.json"
     payload = {
         "bench": name,
         "command": command,
