@@ -13,7 +13,8 @@ from typing import Any
 
 from llmk.errors import Unavailable
 
-MAX_WORDS = 64  # longer texts: only their first words are occluded (one variant per word)
+CHUNK = 64  # texts per request (a worker's default max_texts)
+MAX_WORDS = CHUNK - 1  # a text and its variants fit one request, so one version scores them all
 
 # texts -> {"version": int, "results": [{"label", "probabilities"}, ...]}, one version for all of them
 Classify = Callable[[Sequence[str]], dict[str, Any]]
@@ -37,20 +38,30 @@ def without(words: Sequence[str], drop: set[int]) -> str:
     return " ".join(w for i, w in enumerate(words) if i not in drop)
 
 
-def explain(classify: Classify, text: str, chunk: int = 64, label: str | None = None) -> Explanation:
-    """Occlusion attributions for `label` (default: the label `classify` gives `text`)."""
+def variants(text: str) -> tuple[list[str], list[str]]:
+    """The text's words, and the texts to score: the text itself, then one per occluded word."""
     words = text.split()
     occluded = [without(words, {i}) or "." for i in range(min(len(words), MAX_WORDS))]
-    texts = [text, *occluded]
-    answers, versions = [], set()
-    for start in range(0, len(texts), chunk):  # one request per chunk; every answer names its version
-        answer = classify(texts[start : start + chunk])
-        answers += answer["results"]
-        versions.add(int(answer["version"]))
+    return words, [text, *occluded]
+
+
+def attribute(
+    text: str, words: list[str], answers: Sequence[dict[str, Any]], label: str | None
+) -> Explanation:
+    """The explanation from the answers to variants(text), in order, each {"version", "results"}."""
+    results = [r for a in answers for r in a["results"]]
+    versions = {int(a["version"]) for a in answers}
     if len(versions) != 1:
         raise Unavailable(f"the served version changed while explaining ({sorted(versions)}); try again")
-    label = label or answers[0]["label"]
-    base = float(answers[0]["probabilities"][label])
-    drops = [base - float(a["probabilities"][label]) for a in answers[1:]]
+    label = label or results[0]["label"]
+    base = float(results[0]["probabilities"][label])
+    drops = [base - float(r["probabilities"][label]) for r in results[1:]]
     drops += [0.0] * (len(words) - len(drops))
     return Explanation(text, label, base, versions.pop(), words, drops)
+
+
+def explain(classify: Classify, text: str, chunk: int = CHUNK, label: str | None = None) -> Explanation:
+    """Occlusion attributions for `label` (default: the label `classify` gives `text`)."""
+    words, texts = variants(text)
+    answers = [classify(texts[start : start + chunk]) for start in range(0, len(texts), chunk)]
+    return attribute(text, words, answers, label)

@@ -4,7 +4,8 @@ Items go to the inference queue one per message, up to `in_flight` at a time, so
 stay full and a killed worker's unacknowledged items are delivered again. Answers are taken in stream
 order, so per-ticker moods see the stream as it came. Every item read is counted once: as scored (stored
 with the version that scored it) or as rejected (stored with the reason), an item already scored among
-them: in = scored + rejected, always.
+them: in = scored + rejected, always. An alert opens once its evidence is explained; the explanation's
+requests travel beside the stream's, so the stream never waits for them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from llmk.app.explain import explain
+from llmk.app.explain import CHUNK, attribute, variants
 from llmk.app.monitor_records import AlertRecord, Evidence, MonitorRepo, RejectRecord, ScoreRecord
 from llmk.app.stream import Item, Rejected
 from llmk.domain.alerts import AlertRules, Change, Moods, Scored, tickers_in
@@ -30,6 +31,7 @@ MAX_GROUP_WAIT = 0.25  # seconds the first item of an unfilled group waits for c
 
 class Pending(Protocol):
     def result(self, timeout: float | None = None) -> dict[str, Any]: ...
+    def ready(self) -> bool: ...
 
 
 class Scoring(Protocol):
@@ -83,6 +85,18 @@ class MonitorConfig:
     timeout: float = 300.0
 
 
+@dataclass
+class Opening:
+    """An alert whose evidence is being explained: per evidence item, its words and the answers on the way."""
+
+    change: Change
+    at: datetime
+    asked: list[tuple[Scored, list[str], list[Pending]]]
+
+    def ready(self) -> bool:
+        return all(p.ready() for _, _, answers in self.asked for p in answers)
+
+
 class Monitor:
     def __init__(
         self,
@@ -101,6 +115,7 @@ class Monitor:
         self.on_alert = on_alert or (lambda _: None)
         self.on_done = on_done or (lambda _: None)  # an item is stored: its source may forget it
         self._open: dict[tuple[str, str], AlertRecord] = {}
+        self._opening: dict[tuple[str, str], Opening] = {}  # explained while the stream flows on
 
     def run(self, items: Iterable[Item | Rejected | None], stop: threading.Event | None = None) -> Summary:
         """Score `items` to their end (or until `stop` is set); returns the counts.
@@ -113,6 +128,7 @@ class Monitor:
             if entry is None:
                 self._send()
                 self._finish(0)
+                self._open_explained(wait=False)
                 continue
             self.summary.read += 1
             if isinstance(entry, Rejected):
@@ -125,10 +141,12 @@ class Monitor:
                 ):
                     self._send()
             self._finish(self.config.in_flight - 1)
+            self._open_explained(wait=False)
             if stop is not None and stop.is_set():
                 break
         self._send()
         self._finish(0)
+        self._open_explained(wait=True)
         self.on_progress(self.summary)
         return self.summary
 
@@ -196,22 +214,42 @@ class Monitor:
         self.summary.rejected += 1
 
     def _alert(self, change: Change) -> None:
+        """Clear an open alert now; open one once its evidence is explained (the stream goes on meanwhile)."""
         key = (change.ticker, change.direction)
-        now = datetime.now(UTC)
-        if change.cleared:
-            if (opened := self._open.pop(key, None)) is not None:
-                self.repo.clear_alert(opened.id, now)
-                log.warning(
-                    "alert cleared: %s %s (share %.2f of %d mentions)", *key, change.share, change.mentions
-                )
+        if not change.cleared:
+            self._opening[key] = self._ask_why(change)
             return
-        evidence, version = self._evidence(change)
+        if key in self._opening:  # cleared before its explanation came back: open it first
+            self._open[key] = self._open_alert(self._opening.pop(key))
+        if (opened := self._open.pop(key, None)) is not None:
+            self.repo.clear_alert(opened.id, datetime.now(UTC))
+            log.warning(
+                "alert cleared: %s %s (share %.2f of %d mentions)", *key, change.share, change.mentions
+            )
+
+    def _ask_why(self, change: Change) -> Opening:
+        """Send the occluded variants of the items that moved the mood most, without waiting for them."""
+        asked = []
+        for scored in change.items[: self.config.evidence_items]:
+            words, texts = variants(scored.text)
+            answers = [self.scoring.submit(texts[i : i + CHUNK]) for i in range(0, len(texts), CHUNK)]
+            asked.append((scored, words, answers))
+        return Opening(change, datetime.now(UTC), asked)
+
+    def _open_explained(self, wait: bool) -> None:
+        for key, opening in list(self._opening.items()):
+            if wait or opening.ready():
+                self._open[key] = self._open_alert(self._opening.pop(key))
+
+    def _open_alert(self, opening: Opening) -> AlertRecord:
+        change = opening.change
+        evidence, version = self._evidence(opening)
         alert = self.repo.open_alert(
             AlertRecord(
                 self.config.model,
                 change.ticker,
                 change.direction,
-                now,
+                opening.at,
                 version,
                 round(change.share, 4),
                 change.mentions,
@@ -219,7 +257,6 @@ class Monitor:
                 run=self.summary.run,
             )
         )
-        self._open[key] = alert
         self.summary.alerts += 1
         log.warning(
             "alert: %s %s (%d of %d mentions) — %s",
@@ -230,18 +267,18 @@ class Monitor:
             "; ".join(f"{e.text[:60]!r} {[w for w, _ in e.top_tokens[:3]]}" for e in evidence),
         )
         self.on_alert(alert)
+        return alert
 
-    def _classify(self, texts: Sequence[str]) -> dict[str, Any]:
-        return self.scoring.submit(texts).result(self.config.timeout)
-
-    def _evidence(self, change: Change) -> tuple[list[Evidence], int]:
+    def _evidence(self, opening: Opening) -> tuple[list[Evidence], int]:
         """The items that moved the mood most, each with the words that drove its label."""
+        change = opening.change
         out: list[Evidence] = []
         version = change.items[0].version if change.items else 0
-        for scored in change.items[: self.config.evidence_items]:
+        for scored, words, answers in opening.asked:
             try:
                 # the words behind the alert's direction, on the version serving now (it may be newer)
-                why = explain(self._classify, scored.text, label=change.direction)
+                results = [a.result(self.config.timeout) for a in answers]
+                why = attribute(scored.text, words, results, label=change.direction)
             except LlmkError as e:
                 log.warning("could not explain item %s: %s", scored.item_id, e)
                 continue

@@ -65,6 +65,10 @@ class PendingClassify:
             raise Unavailable(f"no inference worker answered within {timeout} s") from None
         return {**answer, "version": int(answer["version"])}
 
+    def ready(self) -> bool:
+        """Answered (or failed): result() will not wait."""
+        return bool(self._result.ready())
+
 
 class QueuedClassifier:
     """Puts classify work for one model on the inference queue; any worker serving the model answers."""

@@ -54,6 +54,9 @@ class Answered:
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         return self.answer
 
+    def ready(self) -> bool:
+        return True
+
 
 class HostScoring:
     """The served model in this process, answering as the inference queue does."""

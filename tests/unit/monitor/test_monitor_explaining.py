@@ -1,0 +1,73 @@
+"""An alert's evidence is explained while the stream flows on: the monitor never waits for it mid-stream."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmk.adapters.db import make_engine
+from llmk.adapters.migrate import upgrade
+from llmk.adapters.monitor_db import MonitorDb
+from llmk.app.monitor import Monitor, MonitorConfig
+from llmk.app.stream import Item
+from llmk.domain.alerts import AlertRules
+
+STREAM = [f"$ACME falls sharply, item {i}" for i in range(12)]
+
+
+class Answer:
+    def __init__(self, answer: dict[str, Any], ready: Any):
+        self.answer, self._ready = answer, ready
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        return self.answer
+
+    def ready(self) -> bool:
+        return bool(self._ready())
+
+
+class SlowToExplain:
+    """The inference tier as the monitor sees it: stream items answer at once; an explanation's variants
+    (texts that are not stream items) only count as ready once the whole stream is scored."""
+
+    def __init__(self) -> None:
+        self.scored = 0
+
+    def submit(self, texts: Sequence[str]) -> Answer:
+        results = [self._scores(t) for t in texts]
+        stream = all(t in STREAM for t in texts)
+        return Answer({"version": 1, "results": results}, lambda: stream or self.scored >= len(STREAM))
+
+    @staticmethod
+    def _scores(text: str) -> dict[str, Any]:
+        negative = 0.9 if "falls" in text else 0.4  # leaving out "falls" lowers it: the top word
+        rest = (1 - negative) / 2
+        probabilities = {"negative": negative, "positive": rest, "neutral": rest}
+        return {"label": "negative", "probabilities": probabilities, "prompt_tokens": 4}
+
+
+def test_an_alert_opens_once_explained_without_holding_up_the_stream(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'llmk.db'}")
+    upgrade(engine)
+    repo, scoring = MonitorDb(engine), SlowToExplain()
+    scored_when_opened: list[int] = []
+    config = MonitorConfig("m", AlertRules(window=4, threshold=0.6, min_mentions=3), group=1, in_flight=1)
+
+    def count(summary: Any) -> None:
+        scoring.scored = summary.scored
+
+    monitor = Monitor(
+        repo,
+        scoring,
+        config,
+        "r",
+        on_progress=count,
+        on_alert=lambda _: scored_when_opened.append(scoring.scored),
+    )
+    summary = monitor.run(Item(f"i{n}", t) for n, t in enumerate(STREAM))
+    assert (summary.scored, summary.alerts) == (len(STREAM), 1)
+    assert scored_when_opened == [len(STREAM)]  # the stream never stopped for the explanation
+    [alert] = repo.alerts("m", "r")
+    assert alert.direction == "negative" and len(alert.evidence) == 3
+    assert all(e.top_tokens[0][0] == "falls" for e in alert.evidence)
