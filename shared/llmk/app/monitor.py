@@ -1,11 +1,11 @@
 """The monitor: a stream of items is scored by the inference tier, stored, and watched for alerts.
 
 Items go to the inference queue in groups of `group` texts per message, up to `in_flight` items at a
-time, so the workers' batchers stay full and a killed worker's unacknowledged items are delivered again. Answers are taken in stream
-order, so per-ticker moods see the stream as it came. Every item read is counted once: as scored (stored
-with the version that scored it) or as rejected (stored with the reason), an item already scored among
-them: in = scored + rejected, always. An alert opens once its evidence is explained; the explanation's
-requests travel beside the stream's, so the stream never waits for them.
+time, so the workers' batchers stay full and a killed worker's unacknowledged items are delivered again.
+Answers are taken in stream order, so per-ticker moods see the stream as it came. Every item read is
+counted once: as scored (stored with the version that scored it) or as rejected (stored with the reason),
+an item already scored among them: in = scored + rejected, always. An alert opens once its evidence is
+explained; the explanation's requests travel beside the stream's, so the stream never waits for them.
 """
 
 from __future__ import annotations
