@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -14,6 +16,8 @@ from llmk.domain import deltas
 from llmk.domain.names import matches
 from llmk.domain.versions import Entry, Version, part_key
 from llmk.errors import Corrupt
+
+log = logging.getLogger(__name__)
 
 Lineage = dict[str, list[Entry]]  # tensor name -> entries newest first, ending at a full one
 
@@ -52,8 +56,14 @@ def plan(
                 done.add(e.name)
     snapshot_names: list[str] = []
     if snapshot:
-        with objects.open_tensors(snapshot) as f:
-            snapshot_names = [k for k in f.keys() if want(k)]
+        try:
+            with objects.open_tensors(snapshot) as f:
+                snapshot_names = [k for k in f.keys() if want(k)]
+        except Corrupt as e:  # a cache, never the truth: drop it and plan from the deltas beneath it
+            log.warning("snapshot %s of %s@%s dropped: %s", snapshot[:12], model, version_id, e)
+            catalog.drop_snapshots(snapshot)
+            objects.remove(snapshot, partial(catalog.is_referenced, snapshot))
+            return plan(catalog, objects, model, version_id, want)
     missing = [n for n in lineage if n not in done and n not in snapshot_names]
     if missing:
         raise Corrupt(f"{model}@{version_id}: no full value beneath the deltas of {missing[:3]}")

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmk.adapters.importers import load_source
 from llmk.app.store import CommitInfo, Store
+from llmk.domain.deltas import Delta, Kind
 from llmk.errors import Corrupt
 from llmk.wiring import open_store
 from tests.conftest import make_settings
@@ -59,3 +61,29 @@ def test_scrub_quarantines_damaged_objects_and_exits_non_zero(store: Store, tmp_
     assert (tmp_path / "home" / "objects" / "quarantine" / sha).exists()
     with pytest.raises(Corrupt, match="missing"):
         store.materialize("tiny", "main")
+
+
+@pytest.mark.parametrize("operation", ["commit", "freeze", "diff", "rollback"])
+def test_a_damaged_cached_snapshot_is_read_around_by_every_operation(tmp_path: Path, operation: str) -> None:
+    """A snapshot is a cache: damaged (or quarantined by a scrub), it is dropped and the deltas are read,
+    instead of refusing commits, freezes, diffs and rollbacks until some full read drops it."""
+    s = open_store(make_settings(tmp_path / "home", cache_chain_length=1))
+    first = s.create_model("m", {"w": torch.zeros(4), "n": torch.zeros(4)}, {}, {}, CommitInfo())
+    s.commit("m", {"w": Delta(Kind.DENSE, {"diff": torch.ones(4)})})
+    s.materialize("m")  # caches main's values
+    [snapshot] = s.catalog.snapshots()
+    flip_in_place(s.objects.path(snapshot.object))
+    one = Delta(Kind.DENSE, {"diff": torch.ones(4)})
+    if operation == "commit":
+        s.commit("m", {"n": one})
+        assert torch.equal(s.materialize("m")["n"], torch.ones(4))
+    elif operation == "freeze":
+        assert s.freeze("m", ["n"]).frozen == ["n"]
+    elif operation == "diff":
+        assert [c.name for c in s.diff("m", str(first.id), "main")] == ["w"]
+    else:
+        s.freeze("m", ["n"])  # a rollback then compares the frozen values of both versions
+        s.rollback("m", str(first.id))
+        assert torch.equal(s.materialize("m")["w"], torch.zeros(4))
+    assert s.catalog.snapshots() == [] or snapshot.object not in {x.object for x in s.catalog.snapshots()}
+    s.catalog.engine.dispose()
