@@ -6,19 +6,24 @@ import logging
 import signal
 import threading
 
+from llmk.app.store import Store
 from llmk.config import Settings
 from llmk.rpc.security import Tls
 from llmk.rpc.server import make_server
 from llmk.v1 import store_pb2_grpc
 from llmk.wiring import open_store
 from services.store.metrics import Metrics
+from services.store.scrubber import Scrubber
 from services.store.servicer import MUTATING, SERVICE, StoreServicer
 
 log = logging.getLogger("llmk.store")
 
 
-def build(settings: Settings, metrics: Metrics | None = None):  # noqa: ANN201 - returns (grpc.Server, port)
-    servicer = StoreServicer(open_store(settings), settings, metrics)
+def build(  # noqa: ANN201 - returns (grpc.Server, port)
+    settings: Settings, metrics: Metrics | None = None, store: Store | None = None
+):
+    """The store service, over `store` when the caller keeps one (to scrub it, to close it), else its own."""
+    servicer = StoreServicer(store or open_store(settings), settings, metrics)
     return make_server(
         [lambda s: store_pb2_grpc.add_ParameterStoreServicer_to_server(servicer, s)],
         [SERVICE],
@@ -34,8 +39,10 @@ def build(settings: Settings, metrics: Metrics | None = None):  # noqa: ANN201 -
 def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     metrics = Metrics()
-    server, port = build(settings, metrics)
+    store = open_store(settings)
+    server, port = build(settings, metrics, store)
     server.start()
+    scrubber = Scrubber(store, settings.scrub_interval_seconds, metrics).start()
     if settings.metrics_port:
         print(f"llmk store metrics on port {metrics.serve(settings.metrics_port)}", flush=True)
     log.warning("llmk store serving on port %d (database %s)", port, settings.sqlalchemy_url.split("@")[-1])
@@ -44,6 +51,7 @@ def main(settings: Settings | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
+    scrubber.stop()
     server.stop(grace=5).wait()
 
 

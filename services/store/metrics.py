@@ -2,7 +2,8 @@
 
 What an operator watches on the store: how many versions are committed and how large they are, how often
 writers collide on a branch head (conflicts: raise the optimizer's retry budget or split branches), how
-fast weights stream out to workers, and whether any stored object failed its checksum (never served).
+fast weights stream out to workers, and whether any stored object failed its checksum (never served), on a
+read or in the background scrub.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class Metrics:
             "Reads refused because a stored object was missing or failed its checksum",
             registry=r,
         )
+        self.scrubs = Counter("llmk_store_scrubs", "Background scrub passes completed", registry=r)
+        self.scrub_damaged = Counter(
+            "llmk_store_scrub_damaged_objects",
+            "Damaged object files the background scrub found and quarantined (restore them from a backup)",
+            registry=r,
+        )
 
     @contextmanager
     def track(self, method: str) -> Iterator[None]:
@@ -70,6 +77,10 @@ class Metrics:
     def committed(self, kind: str, version: Version) -> None:
         self.commits.labels(kind).inc()
         self.bytes_written.inc(sum(e.nbytes for e in version.entries))
+
+    def scrubbed(self, damaged: list[str]) -> None:
+        self.scrubs.inc()
+        self.scrub_damaged.inc(len(damaged))
 
     def streamed(
         self, method: str, chunks: Iterator[common_pb2.TensorChunk]

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         2 << 30,
         description="Bytes of cached materializations kept; the least recently used go first; 0 = no cache",
     )
+    scrub_interval_seconds: float = Field(
+        86400.0,
+        description="`llmk serve store` re-hashes every object file this often and quarantines damaged ones "
+        "(as `llmk store scrub`); the first pass one interval after start; 0 = off",
+    )
     max_header_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted safetensors header")
     max_model_bytes: int = Field(
         16 << 30, description="Most tensor bytes one commit or import stream may declare; larger is refused"

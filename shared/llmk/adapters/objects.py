@@ -214,13 +214,23 @@ class ObjectStore:
             raise Corrupt(f"object {sha[:12]} is not a readable safetensors file: {e}") from None
 
     def scrub(self) -> list[str]:
-        """Re-hash every object, whatever was verified before; damaged ones move to quarantine/."""
+        """Re-hash every object, whatever was verified before; damaged ones move to quarantine/.
+
+        Safe beside a serving store: a file removed meanwhile (gc, an evicted snapshot) is skipped, and one
+        that a writer re-published intact between the hash and the move is put back."""
         damaged = []
         for sha, path in list(self.list()):
-            if sha256_file(path) != sha:
-                self._verified.pop(sha, None)
+            try:
+                if sha256_file(path) == sha:
+                    continue
                 (self.root / "quarantine").mkdir(exist_ok=True)
-                os.replace(path, self.root / "quarantine" / sha)
+                os.replace(path, quarantined := self.root / "quarantine" / sha)
+            except FileNotFoundError:
+                continue
+            self._verified.pop(sha, None)
+            if sha256_file(quarantined) == sha:
+                os.replace(quarantined, path)
+            else:
                 damaged.append(sha)
         return damaged
 
