@@ -27,26 +27,10 @@ from services.inference.engine.attention import (
     rope,
 )
 from services.inference.engine.config import ModelConfig
+from services.inference.engine.fusing import FileMaps, fuse_linears
 
 # Buffers some checkpoints carry that are derived from the config, not learned: safe to ignore when loading.
 _DERIVED_BUFFERS = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
-
-
-def fuse_linears(linears: Sequence[nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    """One weight [sum of outs, in] (and bias) for linears that read the same input, so one matmul runs them.
-
-    Each linear's weight becomes a view of its rows of the fused weight: an in-place update of a weight by its
-    Hugging Face name writes into the fused weight, so hot updates keep working unchanged."""
-    fused: dict[str, Tensor | None] = {"weight": None, "bias": None}
-    for attr in fused:
-        parts = [getattr(m, attr) for m in linears]
-        if parts[0] is None:  # the config gives all of them a bias or none
-            continue
-        fused[attr] = whole = torch.cat([p.detach() for p in parts])  # [sum of outs, ...]
-        for m, p, view in zip(linears, parts, whole.split([m.out_features for m in linears]), strict=True):
-            setattr(m, attr, nn.Parameter(view, requires_grad=p.requires_grad))
-    assert fused["weight"] is not None
-    return fused["weight"], fused["bias"]
 
 
 class RMSNorm(nn.Module):
@@ -84,8 +68,8 @@ class LlamaAttention(nn.Module):
         self.layer, self.head_dim, self.n_heads, self.n_kv_heads = layer, c.head_dim, c.n_heads, c.n_kv_heads
         self.qkv: tuple[Tensor, Tensor | None] | None = None  # [q; k; v] weight and bias, see fuse()
 
-    def fuse(self) -> None:
-        self.qkv = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
+    def fuse(self, files: FileMaps) -> None:
+        self.qkv = fuse_linears([self.q_proj, self.k_proj, self.v_proj], files)
 
     def forward(self, x: Tensor, step: Step) -> Tensor:
         # x: [B, T, D]
@@ -111,8 +95,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(c.hidden_dim, c.dim, bias=c.mlp_bias)
         self.gate_up: tuple[Tensor, Tensor | None] | None = None  # [gate; up] weight and bias, see fuse()
 
-    def fuse(self) -> None:
-        self.gate_up = fuse_linears([self.gate_proj, self.up_proj])
+    def fuse(self, files: FileMaps) -> None:
+        self.gate_up = fuse_linears([self.gate_proj, self.up_proj], files)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None and not torch.is_grad_enabled():
@@ -227,9 +211,10 @@ class Model(nn.Module):
 
     def fuse(self) -> None:
         """Fuse each Llama layer's q/k/v and gate/up projections (one matmul each) for inference."""
+        files = FileMaps()
         for m in self.modules():
             if isinstance(m, LlamaAttention | LlamaMLP):
-                m.fuse()
+                m.fuse(files)
 
     def unfuse(self) -> None:
         """Run each projection on its own weight again: before anything replaces a weight tensor wholesale
