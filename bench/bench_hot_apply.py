@@ -55,7 +55,7 @@ def fresh_database() -> Iterator[str]:
 def served_version(stub: inference_pb2_grpc.InferenceStub) -> int:
     request = inference_pb2.GenerateRequest(prompt="Hi", max_tokens=1)
     *_, last = stub.Generate(request)
-    return int(last.version)
+    return last.version
 
 
 def hot_apply(store, stub, tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, list[float]]:  # noqa: ANN001

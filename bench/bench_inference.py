@@ -169,7 +169,7 @@ def hot_apply(
         start = time.perf_counter()
         v = store.commit("smollm2", change, info=CommitInfo(message=f"1% sparse {i}"))
         committed = time.perf_counter()
-        while host.generate(probe).result().version != str(v.id):
+        while host.generate(probe).result().version != v.id:
             pass
         total.append((time.perf_counter() - start) * 1000)
         worker.append((time.perf_counter() - committed) * 1000)

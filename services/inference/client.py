@@ -31,7 +31,7 @@ class LocalInferenceClient:
     ) -> Classification:
         answer = self.host.classify(texts, labels, template, self.model, self.ref)
         results = [LabelScores(s.label, s.probabilities, s.prompt_tokens) for s in answer.results]
-        return Classification(int(answer.version), results)
+        return Classification(answer.version, results)
 
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
         r = request
@@ -43,7 +43,7 @@ class LocalInferenceClient:
                 yield item
             else:
                 yield Finished(
-                    int(item.version), item.finish_reason, item.prompt_tokens, item.completion_tokens
+                    item.version, item.finish_reason, item.prompt_tokens, item.completion_tokens
                 )
 
     def close(self) -> None:

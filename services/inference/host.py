@@ -32,7 +32,7 @@ log = logging.getLogger("llmk.inference")
 @dataclass(frozen=True)
 class Info:
     model: str = ""
-    version: str = ""
+    version: int = 0  # 0 when nothing is served
     branch: str = ""  # the branch followed for hot updates; empty when pinned to a tag or a version id
     device: str = ""
     dtype: str = ""
@@ -52,7 +52,7 @@ class Scores:
 @dataclass(frozen=True)
 class Classification:
     results: list[Scores]
-    version: str
+    version: int
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Generation:
 
     stream: Stream
     generator: Generator
-    pin: str
+    pin: int  # 0: not pinned
     metrics: Metrics
     started: float = field(default_factory=time.perf_counter)
     finished: bool = False
@@ -111,7 +111,7 @@ class Host:
         self.metrics = metrics or Metrics()
         self.metrics.active_sequences.set_function(self._active_count)
         self._served: Served | None = None
-        self._tasks: dict[tuple[str, str], TaskSpec | None] = {}  # (model, version) -> its task
+        self._tasks: dict[tuple[str, int], TaskSpec | None] = {}  # (model, version) -> its task
         self._lock = threading.RLock()  # one load, unload or update at a time
         self.follower = Follower(
             store, settings, self.metrics, lambda: self._served, self._lock, self._publish
@@ -213,8 +213,8 @@ class Host:
             raise
         return Generation(stream, served.generator, pin, self.metrics)
 
-    def _serving(self, model: str, version: str) -> tuple[Served, str]:
-        """The loaded model if it is the one asked, and the pinned version's id ("" when none is pinned).
+    def _serving(self, model: str, version: str) -> tuple[Served, int]:
+        """The loaded model if it is the one asked, and the pinned version's id (0 when none is pinned).
 
         NOT_FOUND for names the store does not know, FAILED_PRECONDITION for what is not loaded here.
         A pin may be a version id, a tag or a branch: it must resolve to the version being served."""
@@ -226,9 +226,11 @@ class Host:
             raise FailedPrecondition(f"model {model or '(any)'} is not loaded by this worker: {loaded}")
         if served.broken:
             raise Unavailable(served.broken)
-        pin = version
-        if version and version != served.version:
-            pin = str(self.store.version(served.name, version).id)  # raises NotFound for an unknown version
+        pin = 0
+        if version == str(served.version):
+            pin = served.version
+        elif version:  # any other ref (an id, a tag, a branch) is resolved by the store, once
+            pin = self.store.version(served.name, version).id  # raises NotFound for an unknown version
             if pin != served.version:
                 raise FailedPrecondition(
                     f"{served.name} version {version} is not loaded (serving {served.version})"
@@ -243,7 +245,7 @@ class Host:
     def _task(self, served: Served) -> TaskSpec | None:
         key = (served.name, served.version)
         if key not in self._tasks:
-            self._tasks[key] = task_of(self.store, served.name, served.version)
+            self._tasks[key] = task_of(self.store, served.name, str(served.version))
         return self._tasks[key]
 
     def _classify_template(self, template: str) -> str:

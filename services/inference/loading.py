@@ -47,15 +47,11 @@ class Served:
     broken: str = ""  # set when an undo failed: the weights are not one version, so nothing is served
 
     @property
-    def version(self) -> str:
+    def version(self) -> int:
         return self.generator.version
 
-    @property
-    def version_id(self) -> int:
-        return int(self.generator.version)
-
     def stamp(self, version: int) -> None:
-        self.generator.version = self.batcher.version = str(version)  # the engines label answers with text
+        self.generator.version = self.batcher.version = version
 
     def close(self) -> None:
         self.generator.close()
@@ -83,7 +79,7 @@ def build_served(
     model = build_model(config, tensors, "cpu" if s.weight_budget else device, dtype)
     del tensors
     prepare_weights(model, options, s.weight_budget, device)
-    version = str(v.id)
+    version = v.id
     generator = Generator(
         model,
         tokenizer,

@@ -94,10 +94,10 @@ class Metrics:
     def classified(self, prompt_tokens: int) -> None:
         self.tokens.labels("prompt").inc(prompt_tokens)
 
-    def serving(self, model: str, branch: str, version: str, resident: int, total: int) -> None:
+    def serving(self, model: str, branch: str, version: int, resident: int, total: int) -> None:
         self.served_version.clear()
         if model:
-            self.served_version.labels(model, branch).set(int(version) if version.isdigit() else -1)
+            self.served_version.labels(model, branch).set(version or -1)
         self.resident_bytes.set(resident)
         self.total_bytes.set(total)
 

@@ -45,7 +45,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
     ) -> pb.ModelReadyResponse:
         info = self.host.info()
-        ready = bool(info.model) and request.name == info.model and request.version in ("", info.version)
+        ready = bool(info.model) and request.name == info.model and request.version in ("", str(info.version))
         return pb.ModelReadyResponse(ready=ready)
 
     def ServerMetadata(
@@ -61,7 +61,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise NotFound(f"model {request.name!r} is not served here (serving {info.model or 'nothing'})")
         return pb.ModelMetadataResponse(
             name=info.model,
-            versions=[info.version],
+            versions=[str(info.version)],
             platform=PLATFORM,
             inputs=[
                 Tensor(name="text", datatype="BYTES", shape=[-1]),
@@ -117,9 +117,9 @@ def encode_outputs(
     labels = list(answer.results[0].probabilities)
     rows = [[s.probabilities[label] for label in labels] for s in answer.results]
     response = pb.ModelInferResponse(
-        model_name=request.model_name, model_version=answer.version, id=request.id
+        model_name=request.model_name, model_version=str(answer.version), id=request.id
     )
-    response.parameters["version"].string_param = answer.version
+    response.parameters["version"].string_param = str(answer.version)
     response.parameters["labels"].string_param = ",".join(labels)
     for name in wanted:
         if name == "probabilities":

@@ -91,11 +91,11 @@ class Follower:
             if served is None or not served.branch:
                 return
             mine = [e for e in events if e.model == served.name and e.branch == served.branch]
-            newest = max((e.version for e in mine), default=served.version_id)
+            newest = max((e.version for e in mine), default=served.version)
             if check_head:
                 newest = max(newest, self.store.head(served.name, served.branch))
-            if newest > served.version_id:
-                self._update(served, newest, changed_since(served.version_id, newest, mine))
+            if newest > served.version:
+                self._update(served, newest, changed_since(served.version, newest, mine))
 
     def _update(self, served: Served, target: int, named: list[str] | None) -> None:
         """`named`: the tensors changed since the served version, from the events (None: unknown)."""
@@ -121,7 +121,7 @@ class Follower:
         self, served: Served, target: int, named: list[str] | None
     ) -> tuple[Patch, dict[str, torch.Tensor]]:
         """The entries to apply in place, and the whole values of the other changed tensors."""
-        steps = self.store.steps(served.name, served.version_id, target)
+        steps = self.store.steps(served.name, served.version, target)
         if steps is not None:
             patch = plan(served.model, steps)
         else:
@@ -133,7 +133,7 @@ class Follower:
         return patch, values
 
     def _changed(self, served: Served, target: int) -> list[str]:
-        return self.store.changed(served.name, served.version_id, target)
+        return self.store.changed(served.name, served.version, target)
 
     def _apply(self, served: Served, patch: Patch, values: dict[str, torch.Tensor]) -> None:
         done: list[str] = []
@@ -152,7 +152,7 @@ class Follower:
     def _restore(self, served: Served, names: list[str]) -> None:
         """Read the served values back from the store, whatever form (int8, offloaded) the weights take."""
         try:
-            for name, value in self.store.fetch(served.name, served.version, names=names).items():
+            for name, value in self.store.fetch(served.name, str(served.version), names=names).items():
                 set_weight(served.model, name, value)
         except Exception as e:
             served.broken = f"a failed update could not be undone ({e}); reload the model"

@@ -265,7 +265,7 @@ def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
         texts = ["Shares jump after record quarterly profit", "The company files for bankruptcy"]
         sent = app.send_task(tasks.CLASSIFY, kwargs={"texts": texts, "labels": ["up", "down"]})
         answer = sent.get(timeout=180)
-        assert answer["version"] == "1" and len(answer["results"]) == 2
+        assert answer["version"] == 1 and len(answer["results"]) == 2
         assert all(r["label"] in ("up", "down") for r in answer["results"])
 
         broker = queues(vhost.rsplit("/", 1)[1])

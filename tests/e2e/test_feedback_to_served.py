@@ -64,7 +64,7 @@ def test_feedback_becomes_a_version_the_worker_serves(tmp_path: Path) -> None:
                 time.sleep(0.05)
             job = runtime.jobs.get_job(job.id)
             assert job.status == COMPLETED, job.error
-            committed = str(job.commits[-1].version)
+            committed = job.commits[-1].version
             while (
                 after := host.classify(["is 3 odd?"], list(TASK.labels), TASK.template)
             ).version != committed:

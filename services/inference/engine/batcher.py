@@ -34,7 +34,7 @@ MAX_TEMPLATES = 16  # templates whose prefix is kept; the least recently built o
 class Probabilities(list[dict[str, float]]):
     """One {label: probability} dict per prompt, and the weight version that computed them all."""
 
-    def __init__(self, rows: list[dict[str, float]], version: str = ""):
+    def __init__(self, rows: list[dict[str, float]], version: int = 0):
         super().__init__(rows)
         self.version = version
 
@@ -60,7 +60,7 @@ class ClassifyBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 256,
         separator: str = " ",
-        version: str = "",
+        version: int = 0,
         on_batch: Callable[[int], None] | None = None,
     ):
         self.model, self.tokenizer, self.separator = model, tokenizer, separator
@@ -70,7 +70,7 @@ class ClassifyBatcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._carry: list[_Job | None] = []  # at most one item that opens the next batch
         self._prefixes: dict[str, Prefix | None] = {}  # template -> its prefix for the weights of `_served`
-        self._served: tuple[str, int] = (version, writes(model))
+        self._served: tuple[int, int] = (version, writes(model))
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="llmk-classify-batcher", daemon=True)
         self._thread.start()

@@ -52,7 +52,7 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | "eos" | "cancelled"
-    version: str  # the weight version the whole sequence was computed with
+    version: int  # the weight version the whole sequence was computed with
 
 
 class Stream:
@@ -138,7 +138,7 @@ class _Sequence:
     params: SamplingParams
     text: TextDecoder
     rng: torch.Generator | None = None
-    version: str = ""
+    version: int = 0  # the weight version that computed every token (0: unlabelled)
     slot: int = -1
     fed: int = 0  # prompt tokens already in the cache
     token_ids: list[int] = field(default_factory=list)
@@ -160,7 +160,7 @@ class Generator:
         max_waiting: int = 64,
         max_seq_len: int = 2048,
         eos_token_ids: Sequence[int] | None = None,
-        version: str = "",
+        version: int = 0,
         between_steps: Callable[[], None] | None = None,
         idle_poll_s: float = 0.05,
         prefill_chunk: int = 256,

@@ -42,7 +42,7 @@ class GrpcInferenceClient:
         )
         reply = self.stub.Classify(request)
         results = [LabelScores(r.label, dict(r.probabilities), r.prompt_tokens) for r in reply.results]
-        return Classification(int(reply.version), results)
+        return Classification(reply.version, results)
 
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
         try:
@@ -51,7 +51,7 @@ class GrpcInferenceClient:
                     yield chunk.text
                 if chunk.done:
                     yield Finished(
-                        int(chunk.version), chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens
+                        chunk.version, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens
                     )
         except grpc.RpcError as e:  # a stream fails while it is read, not when it is opened
             raise from_rpc_error(e) from None

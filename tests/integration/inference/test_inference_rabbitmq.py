@@ -64,7 +64,7 @@ def test_tasks_are_shared_by_every_worker_process_and_answered_over_rpc(
         with Connection(rabbitmq_url) as connection:  # the broker is shared: leave no queue behind
             connection.default_channel.queue_delete(queue)
     for text, answer in zip(TEXTS * 4, answers, strict=True):
-        assert answer["version"] == "1" and answer["results"][0]["label"] == expected[text]
+        assert answer["version"] == 1 and answer["results"][0]["label"] == expected[text]
     assert here > 0 and there > 0 and here + there == len(sent)  # both workers took tasks, none twice
 
 
@@ -77,12 +77,12 @@ def test_a_commit_reaches_a_worker_process_through_the_fanout(
     store = LocalStoreClient(open_store(publishing))
     with grpc.insecure_channel(worker.address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
-        assert stub.Info(inference_pb2.InfoRequest()).version == "1"
+        assert stub.Info(inference_pb2.InfoRequest()).version == 1
         v = store.commit_full(name, perturbed(store, name, ["model.layers.0.mlp.up_proj.weight"], 1))
         deadline = time.monotonic() + 30
-        while (info := stub.Info(inference_pb2.InfoRequest())).version != str(v.id):
+        while (info := stub.Info(inference_pb2.InfoRequest())).version != v.id:
             assert time.monotonic() < deadline, "the event never reached the worker"
             time.sleep(0.05)
         assert info.update_error == ""
         reply = stub.Classify(inference_pb2.ClassifyRequest(texts=["x"], labels=LABELS, version=str(v.id)))
-        assert reply.version == str(v.id)
+        assert reply.version == v.id

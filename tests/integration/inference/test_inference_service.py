@@ -75,7 +75,7 @@ def test_cli_metrics_and_head_polling_against_a_worker_process(
     with grpc.insecure_channel(worker.address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         deadline = time.monotonic() + 30
-        while stub.Info(inference_pb2.InfoRequest()).version != str(v.id):
+        while stub.Info(inference_pb2.InfoRequest()).version != v.id:
             assert time.monotonic() < deadline, "the worker never served the new version"
             time.sleep(0.1)
     done = llmk(worker.address, home, "classify", "--model", f"{name}@{v.id}", "--json", "x")

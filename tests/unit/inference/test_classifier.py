@@ -125,7 +125,7 @@ def _gap(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
 
 def test_batcher_recomputes_the_template_prefix_when_the_weights_change(byte_tokenizer: Any) -> None:
     model = tiny_llama_pair().ours  # its own copy: the weights change below
-    batcher = ClassifyBatcher(model, byte_tokenizer, max_wait_ms=0, version="1")
+    batcher = ClassifyBatcher(model, byte_tokenizer, max_wait_ms=0, version=1)
     assert (
         _gap(
             batcher.classify(PROMPTS, LABELS, FINANCE),
@@ -145,9 +145,9 @@ def test_batcher_recomputes_the_template_prefix_when_the_weights_change(byte_tok
 
     with batcher.lock, torch.no_grad():  # a new version stamped on weights changed by other means
         model.get_parameter("model.layers.1.self_attn.v_proj.weight").normal_()
-        batcher.version = "2"
+        batcher.version = 2
     after_stamp = batcher.classify(PROMPTS, LABELS, FINANCE)
     batcher.close()
-    assert after_stamp.version == "2"
+    assert after_stamp.version == 2
     assert _gap(after_stamp, classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE)) < 1e-4
     assert _gap(after_stamp, uncached) > 1e-3

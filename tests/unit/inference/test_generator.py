@@ -138,7 +138,7 @@ def test_waiting_limit_raises_resource_exhausted(make_generator: Any) -> None:
 
 
 def test_versions_never_mix_within_a_sequence(make_generator: Any) -> None:
-    generator = make_generator(version="v1")
+    generator = make_generator(version=1)
     old = generator.submit(Request("hello", max_tokens=60))
     _wait_until(lambda: generator.active_count == 1)
     assert generator.pause(timeout=10)  # returns once the old sequence has finished
@@ -146,9 +146,9 @@ def test_versions_never_mix_within_a_sequence(make_generator: Any) -> None:
     new = generator.submit(Request("hello", max_tokens=5))
     time.sleep(0.05)
     assert generator.waiting_count == 1  # not admitted while paused
-    generator.version = "v2"
+    generator.version = 2
     generator.resume()
-    assert (old.result().version, new.result().version) == ("v1", "v2")
+    assert (old.result().version, new.result().version) == (1, 2)
 
 
 def test_between_steps_runs_only_while_no_sequence_is_active(make_generator: Any) -> None:

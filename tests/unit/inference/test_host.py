@@ -50,7 +50,7 @@ def test_serves_the_stored_model_like_the_engine_over_the_same_weights(served: S
     info = served.host.info()
     assert (info.model, info.version, info.branch, info.device, info.dtype) == (
         "tiny",
-        "1",
+        1,
         "main",
         "cpu",
         "float32",
@@ -61,7 +61,7 @@ def test_serves_the_stored_model_like_the_engine_over_the_same_weights(served: S
     tokenizer = load_tokenizer(client, "tiny", list(client.model("tiny").files), 258)
     answer = served.host.classify(TEXTS, LABELS)
     expected = classify(model, tokenizer, TEXTS, LABELS, TEMPLATE.replace("{text}", "{prompt}"))
-    assert answer.version == "1"
+    assert answer.version == 1
     for scores, probs, text in zip(answer.results, expected, TEXTS, strict=True):
         assert scores.probabilities == pytest.approx(probs, abs=1e-6)
         assert scores.label == max(probs, key=probs.__getitem__)
@@ -71,7 +71,7 @@ def test_serves_the_stored_model_like_the_engine_over_the_same_weights(served: S
     with Generator(model, tokenizer, max_active=1, max_seq_len=128) as alone:
         reference = alone.submit(Request("The market", max_tokens=20)).result()
     assert result.token_ids == reference.token_ids
-    assert (result.text, result.version, result.prompt_tokens) == (reference.text, "1", 10)
+    assert (result.text, result.version, result.prompt_tokens) == (reference.text, 1, 10)
 
 
 def test_chat_messages_use_the_stored_chat_template(served: Served) -> None:
@@ -85,8 +85,8 @@ def test_a_tag_or_version_id_is_served_without_following(served: Served) -> None
     assert served.host.load("tiny", "stable").branch == ""
     served.client.commit_full("tiny", perturbed(served.client, "tiny", ["model.norm.weight"], 1))
     served.host.load("tiny", "1")
-    assert (served.host.info().version, served.host.info().branch) == ("1", "")
-    assert served.host.load("tiny", "2").version == "2"
+    assert (served.host.info().version, served.host.info().branch) == (1, "")
+    assert served.host.load("tiny", "2").version == 2
 
 
 def test_unknown_models_and_versions_are_not_found(served: Served) -> None:
@@ -100,7 +100,7 @@ def test_unknown_models_and_versions_are_not_found(served: Served) -> None:
         served.host.classify(TEXTS, LABELS, version="999")
     with pytest.raises(NotFound):
         served.host.generate(Request("x"), version="not-a-version")
-    assert served.host.info().version == "1"  # still serving
+    assert served.host.info().version == 1  # still serving
 
 
 def test_a_pinned_version_that_is_not_loaded_is_a_failed_precondition(served: Served) -> None:
@@ -110,8 +110,8 @@ def test_a_pinned_version_that_is_not_loaded_is_a_failed_precondition(served: Se
         served.host.classify(TEXTS, LABELS, version="2")
     with pytest.raises(FailedPrecondition):
         served.host.generate(Request("x"), version="2")
-    assert served.host.classify(TEXTS[:1], LABELS, version="1").version == "1"
-    assert served.host.generate(Request("x", max_tokens=2), version="1").result().version == "1"
+    assert served.host.classify(TEXTS[:1], LABELS, version="1").version == 1
+    assert served.host.generate(Request("x", max_tokens=2), version="1").result().version == 1
 
 
 def test_nothing_loaded_or_another_model_is_a_failed_precondition(served: Served) -> None:
@@ -155,7 +155,7 @@ def test_bad_classify_requests_are_invalid(
     try:
         with pytest.raises(InvalidInput, match=match):
             s.host.classify(texts, labels, template)
-        assert s.host.classify(["fine"], LABELS).version == "1"
+        assert s.host.classify(["fine"], LABELS).version == 1
         assert (
             s.host.metrics.count("llmk_inference_requests_total", task="classify", outcome="InvalidInput")
             == 1

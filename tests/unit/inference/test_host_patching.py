@@ -88,7 +88,7 @@ def test_entries_applied_in_place_match_a_full_fetch_bit_for_bit(host: Host, cli
     last = 0
     for entries in (every_kind(1), {UP0: more, EMBED: rows_set}, every_kind(2)):
         last = client.commit("tiny", entries).id
-    wait_until(lambda: host.info().version == str(last))
+    wait_until(lambda: host.info().version == last)
     assert host.info().update_error == ""
     assert client.fetched == [None], "no whole value was fetched after the load"
     assert client.stepped and client.stepped[-1][1] == last
@@ -101,9 +101,9 @@ def test_entries_applied_in_place_match_a_full_fetch_bit_for_bit(host: Host, cli
 
 def test_a_rollback_fetches_whole_values_of_the_changed_tensors(host: Host, client: CountingStore) -> None:
     v2 = client.commit("tiny", every_kind(3)).id
-    wait_until(lambda: host.info().version == str(v2))
+    wait_until(lambda: host.info().version == v2)
     back = client.rollback("tiny", "1").id
-    wait_until(lambda: host.info().version == str(back))
+    wait_until(lambda: host.info().version == back)
     assert sorted(client.fetched[-1] or []) == sorted(every_kind(3))
     fresh = client.fetch("tiny", "1")
     served = served_weights(host)

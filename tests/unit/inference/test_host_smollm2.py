@@ -65,7 +65,7 @@ def test_greedy_chat_generation_equals_transformers_generate(worker: Worker, smo
                 ]
             assert "".join(p.text for p in pieces) == tokenizer.decode(expected, skip_special_tokens=True)
             assert (last.prompt_tokens, last.completion_tokens) == (prompt.shape[1], len(expected))
-            assert last.version == "1"
+            assert last.version == 1
 
 
 def test_batched_classify_through_the_service_equals_one_at_a_time(worker: Worker) -> None:

@@ -43,7 +43,7 @@ def test_classify_without_labels_scores_the_stored_task_as_the_trainer_does(
     host, client = served
     answer = host.classify(TEXTS)
     assert [list(r.probabilities) for r in answer.results] == [list(TASK.labels)] * len(TEXTS)
-    trainer = load_trainer(client, "tiny", answer.version, task_of(client, "tiny", answer.version))
+    trainer = load_trainer(client, "tiny", str(answer.version), task_of(client, "tiny", str(answer.version)))
     with torch.no_grad():
         expected = trainer._label_scores([Example(text=t) for t in TEXTS]).softmax(-1)
     served_probs = torch.tensor([list(r.probabilities.values()) for r in answer.results])
@@ -54,10 +54,10 @@ def test_a_new_task_version_is_served_without_a_restart(served: tuple[Host, Loca
     host, client = served
     version = set_task(client, "tiny", TaskSpec(labels=("bull", "bear"), template="{text} ->"))
     deadline = time.monotonic() + 10
-    while host.info().version != str(version.id) and time.monotonic() < deadline:
+    while host.info().version != version.id and time.monotonic() < deadline:
         time.sleep(0.05)
     answer = host.classify(["Shares jump"])
-    assert answer.version == str(version.id)
+    assert answer.version == version.id
     assert list(answer.results[0].probabilities) == ["bull", "bear"]
     assert require_task(client, "tiny").labels == ("bull", "bear")
     assert require_task(client, "tiny", "2").labels == TASK.labels  # the older version keeps its task

@@ -95,7 +95,7 @@ def test_an_update_reads_only_the_entries_since_the_served_version(
     host: Host, client: RecordingStore
 ) -> None:
     v = client.commit_full("tiny", perturbed(client, "tiny", CHANGING[:2], 1))
-    wait_until(lambda: host.info().version == str(v.id))
+    wait_until(lambda: host.info().version == v.id)
     assert client.stepped == [(1, v.id)]
     assert {e.kind for e in v.entries} == {"full"}  # every value changed: whole values, of those tensors only
     assert sorted(client.fetched[-1] or []) == sorted(CHANGING[:2])
@@ -126,17 +126,17 @@ def test_answers_under_load_are_never_computed_from_a_mix_of_versions(
     threads = [threading.Thread(target=f) for f in (classify_forever, classify_forever, generate_forever)]
     for t in threads:
         t.start()
-    versions = ["1"]
+    versions = [1]
     for i in range(5):
         v = client.commit_full("tiny", perturbed(client, "tiny", CHANGING, 10 + i))
-        versions.append(str(v.id))
+        versions.append(v.id)
         wait_until(lambda: host.info().version == versions[-1])
         wait_until(lambda n=len(answers): len(answers) > n + 3)  # a few answers on each version
     stop.set()
     for t in threads:
         t.join()
 
-    expected = {v: expected_answers(client, v) for v in versions}
+    expected = {v: expected_answers(client, str(v)) for v in versions}
     distinct = [expected[v][0][0]["positive"] for v in versions]
     assert min(abs(a - b) for i, a in enumerate(distinct) for b in distinct[i + 1 :]) > 1e-5
     for version, answer in answers:
@@ -159,20 +159,20 @@ def test_a_failed_update_keeps_the_previous_version_and_is_reported(
     bad = client.commit_full("tiny", changes)  # CHANGING[0] is written first, then undone
     wait_until(lambda: host.info().update_error != "")
     info = host.info()
-    assert info.version == "1"
+    assert info.version == 1
     assert (
         f"could not apply version {bad.id}" in info.update_error and "zzz.unknown.weight" in info.update_error
     )
     assert host.metrics.count("llmk_inference_weight_updates_total", outcome="failed") == 1
     after = host.classify(TEXTS[:2], LABELS)
-    assert (after.version, after.results) == ("1", before.results)
+    assert (after.version, after.results) == (1, before.results)
 
 
 def test_a_rollback_is_applied_by_asking_the_store_what_differs(host: Host, client: RecordingStore) -> None:
     v2 = client.commit_full("tiny", perturbed(client, "tiny", CHANGING, 4))
-    wait_until(lambda: host.info().version == str(v2.id))
+    wait_until(lambda: host.info().version == v2.id)
     v3 = client.rollback("tiny", "1")  # its event says any tensor may differ
-    wait_until(lambda: host.info().version == str(v3.id))
+    wait_until(lambda: host.info().version == v3.id)
     assert sorted(client.fetched[-1] or []) == sorted(CHANGING)
     probs, _ = expected_answers(client, "1")
     assert flat([s.probabilities for s in host.classify(TEXTS[:2], LABELS).results]) == pytest.approx(
@@ -186,7 +186,7 @@ def test_a_missed_event_is_caught_up_from_the_branch_head(tmp_path: Path, client
     try:
         deaf.load("tiny")
         v = client.commit_full("tiny", perturbed(client, "tiny", CHANGING[:1], 5))
-        wait_until(lambda: deaf.info().version == str(v.id))
+        wait_until(lambda: deaf.info().version == v.id)
         assert client.stepped[-1] == (1, v.id)
     finally:
         deaf.close()
@@ -197,6 +197,6 @@ def test_a_pinned_request_refuses_an_answer_from_a_newer_version(host: Host, cli
     with generator.paused():  # the request waits in the queue while the update lands
         pinned = host.generate(Request(PROMPT, max_tokens=3), version="1")
         v = client.commit_full("tiny", perturbed(client, "tiny", CHANGING[:1], 6))
-        wait_until(lambda: host.info().version == str(v.id))
+        wait_until(lambda: host.info().version == v.id)
     with pytest.raises(FailedPrecondition, match="replaced"):
         pinned.result()

@@ -64,7 +64,7 @@ def test_batched_classify_equals_one_at_a_time(serve: Callable[..., Running]) ->
     expected = probabilities(*alone)
     assert probabilities(together) == pytest.approx(expected, abs=1e-5)
     assert probabilities(*concurrent) == pytest.approx(expected, abs=1e-5)
-    assert {r.version for r in [*alone, together, *concurrent]} == {"1"}
+    assert {r.version for r in [*alone, together, *concurrent]} == {1}
     assert [r.results[0].label for r in alone] == [r.label for r in together.results]
     metrics = running.worker.host.metrics
     batches = metrics.count("llmk_inference_batch_size_count")
@@ -82,7 +82,7 @@ def test_generate_streams_text_then_a_summary(serve: Callable[..., Running]) -> 
         24,
         10,
     )
-    assert last.version == "1"
+    assert last.version == 1
     chat = list(
         running.stub.Generate(pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="hi")]))
     )
@@ -148,7 +148,7 @@ def test_bad_requests_get_their_status(
             },
         )
     assert code_of(lambda: call(running.stub)) == getattr(grpc.StatusCode, status)
-    assert running.stub.Classify(pb.ClassifyRequest(texts=["still fine"], labels=LABELS)).version == "1"
+    assert running.stub.Classify(pb.ClassifyRequest(texts=["still fine"], labels=LABELS)).version == 1
 
 
 def test_a_burst_beyond_the_queue_is_resource_exhausted(serve: Callable[..., Running]) -> None:
@@ -195,7 +195,7 @@ def test_info_load_and_unload_need_the_token_when_one_is_set(serve: Callable[...
     info = running.stub.Info(pb.InfoRequest())
     assert (info.model, info.version, info.branch, info.device, info.dtype) == (
         "tiny",
-        "1",
+        1,
         "main",
         "cpu",
         "float32",
@@ -207,7 +207,7 @@ def test_info_load_and_unload_need_the_token_when_one_is_set(serve: Callable[...
     )
     token = [("authorization", "Bearer s3cret")]
     loaded = running.stub.Load(pb.LoadRequest(model="tiny", ref="1"), metadata=token)
-    assert (loaded.version, loaded.branch) == ("1", "")
+    assert (loaded.version, loaded.branch) == (1, "")
     assert running.stub.Unload(pb.UnloadRequest(), metadata=token).model == ""
     assert (
         code_of(lambda: running.stub.Classify(pb.ClassifyRequest(texts=["x"])))
@@ -226,5 +226,5 @@ def test_a_running_generation_blocks_nothing_else(serve: Callable[..., Running])
     stream = running.stub.Generate(pb.GenerateRequest(prompt="long", max_tokens=300))
     next(stream)
     reply = running.stub.Classify(pb.ClassifyRequest(texts=["quick"], labels=LABELS), timeout=10)
-    assert reply.version == "1"
+    assert reply.version == 1
     assert list(stream)[-1].completion_tokens == 300

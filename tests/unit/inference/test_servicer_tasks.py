@@ -59,7 +59,7 @@ def test_classify_task_answers_like_the_host(queue: Queue) -> None:
     answers = [s.get(timeout=30, interval=0.01) for s in sent]
     expected = queue.host.classify(TEXTS, LABELS)
     for answer, scores in zip(answers, expected.results, strict=True):
-        assert answer["version"] == "1"
+        assert answer["version"] == 1
         [result] = answer["results"]
         assert result["label"] == scores.label and result["prompt_tokens"] == scores.prompt_tokens
         assert [result["probabilities"][lab] for lab in LABELS] == pytest.approx(
@@ -76,7 +76,7 @@ def test_generate_task_returns_the_whole_answer(queue: Queue) -> None:
     result = answer.get(timeout=30, interval=0.01)
     expected = queue.host.generate(Request("The market", max_tokens=6)).result()
     assert result["token_ids"] == expected.token_ids and result["text"] == expected.text
-    assert (result["version"], result["completion_tokens"], result["finish_reason"]) == ("1", 6, "length")
+    assert (result["version"], result["completion_tokens"], result["finish_reason"]) == (1, 6, "length")
 
 
 @pytest.mark.parametrize(
@@ -106,4 +106,4 @@ def test_a_pinned_version_that_is_not_loaded_fails_its_precondition(queue: Queue
         queue.app.send_task(tasks.CLASSIFY, kwargs={"texts": ["x"], "version": str(other.id)}).get(
             timeout=30, interval=0.01
         )
-    assert queue.host.info().version == "1"  # the worker follows main
+    assert queue.host.info().version == 1  # the worker follows main
