@@ -6,6 +6,8 @@ import logging
 import signal
 import threading
 
+import grpc
+
 from llmk.app.store import Store
 from llmk.config import Settings
 from llmk.rpc.security import Tls
@@ -19,9 +21,9 @@ from services.store.servicer import MUTATING, SERVICE, StoreServicer
 log = logging.getLogger("llmk.store")
 
 
-def build(  # noqa: ANN201 - returns (grpc.Server, port)
+def build(
     settings: Settings, metrics: Metrics | None = None, store: Store | None = None
-):
+) -> tuple[grpc.Server, int]:
     """The store service, over `store` when the caller keeps one (to scrub it, to close it), else its own."""
     servicer = StoreServicer(store or open_store(settings), settings, metrics)
     return make_server(

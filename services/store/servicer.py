@@ -26,13 +26,15 @@ MUTATING = {
 
 
 class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
-    def __init__(self, store: Store, settings: Settings, metrics: Metrics | None = None):
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics | None = None) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
         self.chunk_bytes = min(settings.chunk_bytes, 4 << 20)
         self.max_stream_bytes = settings.max_model_bytes
 
-    def CreateModel(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
+    def CreateModel(
+        self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext
+    ) -> pb.VersionInfo:
         with self.metrics.track("CreateModel"):
             header, parts = _read_commit(request_iterator, self.max_stream_bytes)
             tensors = _full_tensors(header, parts)
@@ -41,7 +43,9 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         self.metrics.committed("create", v)
         return codec.version_to_pb(v)
 
-    def Commit(self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext):
+    def Commit(
+        self, request_iterator: Iterator[pb.CommitRequest], context: grpc.ServicerContext
+    ) -> pb.VersionInfo:
         with self.metrics.track("Commit"):
             header, parts = _read_commit(request_iterator, self.max_stream_bytes)
             parent = header.parent if header.HasField("parent") else None
@@ -55,26 +59,28 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         self.metrics.committed("full" if header.full_weights else "delta", v)
         return codec.version_to_pb(v)
 
-    def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext):
+    def GetModel(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         return codec.model_to_pb(self.store.model(request.model), self.store.refs(request.model))
 
-    def ListModels(self, request: common_pb2.Empty, context: grpc.ServicerContext):
+    def ListModels(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> pb.ModelList:
         return pb.ModelList(
             models=[codec.model_to_pb(m, self.store.refs(m.name)) for m in self.store.models()]
         )
 
-    def GetFile(self, request: pb.FileRequest, context: grpc.ServicerContext):
+    def GetFile(self, request: pb.FileRequest, context: grpc.ServicerContext) -> pb.FileData:
         with self.metrics.track("GetFile"):
             return pb.FileData(data=self.store.file(request.model, request.name))
 
-    def GetVersion(self, request: pb.VersionRequest, context: grpc.ServicerContext):
+    def GetVersion(self, request: pb.VersionRequest, context: grpc.ServicerContext) -> pb.VersionInfo:
         return codec.version_to_pb(self.store.version(request.model, request.ref or None))
 
-    def ListVersions(self, request: pb.LogRequest, context: grpc.ServicerContext):
+    def ListVersions(self, request: pb.LogRequest, context: grpc.ServicerContext) -> pb.VersionList:
         versions = self.store.log(request.model, request.ref or None, request.limit or 100)
         return pb.VersionList(versions=[codec.version_to_pb(v) for v in versions])
 
-    def FetchTensors(self, request: pb.FetchRequest, context: grpc.ServicerContext):
+    def FetchTensors(
+        self, request: pb.FetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.TensorChunk]:
         return self.metrics.streamed("FetchTensors", self._chunks(request))
 
     def _chunks(self, request: pb.FetchRequest) -> Iterator[common_pb2.TensorChunk]:
@@ -83,7 +89,7 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         )
         yield from to_chunks(tensors, self.chunk_bytes)
 
-    def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext):
+    def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext) -> pb.DiffReply:
         changes = self.store.diff(request.model, request.a, request.b)
         return pb.DiffReply(
             a=self.store.resolve(request.model, request.a),
@@ -91,13 +97,13 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
             changes=[codec.change_to_pb(c) for c in changes],
         )
 
-    def CreateRef(self, request: pb.RefRequest, context: grpc.ServicerContext):
+    def CreateRef(self, request: pb.RefRequest, context: grpc.ServicerContext) -> pb.RefInfo:
         if request.kind not in ("branch", "tag"):
             raise InvalidInput(f"ref kind must be 'branch' or 'tag', not {request.kind!r}")
         make = self.store.branch if request.kind == "branch" else self.store.tag
         return codec.ref_to_pb(make(request.model, request.name, request.from_ref or None))
 
-    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext):
+    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.VersionInfo:
         with self.metrics.track("Rollback"):
             info = CommitInfo(author=request.author or "llmk")
             v = self.store.rollback(
@@ -106,34 +112,34 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         self.metrics.committed("rollback", v)
         return codec.version_to_pb(v)
 
-    def Freeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext):
+    def Freeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         m = self.store.freeze(request.model, list(request.patterns))
         return codec.model_to_pb(m, self.store.refs(request.model))
 
-    def Unfreeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext):
+    def Unfreeze(self, request: pb.FreezeRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         m = self.store.unfreeze(request.model, list(request.patterns))
         return codec.model_to_pb(m, self.store.refs(request.model))
 
-    def Squash(self, request: pb.SquashRequest, context: grpc.ServicerContext):
+    def Squash(self, request: pb.SquashRequest, context: grpc.ServicerContext) -> pb.VersionInfo:
         with self.metrics.track("Squash"):
             info = CommitInfo(author=request.author or "llmk")
             v = self.store.squash(request.model, request.ref or None, info)
         self.metrics.committed("squash", v)
         return codec.version_to_pb(v)
 
-    def Gc(self, request: pb.GcRequest, context: grpc.ServicerContext):
+    def Gc(self, request: pb.GcRequest, context: grpc.ServicerContext) -> pb.GcReply:
         return pb.GcReply(removed=self.store.gc(request.dry_run))
 
-    def Stats(self, request: pb.ModelRequest, context: grpc.ServicerContext):
+    def Stats(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> pb.StatsReply:
         return pb.StatsReply(versions=[codec.stats_to_pb(s) for s in self.store.stats(request.model)])
 
-    def Head(self, request: pb.HeadRequest, context: grpc.ServicerContext):
+    def Head(self, request: pb.HeadRequest, context: grpc.ServicerContext) -> pb.HeadReply:
         return pb.HeadReply(version=self.store.head(request.model, request.branch or "main"))
 
-    def Changed(self, request: pb.ChangedRequest, context: grpc.ServicerContext):
+    def Changed(self, request: pb.ChangedRequest, context: grpc.ServicerContext) -> pb.ChangedReply:
         return pb.ChangedReply(names=self.store.changed(request.model, request.a, request.b))
 
-    def FetchSteps(self, request: pb.StepsRequest, context: grpc.ServicerContext):
+    def FetchSteps(self, request: pb.StepsRequest, context: grpc.ServicerContext) -> Iterator[pb.StepsChunk]:
         with self.metrics.track("FetchSteps"):
             steps = self.store.steps(request.model, request.from_version, request.to_version)
             yield from codec.steps_to_chunks(steps, self.chunk_bytes)

@@ -203,7 +203,7 @@ class Model(nn.Module):
 
     @property
     def body(self) -> LlamaBody | Gpt2Body:
-        return getattr(self, self.body_name)  # type: ignore[no-any-return]
+        return getattr(self, self.body_name)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -227,7 +227,7 @@ class Model(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> Model:
         self.unfuse()  # .to(), .half(), .cuda() replace every tensor
-        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
+        return super()._apply(fn, recurse)
 
     def run_layers(self, x: Tensor, step: Step) -> Tensor:
         """The one place the decoder layers run, so offloading can wrap it layer by layer."""

@@ -56,7 +56,7 @@ def weight_rules(model: nn.Module) -> WeightRules:
     if rules is None:
         rules = WeightRules()
         setattr(model, _RULES, rules)
-    return rules  # type: ignore[no-any-return]
+    return rules
 
 
 def register_form(model: nn.Module, name: str, convert: Convert) -> None:
@@ -129,7 +129,7 @@ def _read(model: nn.Module, rules: WeightRules, key: str) -> Tensor:
     if rules.placement is not None and rules.placement.shape_of(key) is not None:
         return rules.placement.read(key)
     owner_name, _, attr = key.rpartition(".")
-    return getattr(model.get_submodule(owner_name), attr)  # type: ignore[no-any-return]
+    return getattr(model.get_submodule(owner_name), attr)
 
 
 def _write(model: nn.Module, rules: WeightRules, key: str, value: Tensor) -> None:

@@ -22,9 +22,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from llmk.adapters.sessions import now, transaction, utc
 from llmk.domain.versions import Entry, Model, Ref, Snapshot, Version
@@ -121,12 +123,12 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
             dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
         @event.listens_for(engine, "begin")
-        def _begin(conn):  # noqa: ANN001 - take the write lock up front: no upgrade deadlocks
+        def _begin(conn: Connection) -> None:  # take the write lock up front: no upgrade deadlocks
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine

@@ -206,7 +206,7 @@ class ObjectStore:
     def get_bytes(self, sha: str) -> bytes:
         return self.verify(sha).read_bytes()
 
-    def open_tensors(self, sha: str):  # noqa: ANN201 - safetensors' handle type is private
+    def open_tensors(self, sha: str) -> safe_open:
         path = self.verify(sha)
         try:
             return safe_open(str(path), framework="pt")

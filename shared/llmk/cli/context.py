@@ -41,7 +41,7 @@ def tiers(ctx: typer.Context) -> Tiers:
     found = ctx.obj
     if found is None:
         raise RuntimeError("this command reaches the tiers: start it through services.compose (`llmk`)")
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 @dataclass
