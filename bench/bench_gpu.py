@@ -139,11 +139,10 @@ def hot_apply_ms(model: Model, device: torch.device, versions: int) -> list[floa
     for _ in range(versions):
         entries = {}
         for name, p in named.items():
-            k = max(1, p.numel() // 100)
-            idx = torch.randperm(p.numel(), generator=g)[:k].to(torch.int32)
-            entries[name] = Delta(
-                Kind.SPARSE_SET, {"indices": idx, "values": torch.randn(k, generator=g) * 0.02}
-            )
+            first = int(torch.randint(min(100, p.numel()), (1,), generator=g))  # every 100th value: unique
+            idx = torch.arange(first, p.numel(), 100, dtype=torch.int32)
+            values = torch.randn(idx.numel(), generator=g) * 0.02
+            entries[name] = Delta(Kind.SPARSE_SET, {"indices": idx, "values": values})
         sync(device)
         start = time.perf_counter()
         for name, delta in entries.items():
