@@ -30,6 +30,7 @@ $(GENERATED): $(if $(SYSTEM_PYTHON),,$(STAMP)) $(PROTOS)
 
 lint: proto
 	$(BIN)/ruff check shared services tests bench
+	$(BIN)/ruff format --check shared services tests bench
 	$(BIN)/mypy shared/llmk services
 	$(BIN)/lint-imports
 

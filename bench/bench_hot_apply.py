@@ -58,7 +58,7 @@ def served_version(stub: inference_pb2_grpc.InferenceStub) -> int:
     return last.version
 
 
-def hot_apply(store, stub, tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, list[float]]:  # noqa: ANN001
+def hot_apply(store, stub, tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, list[float]]:
     """Per run, milliseconds: the commit call, and commit start to the first answer on the new version."""
     out: dict[str, list[float]] = {"commit": [], "total": []}
     for i in range(RUNS):

@@ -33,7 +33,7 @@ LABELS = ["negative", "positive", "neutral"]
 HEADLINE = "Bank files for bankruptcy after massive loan losses"
 
 
-def _settings(home: Path):  # noqa: ANN202 - llmk.config is imported in the child, after the clock starts
+def _settings(home: Path):  # unannotated: llmk.config is imported in the child, after the clock starts
     from llmk.config import Settings
 
     return Settings(home=home, device="cpu", version_poll_seconds=0, classify_template=TEMPLATE)

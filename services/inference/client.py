@@ -42,9 +42,7 @@ class LocalInferenceClient:
             if isinstance(item, str):
                 yield item
             else:
-                yield Finished(
-                    item.version, item.finish_reason, item.prompt_tokens, item.completion_tokens
-                )
+                yield Finished(item.version, item.finish_reason, item.prompt_tokens, item.completion_tokens)
 
     def close(self) -> None:
         self.host.close()

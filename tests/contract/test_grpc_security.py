@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmk.app.clients import StoreClient
 from llmk.client import connect
 from llmk.config import Settings
 from llmk.errors import Unauthenticated, Unavailable
@@ -70,7 +71,7 @@ def tls(pki: Path, name: str | None, ca: str | None = "ca") -> dict:
     return {**cert, "tls_ca": pki / f"{ca}.pem" if ca else None}
 
 
-def client_of(settings: Settings, address: str, **overrides: object):  # noqa: ANN201 - a StoreClient
+def client_of(settings: Settings, address: str, **overrides: object) -> StoreClient:
     return connect(settings.model_copy(update={"store_address": address, **overrides}))
 
 
@@ -81,7 +82,8 @@ def test_mutual_tls_serves_only_clients_with_a_certificate_from_its_ca(
     trusted = client_of(settings, served.address, **tls(pki, "client"))
     try:
         v = trusted.create_model("m", W, {}, {})
-        assert torch.equal(trusted.fetch("m")["w"], W["w"]) and trusted.version("m").id == v.id
+        assert torch.equal(trusted.fetch("m")["w"], W["w"])
+        assert trusted.version("m").id == v.id
     finally:
         trusted.close()
     refused = {
@@ -92,7 +94,7 @@ def test_mutual_tls_serves_only_clients_with_a_certificate_from_its_ca(
     for label, overrides in refused.items():
         client = client_of(settings, served.address, **overrides)
         try:
-            with pytest.raises(Unavailable):
+            with pytest.raises(Unavailable):  # noqa: PT012 - fail() runs only if nothing was raised, naming the case
                 client.models()
                 pytest.fail(f"{label}: served")
         finally:
@@ -118,7 +120,8 @@ def test_reads_need_the_token_when_configured(settings: Settings, grpc_server: C
     wrong = client_of(settings, served.address, auth_token="s3cre")
     try:
         owner.create_model("m", W, {}, {})
-        assert owner.version("m").id == 1 and torch.equal(owner.fetch("m")["w"], W["w"])
+        assert owner.version("m").id == 1
+        assert torch.equal(owner.fetch("m")["w"], W["w"])
         for client in (anonymous, wrong):
             for read in (client.models, lambda c=client: c.version("m"), lambda c=client: c.fetch("m")):
                 with pytest.raises(Unauthenticated):
@@ -139,6 +142,8 @@ def test_llmk_health_checks_a_tls_server_with_the_tls_settings(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMK_")}
     with_certificate = {f"LLMK_{k.upper()}": str(v) for k, v in tls(pki, "client").items()}
     ok = subprocess.run(llmk, env=env | with_certificate, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    assert ok.returncode == 0, ok.stderr
+    assert "SERVING" in ok.stdout, ok.stderr
     plain = subprocess.run(llmk, env=env, capture_output=True, text=True, timeout=120)
-    assert plain.returncode == 11 and plain.stderr.startswith("llmk: error: ")
+    assert plain.returncode == 11
+    assert plain.stderr.startswith("llmk: error: ")

@@ -72,14 +72,16 @@ def opened(settings: Settings) -> Opener:
 def generated(client: InferenceClient, request: GenerateRequest) -> tuple[list[str], Finished]:
     items = list(client.generate(request))
     pieces, last = items[:-1], items[-1]
-    assert all(isinstance(p, str) for p in pieces) and isinstance(last, Finished)
+    assert all(isinstance(p, str) for p in pieces)
+    assert isinstance(last, Finished)
     return [str(p) for p in pieces], last
 
 
 def test_classify_scores_every_text_on_one_version(opened: Opener) -> None:
     with opened() as client:
         answer = client.classify(TEXTS, LABELS)
-    assert isinstance(answer, Classification) and answer.version == HEAD
+    assert isinstance(answer, Classification)
+    assert answer.version == HEAD
     assert len(answer.results) == len(TEXTS)
     for scores in answer.results:
         assert sorted(scores.probabilities) == sorted(LABELS)
@@ -93,8 +95,11 @@ def test_generate_streams_text_then_finished(opened: Opener) -> None:
         pieces, done = generated(client, GenerateRequest("Hi", max_tokens=6, chat=False))
         _, chat = generated(client, GenerateRequest("Hi", max_tokens=3))
     assert done.version == chat.version == HEAD
-    assert done.completion_tokens == 6 and done.finish_reason == "length" and "".join(pieces)
-    assert done.prompt_tokens == 2 and chat.prompt_tokens > done.prompt_tokens  # the chat template's turn
+    assert done.completion_tokens == 6
+    assert done.finish_reason == "length"
+    assert "".join(pieces)
+    assert done.prompt_tokens == 2
+    assert chat.prompt_tokens > done.prompt_tokens  # the chat template's turn
 
 
 @pytest.mark.parametrize("ref", [str(HEAD), "best", "main"])
@@ -124,7 +129,8 @@ BAD_GENERATE = {
 
 def one_line(error: LlmkError) -> str:
     message = str(error)
-    assert message and "\n" not in message
+    assert message
+    assert "\n" not in message
     return message
 
 

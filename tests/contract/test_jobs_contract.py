@@ -76,7 +76,8 @@ def raised(cls: type[LlmkError], call: object, *args: object) -> LlmkError:
     with pytest.raises(cls) as caught:
         call(*args)  # type: ignore[operator]
     assert type(caught.value) is cls
-    assert str(caught.value) and "\n" not in str(caught.value)
+    assert str(caught.value)
+    assert "\n" not in str(caught.value)
     return caught.value
 
 
@@ -91,12 +92,16 @@ def test_a_feedback_job_trains_into_committed_versions(optimizer: Optimizer) -> 
     assert first.input.count == 8
 
     job = wait_done(jobs, job.id)
-    assert job.status == COMPLETED and job.spec == SPEC and job.items == 8
+    assert job.status == COMPLETED
+    assert job.spec == SPEC
+    assert job.items == 8
     assert [c.step for c in job.commits] == [1, 2]
     assert all(c.version and c.version > optimizer.head for c in job.commits)
-    assert job.baseline is not None and job.metric is not None
+    assert job.baseline is not None
+    assert job.metric is not None
     assert jobs.get_job(job.id) == job
-    assert [j.id for j in jobs.list_jobs(MODEL)] == [job.id] and jobs.list_jobs("other") == []
+    assert [j.id for j in jobs.list_jobs(MODEL)] == [job.id]
+    assert jobs.list_jobs("other") == []
 
 
 def test_a_cancelled_job_takes_no_more_input(optimizer: Optimizer) -> None:

@@ -24,7 +24,8 @@ def test_a_losing_racer_leaves_no_object_file(env) -> None:
     files, before = object_files(env), env.history()
     with pytest.raises(Conflict):  # computed against the old head: its object is written, then refused
         env.client.commit(env.model, {NORM: sparse([3], [2.0])}, "main", env.first)
-    assert env.history() == before and object_files(env) == files
+    assert env.history() == before
+    assert object_files(env) == files
     assert env.head() == v2.id
 
 
@@ -62,7 +63,8 @@ def test_commit_text_no_backend_can_store_is_refused_before_anything_is_written(
             env.client.squash(env.model, author=info.author)
     with pytest.raises(InvalidInput):
         env.client.create_model("other", {"w": torch.ones(2)}, {}, {"config.json": b"{}"}, info)
-    assert env.history() == before and object_files(env) == files
+    assert env.history() == before
+    assert object_files(env) == files
     assert [m.name for m in env.client.models()] == [env.model]
 
 
@@ -90,7 +92,8 @@ def test_the_snapshot_cache_stays_within_its_budget_least_recently_used_first(ma
     for vid in (a, b, a, c):  # a is read again after b: b is the least recently used when c arrives
         assert_same_tensors(env.client.fetch(env.model, str(vid)), values[heads.index(vid)])
     cached = {s.version for s in env.inspect.catalog.snapshots()}
-    assert cached == {a, c} and snapshot_bytes(env) <= budget
+    assert cached == {a, c}
+    assert snapshot_bytes(env) <= budget
     on_disk = {sha for sha, _ in env.inspect.objects.list()}
     assert on_disk == env.inspect.catalog.referenced_objects(), "an evicted snapshot's file goes too"
     for vid, expected in zip(heads, values, strict=True):
@@ -100,7 +103,7 @@ def test_the_snapshot_cache_stays_within_its_budget_least_recently_used_first(ma
 
 def test_no_cache_at_all_with_a_zero_budget(make_env) -> None:
     env = make_env(cache_chain_length=2, snapshot_cache_bytes=0)
-    heads, values = long_chain(env, 3)
+    _, values = long_chain(env, 3)
     assert_same_tensors(env.client.fetch(env.model), values[-1])
     assert env.inspect.catalog.snapshots() == []
 
@@ -114,7 +117,8 @@ def test_a_failed_cache_write_never_fails_the_read(make_env) -> None:
     temp.write_bytes(b"")  # every object write now fails, as on a broken or read-only disk
     try:
         assert_same_tensors(env.client.fetch(env.model), values[-1])
-        assert env.inspect.catalog.snapshots() == [] and object_files(env) == files | {temp}
+        assert env.inspect.catalog.snapshots() == []
+        assert object_files(env) == files | {temp}
     finally:
         temp.unlink()
         temp.mkdir()
@@ -125,7 +129,7 @@ def test_a_failed_cache_write_never_fails_the_read(make_env) -> None:
 def test_a_damaged_snapshot_is_dropped_and_read_around(make_env) -> None:
     """A snapshot is a cache: the deltas beneath it are the truth and still verified."""
     env = make_env(cache_chain_length=2)
-    heads, values = long_chain(env, 3)
+    _, values = long_chain(env, 3)
     env.client.fetch(env.model)
     (snapshot,) = env.inspect.catalog.snapshots()
     corrupt_in_place(env.objects / snapshot.object[:2] / snapshot.object[2:])

@@ -34,14 +34,18 @@ def test_import_then_export_is_bit_exact(env, tmp_path) -> None:
         assert f.metadata() == {"model": env.model, "version": str(env.first)}
     assert_same_tensors(env.client.fetch(env.model, str(env.first)), env.tensors)
     model = env.client.model(env.model)
-    assert model.config["hidden_size"] == 64 and "config.json" in model.files
+    assert model.config["hidden_size"] == 64
+    assert "config.json" in model.files
     assert b'"hidden_size": 64' in env.client.file(env.model, "config.json")
     assert [(r.name, r.kind, r.version) for r in env.client.refs(env.model)] == [
         ("main", "branch", env.first)
     ]
     v = env.client.version(env.model)
-    assert v.id == env.first and v.parent is None and v.message == "import"
-    assert {e.name for e in v.entries} == set(env.tensors) and {e.kind for e in v.entries} == {"full"}
+    assert v.id == env.first
+    assert v.parent is None
+    assert v.message == "import"
+    assert {e.name for e in v.entries} == set(env.tensors)
+    assert {e.kind for e in v.entries} == {"full"}
     assert v.created_at.tzinfo is not None, "timestamps are timezone-aware UTC on every backend"
     assert abs(datetime.now(UTC) - v.created_at) < timedelta(minutes=5)
 
@@ -117,7 +121,8 @@ def test_prefix_and_glob_filters(env, tmp_path) -> None:
     glob = env.client.fetch("deep", selector="model.layers.1*")
     assert sorted({n.split(".")[2] for n in glob}) == ["1", "10", "11"]
     mlp = env.client.fetch("deep", selector="*.mlp.*")
-    assert len(mlp) == 12 and all(".mlp." in n for n in mlp)
+    assert len(mlp) == 12
+    assert all(".mlp." in n for n in mlp)
     exact = ["model.layers.10.mlp.up_proj.weight", "model.norm.weight"]
     assert_same_tensors(env.client.fetch("deep", names=exact), {n: tensors[n] for n in exact})
     both = env.client.fetch("deep", selector="model.layers.1", names=exact)
@@ -152,7 +157,9 @@ def test_commit_full_keeps_the_cheapest_exact_encoding(env, tmp_path) -> None:
         NORM: ("sparse_set", 1),
     }, "unchanged tensors get no entry; each change its cheapest exact form"
     sizes = {e.name: e.nbytes for e in v.entries}
-    assert sizes[UP0] == 82 * 8 and sizes[EMBED] == 4 + 64 * 4 and sizes[NORM] == 8
+    assert sizes[UP0] == 82 * 8
+    assert sizes[EMBED] == 4 + 64 * 4
+    assert sizes[NORM] == 8
     out = tmp_path / "v.safetensors"
     env.client.export(env.model, str(v.id), out)
     assert_same_tensors(load_file(str(out)), new)
@@ -163,7 +170,8 @@ def test_commit_full_keeps_the_cheapest_exact_encoding(env, tmp_path) -> None:
     v2 = env.client.commit_full(env.model, signed, "main", v.id)
     assert [(e.name, e.kind, e.nnz) for e in v2.entries] == [(NORM, "sparse_set", 1)]
     fetched = env.client.fetch(env.model, names=[NORM])[NORM]
-    assert same_bits(fetched, signed[NORM]) and torch.signbit(fetched[3])
+    assert same_bits(fetched, signed[NORM])
+    assert torch.signbit(fetched[3])
 
     before = env.history()
     with pytest.raises(InvalidInput, match="nothing changed"):
@@ -188,7 +196,8 @@ def test_diff_lists_changed_tensors_with_kind_nnz_and_norm(env) -> None:
     assert changes[EMBED].norm == pytest.approx(8.0)  # 64 values, each +1
 
     changes = {c.name: c for c in env.client.diff(env.model, str(env.first), "main")}
-    assert changes[UP0].kind == "mixed" and changes[UP0].nnz == 3
+    assert changes[UP0].kind == "mixed"
+    assert changes[UP0].nnz == 3
     assert env.client.diff(env.model, "main", str(v4.id)) == []
 
 
@@ -199,7 +208,8 @@ def test_branch_tag_and_rollback_only_add_history(env) -> None:
     exp = env.client.branch(env.model, "exp", "main")
     assert (exp.kind, exp.version) == ("branch", v2.id)
     v3 = env.client.commit(env.model, {K1: sparse([0], [1.0])}, "exp", v2.id)
-    assert env.head("main") == v2.id and env.head("exp") == v3.id
+    assert env.head("main") == v2.id
+    assert env.head("exp") == v3.id
     assert env.client.version(env.model, "base").id == first
 
     rb = env.client.rollback(env.model, "base")
@@ -216,7 +226,8 @@ def test_branch_tag_and_rollback_only_add_history(env) -> None:
 
     v5 = env.client.commit(env.model, {UP0: sparse([0], [1.0])}, "main", rb.id)
     after = env.client.fetch(env.model)
-    assert torch.equal(after[NORM], env.tensors[NORM]) and after[UP0][0, 0] == env.tensors[UP0][0, 0] + 1
+    assert torch.equal(after[NORM], env.tensors[NORM])
+    assert after[UP0][0, 0] == env.tensors[UP0][0, 0] + 1
     assert v5.basis == rb.id
     refs = {r.name: (r.kind, r.version) for r in env.client.refs(env.model)}
     assert refs == {"main": ("branch", v5.id), "exp": ("branch", v3.id), "base": ("tag", first)}
@@ -241,7 +252,9 @@ def test_freeze_rejects_a_touching_commit_whole(env) -> None:
     touching = {UP0: sparse([0], [1.0]), DOWN1: sparse([0], [1.0]), Q0: sparse([0], [1.0])}
     with pytest.raises(Frozen) as caught:
         env.client.commit(env.model, touching)
-    assert DOWN1 in str(caught.value) and Q0 in str(caught.value) and UP0 not in str(caught.value)
+    assert DOWN1 in str(caught.value)
+    assert Q0 in str(caught.value)
+    assert UP0 not in str(caught.value)
     new = {n: t.clone() for n, t in values.items()}
     new[DOWN1] += 1
     new[UP0] += 1
@@ -295,7 +308,8 @@ def test_squash_writes_a_bit_identical_base(env) -> None:
     sq = env.client.squash(env.model)
     assert (sq.parent, sq.basis, sq.metadata.get("squashed")) == (head, None, head)
     stored = env.client.version(env.model, str(sq.id))
-    assert {e.kind for e in stored.entries} == {"full"} and len(stored.entries) == len(values)
+    assert {e.kind for e in stored.entries} == {"full"}
+    assert len(stored.entries) == len(values)
     assert env.head() == sq.id
     assert_same_tensors(env.client.fetch(env.model), values)
     assert_same_tensors(env.client.fetch(env.model, "before"), values)
@@ -324,7 +338,8 @@ def test_idempotency_key_returns_the_first_version(env) -> None:
     v = env.client.commit(env.model, {UP0: sparse([0], [1.0])}, "main", env.first, info)
     history = env.history()
     again = env.client.commit(env.model, {UP0: sparse([0], [5.0])}, "main", env.first, info)
-    assert again.id == v.id and env.history() == history
+    assert again.id == v.id
+    assert env.history() == history
     assert env.client.fetch(env.model, names=[UP0])[UP0][0, 0] == env.tensors[UP0][0, 0] + 1
     assert env.client.version(env.model).idempotency_key == "job-42/step-7"
     other = env.client.commit(
@@ -343,7 +358,8 @@ def test_long_chains_are_served_from_a_cached_materialization(make_env) -> None:
     assert env.inspect.catalog.chain(env.model, head)[1] is None, "no snapshot before a read"
     assert_same_tensors(env.client.fetch(env.model), expected)
     chain, snapshot = env.inspect.catalog.chain(env.model, head)
-    assert snapshot is not None and chain == []
+    assert snapshot is not None
+    assert chain == []
     assert_same_tensors(env.client.fetch(env.model), expected)
     assert_same_tensors(
         env.client.fetch(env.model, selector="model.layers.0.mlp"),

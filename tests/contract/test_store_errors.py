@@ -76,7 +76,8 @@ def expect_each(error: type[Exception], cases: dict, *args: object) -> None:
 def test_not_found(env, tmp_path) -> None:
     before, refs = env.history(), env.client.refs(env.model)
     expect_each(NotFound, NOT_FOUND, env, tmp_path)
-    assert env.history() == before and env.client.refs(env.model) == refs
+    assert env.history() == before
+    assert env.client.refs(env.model) == refs
     assert not (tmp_path / "x.safetensors").exists()
 
 
@@ -97,7 +98,8 @@ def test_a_stale_parent_is_a_conflict(env) -> None:
     new[UP0] += 1
     with pytest.raises(Conflict):
         env.client.commit_full(env.model, new, "main", env.first)
-    assert env.history() == before and env.head() == v2.id
+    assert env.history() == before
+    assert env.head() == v2.id
     assert env.client.fetch(env.model, names=[UP0])[UP0].view(-1)[1] == env.tensors[UP0].view(-1)[1]
 
 
@@ -218,14 +220,15 @@ def test_a_corrupt_model_file_is_never_served(env) -> None:
         env.client.file(env.model, "config.json")
 
 
-def test_an_import_that_died_before_its_first_version_can_be_redone(store) -> None:  # noqa: ANN001
+def test_an_import_that_died_before_its_first_version_can_be_redone(store) -> None:
     from llmk.adapters.importers import load_source
     from llmk.app.store import CommitInfo
 
     imported = load_source("synthetic:llama-tiny")
     store.catalog.create_model("half", imported.config, {})  # the row a killed import leaves behind
     v = store.create_model("half", imported.tensors, imported.config, imported.files, CommitInfo())
-    assert [r.name for r in store.refs("half")] == ["main"] and store.resolve("half") == v.id
+    assert [r.name for r in store.refs("half")] == ["main"]
+    assert store.resolve("half") == v.id
 
 
 BAD_IMPORTS = {
@@ -255,7 +258,8 @@ def test_bad_names_are_refused_before_anything_is_written(env) -> None:
         "non-ASCII tag": lambda: env.client.tag(env.model, "tag²", "main"),
     }
     expect_each(InvalidInput, commits)
-    assert [m.name for m in env.client.models()] == [env.model] and env.history() == before
+    assert [m.name for m in env.client.models()] == [env.model]
+    assert env.history() == before
     assert sorted(p for p in env.objects.rglob("*") if p.is_file()) == objects
 
 

@@ -38,7 +38,8 @@ def test_head_is_the_branch_id(env) -> None:
 def test_steps_rebuild_the_new_values_exactly(env) -> None:
     v2, v3, v4 = _commit_three(env)
     steps = env.client.steps(env.model, v2, v4)
-    assert steps is not None and [s.version for s in steps] == [v3, v4]
+    assert steps is not None
+    assert [s.version for s in steps] == [v3, v4]
     assert {n: d.kind for n, d in steps[0].entries.items()} == {EMBED: Kind.ROWS, Q0: Kind.LOW_RANK}
     served = env.client.fetch(env.model, str(v2))
     for step in steps:
@@ -58,7 +59,8 @@ def test_steps_are_none_across_a_rollback_and_changed_names_cover_it(env) -> Non
     assert env.client.changed(env.model, v2, v3) == sorted([EMBED, Q0])
     after, now = env.client.fetch(env.model, str(back)), env.client.fetch(env.model, str(v4))
     unchanged = [n for n in now if n not in env.client.changed(env.model, v4, back)]
-    assert NORM in unchanged and all(same_bits(after[n], now[n]) for n in unchanged)
+    assert NORM in unchanged
+    assert all(same_bits(after[n], now[n]) for n in unchanged)
 
 
 def test_unknown_versions_are_not_found(env) -> None:

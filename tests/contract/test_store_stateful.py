@@ -197,13 +197,15 @@ class StoreMachine(RuleBasedStateMachine):
         try:
             result = call()
         except errors.LlmkError as e:
-            assert type(e) in allowed, f"{type(e).__name__}: {e} (allowed: {allowed})"
+            if type(e) not in allowed:
+                raise AssertionError(f"{type(e).__name__}: {e} (allowed: {allowed})") from e
             return None
         assert not must_fail, f"succeeded where {allowed} was due"
         return result
 
     def committed(self, branch: str, v: Any, values: Values) -> None:
-        assert v.parent == self.heads[branch] and v.id not in self.values
+        assert v.parent == self.heads[branch]
+        assert v.id not in self.values
         self.values[v.id], self.heads[branch] = values, v.id
 
     # rules ----------------------------------------------------------------------------------------
@@ -264,7 +266,8 @@ class StoreMachine(RuleBasedStateMachine):
         call = lambda: self.client.rollback(self.model, str(target), branch, force_frozen=force)  # noqa: E731
         v = self.attempt(call, allowed, refused)
         if v is not None:
-            assert v.metadata.get("forced_frozen", []) == changed and v.basis == target
+            assert v.metadata.get("forced_frozen", []) == changed
+            assert v.basis == target
             self.committed(branch, v, then)
 
     @rule(data=st.data())
@@ -273,7 +276,8 @@ class StoreMachine(RuleBasedStateMachine):
         allowed = ({errors.Corrupt} if self.hurt() else set()) | ({errors.NoSpace} if self.disk.on else set())
         v = self.attempt(lambda: self.client.squash(self.model, branch), allowed, self.disk.on)
         if v is not None:
-            assert v.basis is None and {e.kind for e in v.entries} == {"full"}
+            assert v.basis is None
+            assert {e.kind for e in v.entries} == {"full"}
             self.committed(branch, v, self.values[self.heads[branch]])
 
     @rule(name=st.sampled_from(BRANCHES[1:]), data=st.data())

@@ -41,7 +41,8 @@ def test_each_entry_point_is_a_real_llmk_command(name: str) -> None:
 
 def test_the_image_entry_point_is_llmk() -> None:
     dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["llmk"]' in dockerfile and "make proto" in dockerfile
+    assert 'ENTRYPOINT ["llmk"]' in dockerfile
+    assert "make proto" in dockerfile
     assert re.search(r"^USER 10001", dockerfile, re.M), "the image runs as a non-root user"
     check_llmk_command(json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1)))  # type: ignore[union-attr]
 
@@ -80,14 +81,16 @@ def test_the_inference_worker_consumes_the_queue_and_serves_a_model_the_import_j
     assert env["LLMK_INFERENCE_WORKER"] == "true"
     model = env["LLMK_SERVE_MODEL"].split("@")[0]
     command = SERVICES["import"]["command"]
-    assert command[:2] == ["store", "import"] and command[command.index("--model") + 1] == model
+    assert command[:2] == ["store", "import"]
+    assert command[command.index("--model") + 1] == model
     assert "--if-missing" in command, "the import job runs on every `up`"
     assert SERVICES["migrate"]["command"] == ["db", "upgrade"]
 
 
 def test_gpu_profile_reserves_a_gpu_for_a_cuda_inference_worker() -> None:
     gpu = SERVICES["inference-gpu"]
-    assert gpu["profiles"] == ["gpu"] and gpu["environment"]["LLMK_DEVICE"] == "cuda"
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["environment"]["LLMK_DEVICE"] == "cuda"
     assert gpu["build"]["args"]["ACCELERATOR"].startswith("cu")
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
@@ -118,16 +121,19 @@ def test_rabbitmq_loads_durable_quorum_queues_with_a_delivery_limit_and_dead_let
     exchanges = {e["name"]: e for e in DEFINITIONS["exchanges"]}
     for name in (defaults.inference_queue, defaults.optimizer_queue):
         queue = queues[name]
-        assert queue["durable"] and queue["arguments"] == {"x-queue-type": "quorum"}
+        assert queue["durable"]
+        assert queue["arguments"] == {"x-queue-type": "quorum"}
         policy = next(p for p in DEFINITIONS["policies"] if re.fullmatch(p["pattern"], name))
         assert policy["definition"]["delivery-limit"] > 0
         dead = policy["definition"]["dead-letter-exchange"]
         key = policy["definition"]["dead-letter-routing-key"]
         bindings = DEFINITIONS["bindings"]
         bound = [b["destination"] for b in bindings if b["source"] == dead and b["routing_key"] == key]
-        assert bound and all(queues[q]["durable"] for q in bound), f"{name}: dead letters go nowhere"
+        assert bound, f"{name}: dead letters go nowhere"
+        assert all(queues[q]["durable"] for q in bound), f"{name}: dead letters go to a transient queue"
     events = exchanges[EXCHANGE.name]
-    assert events["type"] == EXCHANGE.type and events["durable"] == EXCHANGE.durable
+    assert events["type"] == EXCHANGE.type
+    assert events["durable"] == EXCHANGE.durable
     assert SERVICES["rabbitmq"]["volumes"][1].startswith("./infra/rabbitmq/definitions.json:")
     conf = (ROOT / "infra" / "rabbitmq" / "rabbitmq.conf").read_text()
     assert "load_definitions = /etc/rabbitmq/definitions.json" in conf

@@ -102,7 +102,8 @@ def test_serving_tiers_are_probed_over_grpc_health_and_exported_to_prometheus(ov
         llmk_config = next(c for n, c in config.items() if n.startswith("llmk-"))
         assert llmk_config["data"]["LLMK_METRICS_PORT"] == port
         security = container["securityContext"]
-        assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+        assert security["readOnlyRootFilesystem"]
+        assert not security["allowPrivilegeEscalation"]
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
 
 
@@ -119,7 +120,8 @@ def test_keda_scales_the_queue_consumers_on_their_queues(overlay: str) -> None:
     for s in scaled.values():
         assert s["spec"]["scaleTargetRef"]["name"] in deployments
         (trigger,) = s["spec"]["triggers"]
-        assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] in queues
+        assert trigger["type"] == "rabbitmq"
+        assert trigger["metadata"]["queueName"] in queues
         ref = auth[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"][0]
         assert ref["key"] == "LLMK_BROKER_URL"
         if secrets:  # generated in dev (name with a hash); created by hand in prod
@@ -134,7 +136,8 @@ def test_the_job_migrates_then_imports_the_model_the_workers_serve(overlay: str)
     (importer,) = pod["containers"]
     served = containers(of_kind(overlay, "Deployment")["llmk-inference"])[0]
     model = next(e["value"] for e in served["env"] if e["name"] == "LLMK_SERVE_MODEL").split("@")[0]
-    assert importer["args"][:2] == ["store", "import"] and "--if-missing" in importer["args"]
+    assert importer["args"][:2] == ["store", "import"]
+    assert "--if-missing" in importer["args"]
     assert importer["args"][importer["args"].index("--model") + 1] == model
 
 

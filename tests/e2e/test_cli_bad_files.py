@@ -56,8 +56,10 @@ def test_export_into_a_missing_folder_or_onto_a_folder_is_one_line(tmp_path: Pat
         (NotFound.exit_code, ("store", "export", "tiny", "--out", str(tmp_path / "nope" / "x.safetensors"))),
         (InvalidInput.exit_code, ("store", "export", "tiny", "--out", str(folder))),
     )
-    assert "does not exist" in missing and "is a folder" in onto
-    assert not list(tmp_path.rglob("*.partial")) and list(folder.iterdir()) == []
+    assert "does not exist" in missing
+    assert "is a folder" in onto
+    assert not list(tmp_path.rglob("*.partial"))
+    assert list(folder.iterdir()) == []
 
 
 FULL_DISK = """
@@ -101,7 +103,8 @@ def test_a_full_disk_on_commit_is_one_line_and_reads_go_on(tmp_path: Path) -> No
 
     err = (out / "commit.err").read_text()
     assert (out / "commit.rc").read_text().strip() == str(NoSpace.exit_code), err
-    assert len(err.splitlines()) == 1 and "no space" in err, err
+    assert len(err.splitlines()) == 1, err
+    assert "no space" in err, err
     assert (out / "read.rc").read_text().strip() == str(OK), (out / "read.err").read_text()
     assert (out / "files").read_text().split() == objects, "nothing half-written, no temp file left"
     assert ok(env, "store", "log", "tiny") == before

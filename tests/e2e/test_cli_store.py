@@ -52,7 +52,8 @@ def batch(env: dict[str, str], *commands: tuple[int, tuple[str, ...]]) -> list:
             results.append(json.loads(stdout))
             continue
         lines = stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("llmk: error: "), f"stderr was {stderr!r}"
+        assert len(lines) == 1, f"stderr was {stderr!r}"
+        assert lines[0].startswith("llmk: error: "), f"stderr was {stderr!r}"
         results.append(lines[0])
     return results
 
@@ -91,7 +92,9 @@ def test_the_life_of_a_model_from_the_shell(tmp_path: Path) -> None:
     env = cli_env(home)
     original = load_source("synthetic:llama-tiny").tensors
     imported = ok(env, "store", "import", "synthetic:llama-tiny", "--model", "tiny")
-    assert imported["model"] == "tiny" and imported["version"] == 1 and imported["tensors"] == len(original)
+    assert imported["model"] == "tiny"
+    assert imported["version"] == 1
+    assert imported["tensors"] == len(original)
 
     exported = tmp_path / "v1.safetensors"
     assert ok(env, "store", "export", "tiny", "--out", str(exported))["tensors"] == len(original)
@@ -137,7 +140,9 @@ def test_the_life_of_a_model_from_the_shell(tmp_path: Path) -> None:
     assert per_version[2]["stored_bytes"] < per_version[1]["stored_bytes"] / 100
     assert stats["ratio"] < 0.6
     assert same_bits(load_file(str(second)), tuned)
-    assert "unknown model 'nope'" in errors[0] and "exceeds" in errors[3] and "moved" in errors[6]
+    assert "unknown model 'nope'" in errors[0]
+    assert "exceeds" in errors[3]
+    assert "moved" in errors[6]
     assert not (tmp_path / "x.safetensors").exists()
 
     rolled = ok(env, "store", "rollback", "tiny", "--to", "1")
@@ -157,17 +162,21 @@ def test_the_life_of_a_model_from_the_shell(tmp_path: Path) -> None:
     assert same_bits(load_file(str(restored)), original)
     assert [v["id"] for v in log] == [4, 3, 2, 1], "failures wrote nothing; rollback and squash add history"
     assert frozen["frozen"] == ["*.embed_tokens.*", "model.layers.0"]
-    assert dry_run == {"removed": ["ff" + "0" * 62], "count": 1, "dry_run": True} and junk.exists()
+    assert dry_run == {"removed": ["ff" + "0" * 62], "count": 1, "dry_run": True}
+    assert junk.exists()
 
     refused = batch(env, (6, (*commit, str(modified))))[0]
-    assert UP0 in refused and EMBED in refused
+    assert UP0 in refused
+    assert EMBED in refused
     collected, log = batch(env, (OK, ("store", "gc")), (OK, ("store", "log", "tiny")))
-    assert collected["count"] == 1 and not junk.exists()
+    assert collected["count"] == 1
+    assert not junk.exists()
     assert [v["id"] for v in log] == [4, 3, 2, 1], "the frozen commit wrote nothing"
 
     corrupt_every_object(home)
     damaged = batch(env, (7, ("store", "export", "tiny", "--out", str(tmp_path / "y.safetensors"))))[0]
-    assert "checksum" in damaged and not list(tmp_path.glob("y.safetensors*"))
+    assert "checksum" in damaged
+    assert not list(tmp_path.glob("y.safetensors*"))
 
 
 def original_file(tmp_path: Path, original: dict[str, torch.Tensor]) -> Path:
@@ -186,7 +195,8 @@ def test_the_same_commands_reach_a_store_service(settings, grpc_server, tmp_path
     assert ok(env, "store", "import", "synthetic:llama-tiny", "--model", "tiny")["version"] == 1
     anonymous = {**env, "LLMK_AUTH_TOKEN": ""}
     log, denied = batch(anonymous, (OK, ("store", "log", "tiny")), (8, ("store", "freeze", "tiny", "model")))
-    assert [v["id"] for v in log] == [1] and "authorization" in denied
+    assert [v["id"] for v in log] == [1]
+    assert "authorization" in denied
     assert served.client.model("tiny").frozen == []
     assert not list((tmp_path / "client-home").rglob("*.db")), "the client kept no store of its own"
 
@@ -203,9 +213,11 @@ def test_frozen_means_no_version_changes_it(tmp_path: Path) -> None:
         (OK, ("store", "freeze", "tiny", "model.layers.0.mlp")),
         (2, ("store", "freeze", "tiny", "model.layers.99")),
     )
-    assert frozen["frozen"] == ["model.layers.0.mlp"] and "match no tensor" in unmatched
+    assert frozen["frozen"] == ["model.layers.0.mlp"]
+    assert "match no tensor" in unmatched
     refused = batch(env, (6, ("store", "rollback", "tiny", "--to", "1")))[0]
-    assert UP0 in refused and "--force-frozen" in refused
+    assert UP0 in refused
+    assert "--force-frozen" in refused
     forced = ok(env, "store", "rollback", "tiny", "--to", "1", "--force-frozen")
     assert (forced["version"], forced["restores"]) == (3, 1)
     assert ok(env, "store", "unfreeze", "tiny", "model.layers.0.mlp")["frozen"] == []

@@ -22,7 +22,8 @@ def llmk(env: dict[str, str], *args: str, stdin: bytes = b"", code: int = 0) -> 
     assert p.returncode == code, f"llmk {' '.join(args)}: exit {p.returncode}: {p.stderr.decode()[-2000:]}"
     if code:
         lines = p.stderr.decode().strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("llmk: error: "), lines
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("llmk: error: "), lines
         return lines[0]
     return json.loads(p.stdout) if "--json" in args else p.stdout.decode()
 
@@ -86,9 +87,11 @@ def test_feedback_becomes_a_version_the_monitor_serves(env: dict[str, str], tmp_
     labelled.write_text("text,label\n" + "\n".join(rows) + "\n")
     args = ("feedback", "add", "--model", "tiny", "--file", str(labelled), "--holdout", "16")
     job = llmk(env, *args, "--commit-every", "2", "--json")
-    assert job["step"] == 4 and len(job["versions"]) == 2  # 64 examples: 4 steps of 16, a version per 2
+    assert job["step"] == 4
+    assert len(job["versions"]) == 2  # 64 examples: 4 steps of 16, a version per 2
     again = llmk(env, *args, "--json")  # the same file again: recognised, nothing trained twice
-    assert again["duplicate"] and again["step"] == 4
+    assert again["duplicate"]
+    assert again["step"] == 4
     summary = llmk(
         env,
         "monitor",
@@ -101,7 +104,8 @@ def test_feedback_becomes_a_version_the_monitor_serves(env: dict[str, str], tmp_
         "--json",
         stdin=b'{"text": "$ACME after feedback"}\n',
     )
-    assert summary["versions"] == [job["head_version"]] and summary["scored"] == 1
+    assert summary["versions"] == [job["head_version"]]
+    assert summary["scored"] == 1
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nsome text,bullish\n")
     assert "not in the task's label set" in llmk(
@@ -113,8 +117,10 @@ def test_demo_dry_run_with_the_tiny_model_writes_the_report(env: dict[str, str],
     out = tmp_path / "demo"
     args = ("demo", "--source", "synthetic:llama-tiny", "--out", str(out), "--stream", "40")
     report = llmk(env, *args, "--feedback", "64", "--held-out", "32", "--json")
-    assert report["in"] == report["scored"] + report["rejected"] == 40 and report["scored_twice"] == 0
-    assert report["zero_shot_macro_f1"] is not None and report["versions"][0]["macro_f1"] is not None
+    assert report["in"] == report["scored"] + report["rejected"] == 40
+    assert report["scored_twice"] == 0
+    assert report["zero_shot_macro_f1"] is not None
+    assert report["versions"][0]["macro_f1"] is not None
     assert {"version", "macro_f1", "accuracy"} <= set(report["versions"][0])
     assert json.loads((out / "report.json").read_text())["in"] == 40
     assert all((out / name).stat().st_size > 1000 for name in ("f1.png", "throughput.png", "bytes.png"))

@@ -81,7 +81,7 @@ class JobSpec:
     kind: str = FEEDBACK
     branch: str = "main"
     trainable: tuple[str, ...] = ()
-    optimizer: OptimizerSpec = OptimizerSpec()
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     batch_size: int = 16
     commit_every: int = 1
     steps: int | None = None

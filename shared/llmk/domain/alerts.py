@@ -17,7 +17,7 @@ CASHTAG = re.compile(r"\$([A-Za-z]{1,5}(?:\.[A-Za-z]{1,2})?)\b")
 DIRECTIONS = ("negative", "positive")
 
 
-def tickers_in(text: str, companies: Mapping[str, str] = {}) -> list[str]:  # noqa: B006 (read-only)
+def tickers_in(text: str, companies: Mapping[str, str] = {}) -> list[str]:
     """Cashtags ($AAPL) and the tickers of company names in `companies` (name -> ticker), in order."""
     found = [m.group(1).upper() for m in CASHTAG.finditer(text)]
     lowered = text.lower()

@@ -108,13 +108,14 @@ def _validate_against(name: str, delta: Delta, shape: tuple[int, ...], dtype: to
         if tuple(p["values"].shape) != (p["rows"].numel(), *shape[1:]):
             raise InvalidDelta(f"{name}: rows values shape {tuple(p['values'].shape)} does not fit {shape}")
     if delta.kind is Kind.LOW_RANK:
-        a, b = p["a"], p["b"]
-        if len(shape) != 2 or a.dim() != 2 or b.dim() != 2 or (a.shape[0], b.shape[1]) != shape:
-            raise InvalidDelta(
-                f"{name}: low-rank a{tuple(a.shape)} @ b{tuple(b.shape)} does not give {shape}"
-            )
-        if a.shape[1] != b.shape[0] or a.dtype != dtype or b.dtype != dtype:
-            raise InvalidDelta(f"{name}: low-rank factors disagree in rank or dtype")
+        _check_low_rank(name, p["a"], p["b"], shape, dtype)
+
+
+def _check_low_rank(name: str, a: Tensor, b: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if len(shape) != 2 or a.dim() != 2 or b.dim() != 2 or (a.shape[0], b.shape[1]) != shape:
+        raise InvalidDelta(f"{name}: low-rank a{tuple(a.shape)} @ b{tuple(b.shape)} does not give {shape}")
+    if a.shape[1] != b.shape[0] or a.dtype != dtype or b.dtype != dtype:
+        raise InvalidDelta(f"{name}: low-rank factors disagree in rank or dtype")
 
 
 def _check_index(name: str, idx: Tensor, bound: int, what: str) -> None:

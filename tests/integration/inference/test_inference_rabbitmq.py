@@ -64,8 +64,11 @@ def test_tasks_are_shared_by_every_worker_process_and_answered_over_rpc(
         with Connection(rabbitmq_url) as connection:  # the broker is shared: leave no queue behind
             connection.default_channel.queue_delete(queue)
     for text, answer in zip(TEXTS * 4, answers, strict=True):
-        assert answer["version"] == 1 and answer["results"][0]["label"] == expected[text]
-    assert here > 0 and there > 0 and here + there == len(sent)  # both workers took tasks, none twice
+        assert answer["version"] == 1
+        assert answer["results"][0]["label"] == expected[text]
+    assert here > 0
+    assert there > 0
+    assert here + there == len(sent)  # both workers took tasks, none twice
 
 
 def test_a_commit_reaches_a_worker_process_through_the_fanout(

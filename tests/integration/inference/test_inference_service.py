@@ -48,7 +48,8 @@ def test_cli_metrics_and_head_polling_against_a_worker_process(
     )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
-    assert answer["version"] == 1 and [r["label"] in LABELS for r in answer["results"]] == [True, True]
+    assert answer["version"] == 1
+    assert [r["label"] in LABELS for r in answer["results"]] == [True, True]
 
     done = llmk(
         worker.address, home, "generate", "--model", f"{name}@1", "--raw", "--max-tokens", "7", "--json", "Hi"
@@ -57,14 +58,16 @@ def test_cli_metrics_and_head_polling_against_a_worker_process(
     assert json.loads(done.stdout)["completion_tokens"] == 7
 
     done = llmk(worker.address, home, "generate", "--model", f"{name}@42", "x")
-    assert (done.returncode, done.stdout) == (3, "") and done.stderr.startswith("llmk: error: ")
+    assert (done.returncode, done.stdout) == (3, "")
+    assert done.stderr.startswith("llmk: error: ")
     assert len(done.stderr.strip().splitlines()) == 1
 
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10) as reply:
         metrics = reply.read().decode()
     assert 'llmk_inference_requests_total{outcome="ok",task="classify"} 1.0' in metrics
     assert f'llmk_inference_served_version{{branch="main",model="{name}"}} 1.0' in metrics
-    assert "llmk_inference_resident_bytes" in metrics and "llmk_inference_latency_seconds_bucket" in metrics
+    assert "llmk_inference_resident_bytes" in metrics
+    assert "llmk_inference_latency_seconds_bucket" in metrics
 
     # a commit from this process: no in-process event reaches the worker, its head check does
     from llmk.client import LocalStoreClient

@@ -96,11 +96,15 @@ def test_a_ticker_turning_negative_opens_an_explained_alert_that_clears_when_new
     summary = monitor.run(Item(f"c{i}", t) for i, t in enumerate(texts))
     assert (summary.read, summary.scored, summary.rejected) == (len(texts), len(texts), 0)
     [alert] = [a for a in repo.alerts("smol", "crafted") if a.direction == "negative"]
-    assert alert.ticker == "ACME" and alert.mentions >= 3 and alert.cleared is not None
+    assert alert.ticker == "ACME"
+    assert alert.mentions >= 3
+    assert alert.cleared is not None
     assert alert.version == host.info().version
-    assert len(alert.evidence) == 2 and all(e.text in BAD for e in alert.evidence)
+    assert len(alert.evidence) == 2
+    assert all(e.text in BAD for e in alert.evidence)
     for evidence in alert.evidence:
-        assert evidence.label == "negative" and len(evidence.top_tokens) == 5
+        assert evidence.label == "negative"
+        assert len(evidence.top_tokens) == 5
         assert evidence.top_tokens[0][1] > 0  # the strongest word holds the label up
 
 

@@ -45,7 +45,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(check, timeout: float = 60.0) -> None:  # noqa: ANN001
+def wait_for(check, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -107,5 +107,6 @@ def test_the_scrubber_is_off_at_zero_and_stops_between_passes(tmp_path: Path) ->
     wait_for(lambda: metrics.count("llmk_store_scrubs_total") >= 2, timeout=30)
     started = time.monotonic()
     on.stop()
-    assert not on._thread.is_alive() and time.monotonic() - started < 5
+    assert not on._thread.is_alive()
+    assert time.monotonic() - started < 5
     store.catalog.engine.dispose()

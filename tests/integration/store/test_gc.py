@@ -38,15 +38,18 @@ def test_unreferenced_files_go_only_after_the_grace_period(tiny) -> None:
     assert orphan not in referenced
 
     assert store.gc() == []
-    assert store.objects.path(orphan).exists() and temp.exists()
+    assert store.objects.path(orphan).exists()
+    assert temp.exists()
 
     for _, path in store.objects.list():  # everything is old now, referenced or not
         age(path, 2 * HOUR)
     age(temp, 2 * HOUR)
     assert store.gc(dry_run=True) == [orphan]
-    assert store.objects.path(orphan).exists() and temp.exists()
+    assert store.objects.path(orphan).exists()
+    assert temp.exists()
     assert store.gc() == [orphan]
-    assert not store.objects.path(orphan).exists() and not temp.exists()
+    assert not store.objects.path(orphan).exists()
+    assert not temp.exists()
     assert {sha for sha, _ in store.objects.list()} == referenced
 
     fresh = open_store(tiny.settings)  # verifies from disk, not from this process's memory

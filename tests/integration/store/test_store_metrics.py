@@ -18,7 +18,7 @@ def sparse(indices: list[int], values: list[float]) -> Delta:
     return Delta(Kind.SPARSE, {"indices": torch.tensor(indices), "values": torch.tensor(values)})
 
 
-def test_commits_conflicts_fetches_and_damage_are_counted(tmp_path: Path, llama_tiny) -> None:  # noqa: ANN001
+def test_commits_conflicts_fetches_and_damage_are_counted(tmp_path: Path, llama_tiny) -> None:
     from llmk.rpc.store import GrpcStoreClient
     from services.store.main import build
     from services.store.metrics import Metrics

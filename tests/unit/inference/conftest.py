@@ -52,7 +52,8 @@ def byte_tokenizer() -> Any:
     tok.decoder = decoders.ByteLevel()
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
     wrapped.chat_template = CHAT_TEMPLATE
-    assert wrapped.eos_token_id == EOS and len(wrapped) == VOCAB
+    assert wrapped.eos_token_id == EOS
+    assert len(wrapped) == VOCAB
     return wrapped
 
 

@@ -87,8 +87,8 @@ def test_batcher_refuses_when_its_queue_is_full(tiny_llama: Pair, byte_tokenizer
     batcher = ClassifyBatcher(tiny_llama.ours, byte_tokenizer, max_batch_size=1, max_wait_ms=0, max_queue=2)
     accepted: list[Future[Any]] = []
     with batcher.lock, pytest.raises(ResourceExhausted):  # the lock blocks the worker before its first batch
-        for _ in range(5):
-            accepted.append(batcher.submit(["up"], LABELS, TEMPLATE))
+        # extend keeps the futures accepted before the refusal
+        accepted.extend(batcher.submit(["up"], LABELS, TEMPLATE) for _ in range(5))
     assert 2 <= len(accepted) <= 3
     assert all(sum(f.result(timeout=10)[0].values()) == pytest.approx(1.0) for f in accepted)
     batcher.close()
@@ -104,7 +104,8 @@ def test_batcher_refuses_bad_requests_at_once(tiny_llama: Pair, byte_tokenizer: 
 @pytest.mark.parametrize("labels", [LABELS, ["up a lot", "down", "flat"]])
 def test_prefix_cached_classify_equals_uncached(tiny: Pair, byte_tokenizer: Any, labels: list[str]) -> None:
     prefix = template_prefix(tiny.ours, byte_tokenizer, FINANCE)
-    assert prefix is not None and prefix.length == len(FINANCE.split("{prompt}")[0]) - 1  # a byte a token
+    assert prefix is not None
+    assert prefix.length == len(FINANCE.split("{prompt}")[0]) - 1  # a byte a token
     cached = classify(tiny.ours, byte_tokenizer, PROMPTS, labels, FINANCE, prefix=prefix)
     plain = classify(tiny.ours, byte_tokenizer, PROMPTS, labels, FINANCE)
     for with_prefix, without in zip(cached, plain, strict=True):

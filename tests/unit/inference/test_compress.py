@@ -53,7 +53,8 @@ def test_magnitude_pruning_zeroes_the_smallest_half_of_each_weight(family: str) 
     ckpt = checkpoint(family)
     plain, model = build(ckpt, []), build(ckpt, [])
     [description] = apply_options(model, ["prune=0.5"])
-    assert description.startswith("prune=0.5") and "50.0% zeros" in description
+    assert description.startswith("prune=0.5")
+    assert "50.0% zeros" in description
     before = decoder_weights(plain)
     for name, w in decoder_weights(model).items():
         assert int((w == 0).sum()) == w.numel() // 2
@@ -83,7 +84,8 @@ def test_two_four_pruning_keeps_two_of_every_four_inputs(family: str) -> None:
 def test_int8_rounds_each_weight_within_half_a_step() -> None:
     w = torch.randn(48, 32, generator=torch.Generator().manual_seed(0))
     q, scale = quantize_int8(w)
-    assert q.dtype == torch.int8 and scale.shape == (48,)
+    assert q.dtype == torch.int8
+    assert scale.shape == (48,)
     assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
 
 
@@ -93,9 +95,8 @@ def test_int8_model_stays_close_to_float_and_smaller(family: str, option: str) -
     ckpt = checkpoint(family)
     plain, model = build(ckpt, []), build(ckpt, [option])
     int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    assert len(int8) == 2 * (7 if family == "llama" else 4) and all(
-        m.qweight.dtype == torch.int8 for m in int8
-    )
+    assert len(int8) == 2 * (7 if family == "llama" else 4)
+    assert all(m.qweight.dtype == torch.int8 for m in int8)
     assert resident_bytes(model) < resident_bytes(plain)
     with torch.no_grad():
         expected, got = plain(ids()), model(ids())

@@ -136,7 +136,7 @@ LONG = "x" * 300  # 300 byte tokens: over the limit of 200 set below
 
 
 @pytest.mark.parametrize(
-    "texts, labels, template, match",
+    ("texts", "labels", "template", "match"),
     [
         ([], LABELS, "", "1 to"),
         (["  "], LABELS, "", "empty"),
@@ -165,7 +165,7 @@ def test_bad_classify_requests_are_invalid(
 
 
 @pytest.mark.parametrize(
-    "request_, match",
+    ("request_", "match"),
     [
         (Request("", max_tokens=8), "empty"),
         (Request("   ", max_tokens=8), "empty"),

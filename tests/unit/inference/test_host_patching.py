@@ -91,7 +91,8 @@ def test_entries_applied_in_place_match_a_full_fetch_bit_for_bit(host: Host, cli
     wait_until(lambda: host.info().version == last)
     assert host.info().update_error == ""
     assert client.fetched == [None], "no whole value was fetched after the load"
-    assert client.stepped and client.stepped[-1][1] == last
+    assert client.stepped
+    assert client.stepped[-1][1] == last
     config = json.loads(client.file("tiny", "config.json"))
     fresh = dict(build_model(config, client.fetch("tiny", str(last))).named_parameters())
     served = served_weights(host)

@@ -102,7 +102,8 @@ def test_updates_by_name_reach_the_fused_projections(tiny_llama: Pair) -> None:
     state[up].view(-1)[sparse.parts["indices"]] += sparse.parts["values"]
     apply_in_place(model, up, sparse)
     rebuilt = build_model(tiny_llama.hf.config.to_dict(), state)
-    assert model.layers[0].self_attn.qkv is not None and model.layers[1].mlp.gate_up is not None
+    assert model.layers[0].self_attn.qkv is not None
+    assert model.layers[1].mlp.gate_up is not None
     with torch.no_grad():
         torch.testing.assert_close(model(ids), rebuilt(ids), atol=ATOL, rtol=0)
         assert not torch.allclose(model(ids), tiny_llama.hf(ids).logits, atol=ATOL)  # it did change

@@ -107,7 +107,8 @@ def test_quarter_budget_gives_the_in_memory_outputs(family: str) -> None:
     checkpoint = deep_checkpoint(family)
     reference, model = build(checkpoint), build(checkpoint)
     plan = quarter_budget(model)
-    assert plan.resident and plan.offloaded  # some layers stay, the rest are staged
+    assert plan.resident
+    assert plan.offloaded  # some layers stay, the rest are staged
     samples: list[int] = []
     for layer in model.layers:  # registered after the staging hooks, so it sees the staged layers
         layer.register_forward_pre_hook(lambda *_: samples.append(resident_bytes(model)))
@@ -181,7 +182,8 @@ def test_a_budget_below_the_minimum_is_refused_and_the_model_still_serves() -> N
         fit_budget(model, 1000, "cpu")
     with pytest.raises(InvalidInput, match="positive"):
         fit_budget(model, 0, "cpu")
-    assert resident_bytes(model) == before and offload_plan(model) is None
+    assert resident_bytes(model) == before
+    assert offload_plan(model) is None
     with torch.no_grad():
         assert torch.equal(model(ids(1, 5)), reference(ids(1, 5)))
 
@@ -189,7 +191,8 @@ def test_a_budget_below_the_minimum_is_refused_and_the_model_still_serves() -> N
 def test_a_budget_that_holds_everything_offloads_nothing() -> None:
     model = build(deep_checkpoint("gpt2"))
     plan = fit_budget(model, 10 * total_bytes(model), "cpu")
-    assert plan.offloaded == [] and plan.resident == list(range(12))
+    assert plan.offloaded == []
+    assert plan.resident == list(range(12))
     assert resident_bytes(model) == plan.total_bytes == total_bytes(model)
     assert offload_plan(model) is None  # nothing changed, so a smaller budget may still be fitted
     assert quarter_budget(model).offloaded

@@ -76,17 +76,16 @@ def test_generate_streams_text_then_a_summary(serve: Callable[..., Running]) -> 
     running = serve()
     chunks = list(running.stub.Generate(pb.GenerateRequest(prompt="The market", max_tokens=24)))
     *pieces, last = chunks
-    assert len(pieces) >= 2 and all(not c.done and c.text for c in pieces)
-    assert last.done and (last.finish_reason, last.completion_tokens, last.prompt_tokens) == (
-        "length",
-        24,
-        10,
-    )
+    assert len(pieces) >= 2
+    assert all(not c.done and c.text for c in pieces)
+    assert last.done
+    assert (last.finish_reason, last.completion_tokens, last.prompt_tokens) == ("length", 24, 10)
     assert last.version == 1
     chat = list(
         running.stub.Generate(pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="hi")]))
     )
-    assert chat[-1].prompt_tokens == len("<user>hi\n<assistant>") and chat[-1].completion_tokens <= 64
+    assert chat[-1].prompt_tokens == len("<user>hi\n<assistant>")
+    assert chat[-1].completion_tokens <= 64
 
 
 def code_of(call: Callable[[], Any]) -> grpc.StatusCode:
@@ -129,7 +128,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("call, status", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(("call", "status"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_requests_get_their_status(
     serve: Callable[..., Running], call: Callable[..., Any], status: str
 ) -> None:
@@ -179,7 +178,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_sequence(serve: Callable
     generator = running.worker.host._served.generator  # type: ignore[union-attr]
     call = running.stub.Generate(pb.GenerateRequest(prompt="The market", max_tokens=1000))
     first = next(call)
-    assert first.text and generator.active_count == 1
+    assert first.text
+    assert generator.active_count == 1
     call.cancel()
     deadline = time.monotonic() + 5
     while generator.active_count and time.monotonic() < deadline:
@@ -200,7 +200,8 @@ def test_info_load_and_unload_need_the_token_when_one_is_set(serve: Callable[...
         "cpu",
         "float32",
     )
-    assert info.resident_bytes == info.total_bytes > 0 and info.update_error == ""
+    assert info.resident_bytes == info.total_bytes > 0
+    assert info.update_error == ""
     assert (
         code_of(lambda: running.stub.Load(pb.LoadRequest(model="tiny", ref="1")))
         == grpc.StatusCode.UNAUTHENTICATED

@@ -74,7 +74,7 @@ def test_in_process_and_through_the_service_answer_alike(home: Path, monkeypatch
 
 @pytest.mark.parametrize("remote", [False, True], ids=["in-process", "service"])
 @pytest.mark.parametrize(
-    "args, code, message",
+    ("args", "code", "message"),
     [
         (["classify", "--model", "nope", "x"], 3, "nope"),
         (["classify", "--model", "tiny@99", "x"], 3, "99"),
@@ -100,4 +100,6 @@ def test_errors_are_one_line_with_their_exit_code(
         run()
     err = capsys.readouterr().err
     assert exited.value.code == code
-    assert err.startswith("llmk: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("llmk: error: ")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

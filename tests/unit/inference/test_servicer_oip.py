@@ -55,7 +55,9 @@ def seen(worker: Worker) -> dict[str, Any]:
 
 
 def test_health_and_metadata(seen: dict[str, Any]) -> None:
-    assert seen["live"] and seen["ready"] and seen["server_name"] == "llmk"
+    assert seen["live"]
+    assert seen["ready"]
+    assert seen["server_name"] == "llmk"
     assert seen["model_ready"] == [True, True, False, False]  # any version, 1, not 2, not another model
     assert seen["metadata"] == {
         "name": "tiny",
@@ -80,7 +82,8 @@ def test_infer_returns_the_probabilities_labels_and_version_of_the_host(
 
 
 def test_default_labels_and_chosen_outputs(seen: dict[str, Any]) -> None:
-    assert seen["only_label_probabilities"] and seen["only_label"][0] in LABELS
+    assert seen["only_label_probabilities"]
+    assert seen["only_label"][0] in LABELS
 
 
 def test_bad_requests_get_their_status(seen: dict[str, Any]) -> None:

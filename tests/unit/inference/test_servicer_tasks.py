@@ -49,7 +49,9 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
 
 def test_the_app_is_configured_for_fair_redelivery(queue: Queue) -> None:
     conf = queue.app.conf
-    assert conf.task_acks_late and conf.worker_prefetch_multiplier == 1 and conf.task_reject_on_worker_lost
+    assert conf.task_acks_late
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_reject_on_worker_lost
     assert conf.task_routes == {"llmk.inference.*": {"queue": conf.task_default_queue}}
     assert tasks.result_backend(settings_for(Path("."), broker_url="amqp://x")) == "rpc://"
 
@@ -61,7 +63,8 @@ def test_classify_task_answers_like_the_host(queue: Queue) -> None:
     for answer, scores in zip(answers, expected.results, strict=True):
         assert answer["version"] == 1
         [result] = answer["results"]
-        assert result["label"] == scores.label and result["prompt_tokens"] == scores.prompt_tokens
+        assert result["label"] == scores.label
+        assert result["prompt_tokens"] == scores.prompt_tokens
         assert [result["probabilities"][lab] for lab in LABELS] == pytest.approx(
             [scores.probabilities[lab] for lab in LABELS], abs=1e-5
         )
@@ -75,12 +78,13 @@ def test_generate_task_returns_the_whole_answer(queue: Queue) -> None:
     )
     result = answer.get(timeout=30, interval=0.01)
     expected = queue.host.generate(Request("The market", max_tokens=6)).result()
-    assert result["token_ids"] == expected.token_ids and result["text"] == expected.text
+    assert result["token_ids"] == expected.token_ids
+    assert result["text"] == expected.text
     assert (result["version"], result["completion_tokens"], result["finish_reason"]) == (1, 6, "length")
 
 
 @pytest.mark.parametrize(
-    "name, kwargs, error",
+    ("name", "kwargs", "error"),
     [
         (tasks.CLASSIFY, {"texts": [""]}, InvalidInput),
         (tasks.CLASSIFY, {"texts": ["x"], "labels": [f"l{i}" for i in range(40)]}, InvalidInput),

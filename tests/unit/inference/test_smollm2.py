@@ -60,7 +60,8 @@ def test_batched_classify_equals_one_at_a_time(smollm2: SmolLM2) -> None:
 @pytest.mark.parametrize("template", [FINANCE, TEMPLATE])
 def test_prefix_cached_classify_equals_uncached(smollm2: SmolLM2, template: str) -> None:
     prefix = template_prefix(smollm2.ours, smollm2.tokenizer, template)
-    assert prefix is not None and prefix.length >= 3
+    assert prefix is not None
+    assert prefix.length >= 3
     cached = classify(smollm2.ours, smollm2.tokenizer, HEADLINES, LABELS, template, prefix=prefix)
     plain = classify(smollm2.ours, smollm2.tokenizer, HEADLINES, LABELS, template)
     for with_prefix, without in zip(cached, plain, strict=True):

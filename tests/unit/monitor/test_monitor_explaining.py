@@ -69,5 +69,6 @@ def test_an_alert_opens_once_explained_without_holding_up_the_stream(tmp_path: P
     assert (summary.scored, summary.alerts) == (len(STREAM), 1)
     assert scored_when_opened == [len(STREAM)]  # the stream never stopped for the explanation
     [alert] = repo.alerts("m", "r")
-    assert alert.direction == "negative" and len(alert.evidence) == 3
+    assert alert.direction == "negative"
+    assert len(alert.evidence) == 3
     assert all(e.top_tokens[0][0] == "falls" for e in alert.evidence)

@@ -51,13 +51,16 @@ def test_train_prints_the_committed_versions_and_jobs_lists_them(home: Path) -> 
     result = CliRunner().invoke(app, train(data, "--json"), obj=Tiers())
     assert result.exit_code == 0, result.output
     job = json.loads(result.stdout)
-    assert job["status"] == "completed" and [c["step"] for c in job["commits"]] == [1, 2]
+    assert job["status"] == "completed"
+    assert [c["step"] for c in job["commits"]] == [1, 2]
     assert all(c["version"] and c["metric"] is not None for c in job["commits"])
 
     listed = CliRunner().invoke(app, ["jobs", "--json"], obj=Tiers())
-    assert listed.exit_code == 0 and [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
+    assert listed.exit_code == 0
+    assert [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
     shown = CliRunner().invoke(app, ["jobs", job["id"]], obj=Tiers())
-    assert shown.exit_code == 0 and "held-out metric" in shown.stdout
+    assert shown.exit_code == 0
+    assert "held-out metric" in shown.stdout
 
 
 def test_train_refuses_a_label_outside_the_set(home: Path) -> None:
@@ -66,4 +69,5 @@ def test_train_refuses_a_label_outside_the_set(home: Path) -> None:
     assert isinstance(result.exception, InvalidInput)
     assert "label 'maybe', which is not in the task's label set" in str(result.exception)
     [failed] = json.loads(CliRunner().invoke(app, ["jobs", "--json"], obj=Tiers()).stdout)
-    assert failed["status"] == "failed" and "maybe" in failed["error"]
+    assert failed["status"] == "failed"
+    assert "maybe" in failed["error"]

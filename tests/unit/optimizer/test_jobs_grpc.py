@@ -53,11 +53,16 @@ def test_feedback_job_over_grpc(client: GrpcOptimizerClient, model: str) -> None
     assert client.create_job(spec, (), idempotency_key=f"create-{model}").id == job.id
     first = client.submit_feedback(job.id, examples(8), "feedback-1")
     again = client.submit_feedback(job.id, examples(8), "feedback-1")
-    assert not first.duplicate and again.duplicate and again.input.seq == first.input.seq == 1
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.input.seq == first.input.seq == 1
     job = poll(client, job.id)
-    assert job.status == COMPLETED and job.spec == spec
-    assert [c.step for c in job.commits] == [1, 2] and all(c.version for c in job.commits)
-    assert job.baseline is not None and job.metric is not None
+    assert job.status == COMPLETED
+    assert job.spec == spec
+    assert [c.step for c in job.commits] == [1, 2]
+    assert all(c.version for c in job.commits)
+    assert job.baseline is not None
+    assert job.metric is not None
     assert [j.id for j in client.list_jobs(model)] == [job.id]
 
 

@@ -43,7 +43,8 @@ def test_a_step_committed_just_before_a_crash_is_not_committed_again(runtime: Ru
     job_id = start_job(runtime, model)
     assert fresh_runner(runtime).run(job_id).status == MORE
     before = runtime.jobs.get_job(job_id)
-    assert before.step == 1 and before.state_object is not None
+    assert before.step == 1
+    assert before.state_object is not None
     with runtime.runner.blobs.open_tensors(before.state_object) as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
     assert fresh_runner(runtime).run(job_id).status == MORE
@@ -70,7 +71,8 @@ def test_a_step_committed_just_before_a_crash_is_not_committed_again(runtime: Ru
         pass
     job = runtime.jobs.get_job(job_id)
     assert job.status == COMPLETED, job.error
-    assert [c.step for c in job.commits] == [1, 2, 3] and job.commits[1].version == committed.id
+    assert [c.step for c in job.commits] == [1, 2, 3]
+    assert job.commits[1].version == committed.id
     steps = [int(v.metadata["step"]) for v in runtime.store.log(model)[:-1]]
     assert sorted(steps) == [1, 2, 3]  # each step committed exactly once
     ours, theirs = trained(runtime, model, job_id), trained(runtime, twin, reference)
@@ -82,7 +84,8 @@ def test_a_job_leased_by_another_worker_is_left_alone(runtime: Runtime, model: s
     job_id = start_job(runtime, model)
     assert runtime.runner.repo.acquire(job_id, "someone-else", 30) == 0
     result = fresh_runner(runtime).run(job_id)
-    assert result.status == BUSY and 29 < result.retry_in <= 30
+    assert result.status == BUSY
+    assert 29 < result.retry_in <= 30
     assert runtime.jobs.get_job(job_id).step == 0
     runtime.runner.repo.release(job_id, "someone-else")
     assert fresh_runner(runtime).run(job_id).status == MORE

@@ -38,16 +38,23 @@ def test_feedback_job_commits_sparse_versions_with_lineage(runtime: Runtime, mod
     unsubscribe()
 
     assert job.status == COMPLETED, job.error
-    assert [c.step for c in job.commits] == [1, 2, 3] and all(c.promoted for c in job.commits)
+    assert [c.step for c in job.commits] == [1, 2, 3]
+    assert all(c.promoted for c in job.commits)
     log = runtime.store.log(model)
     assert [v.id for v in log[:-1]] == [c.version for c in reversed(job.commits)]
-    assert job.head_version == log[0].id and job.baseline is not None and job.metric is not None
+    assert job.head_version == log[0].id
+    assert job.baseline is not None
+    assert job.metric is not None
     for c, v in zip(job.commits, reversed(log[:-1]), strict=True):
         assert v.idempotency_key == f"{job.id}:{c.step}"
         meta = v.metadata
-        assert meta["job"] == job.id and meta["step"] == c.step and meta["examples"] == 8
-        assert meta["examples_hash"] == c.examples_hash and len(c.examples_hash) == 64
-        assert math.isfinite(meta["loss_before"]) and math.isfinite(meta["loss_after"])
+        assert meta["job"] == job.id
+        assert meta["step"] == c.step
+        assert meta["examples"] == 8
+        assert meta["examples_hash"] == c.examples_hash
+        assert len(c.examples_hash) == 64
+        assert math.isfinite(meta["loss_before"])
+        assert math.isfinite(meta["loss_after"])
         for e in runtime.store.version(model, str(v.id)).entries:
             assert e.kind in ("sparse_set", "rows_set")
             assert e.nnz <= math.ceil(0.05 * math.prod(e.shape))
@@ -78,7 +85,8 @@ def test_commit_every_and_low_rank(runtime: Runtime, model: str) -> None:
     assert job.status == COMPLETED, job.error
     assert [c.step for c in job.commits] == [2, 4]
     v = runtime.store.version(model, str(job.commits[0].version))
-    assert {e.kind for e in v.entries} == {"low_rank"} and v.metadata["examples"] == 16
+    assert {e.kind for e in v.entries} == {"low_rank"}
+    assert v.metadata["examples"] == 16
 
 
 @pytest.mark.usefixtures("worker")
@@ -95,7 +103,9 @@ def test_gradient_pushes_are_accumulated_into_one_step(runtime: Runtime, model: 
 
     first = runtime.jobs.submit_gradients(job.id, {UP: dense}, "push-1", loss=2.0)
     again = runtime.jobs.submit_gradients(job.id, {UP: dense}, "push-1", loss=2.0)
-    assert again.duplicate and again.input.seq == first.input.seq and again.job.items == 1
+    assert again.duplicate
+    assert again.input.seq == first.input.seq
+    assert again.job.items == 1
     time.sleep(0.5)
     assert runtime.jobs.get_job(job.id).step == 0  # one push is not a batch yet
     runtime.jobs.submit_gradients(
@@ -120,11 +130,14 @@ def test_validation_gate_keeps_worse_versions_on_candidate_branches(runtime: Run
     runtime.jobs.submit_feedback(job.id, examples(16), "k")
     job = wait_done(runtime, job.id)
     assert job.status == COMPLETED, job.error
-    assert runtime.store.version(model, "main").id == start and job.head_version == start
+    assert runtime.store.version(model, "main").id == start
+    assert job.head_version == start
     refs = {r.name: r.version for r in runtime.store.refs(model)}
     for c in job.commits:
-        assert not c.promoted and "worse than its parent" in c.reason
-        assert refs[c.branch] == c.version and c.branch.startswith("main-job-")
+        assert not c.promoted
+        assert "worse than its parent" in c.reason
+        assert refs[c.branch] == c.version
+        assert c.branch.startswith("main-job-")
         assert (
             runtime.store.version(model, str(c.version)).parent == start
         )  # each rejected step starts from main
@@ -138,4 +151,5 @@ def test_open_job_steps_as_feedback_arrives_until_cancelled(runtime: Runtime, mo
     runtime.jobs.submit_feedback(job.id, examples(2, offset=6), "b")
     assert wait_step(runtime, job.id, 2).step == 2
     cancelled = runtime.jobs.cancel_job(job.id)
-    assert cancelled.status == "cancelled" and len(cancelled.commits) == 2
+    assert cancelled.status == "cancelled"
+    assert len(cancelled.commits) == 2

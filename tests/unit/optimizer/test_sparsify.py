@@ -51,7 +51,9 @@ def test_topk_sends_exactly_k_largest_and_keeps_the_rest(
 
     k = topk_count(delta.numel(), fraction)
     assert k == min(delta.numel(), max(1, math.ceil(fraction * delta.numel() - 1e-6)))
-    assert indices.dtype == torch.int64 and indices.shape == (k,) and values.shape == (k,)
+    assert indices.dtype == torch.int64
+    assert indices.shape == (k,)
+    assert values.shape == (k,)
     assert torch.equal(indices, indices.unique())  # sorted and distinct
     sent = _scatter(indices, values, delta)
     assert int(torch.count_nonzero(sent)) == k
@@ -100,7 +102,8 @@ def test_error_feedback_conserves_every_update() -> None:
 def test_low_precision_update_keeps_an_fp32_residual() -> None:
     delta = _randn(32, seed=3).to(torch.bfloat16)
     indices, values, residual = topk_with_feedback(delta, None, 0.25)
-    assert values.dtype == torch.float32 and residual.dtype == torch.float32
+    assert values.dtype == torch.float32
+    assert residual.dtype == torch.float32
     assert torch.equal(_scatter(indices, values, delta) + residual, delta.float())
 
 
@@ -174,14 +177,17 @@ def test_residuals_persist_with_the_optimizer_state(tmp_path: Path) -> None:
 def test_low_rank_recovers_a_low_rank_update_exactly() -> None:
     delta = _randn(20, 3, seed=1) @ _randn(3, 12, seed=2)  # delta: [20, 12], rank 3
     a, b = low_rank(delta, 3)
-    assert a.shape == (20, 3) and b.shape == (3, 12)
+    assert a.shape == (20, 3)
+    assert b.shape == (3, 12)
     torch.testing.assert_close(a @ b, delta, atol=1e-5, rtol=0)
 
 
 def test_low_rank_with_feedback_keeps_what_the_factors_miss() -> None:
     delta = _randn(4, 5, 6, seed=4)  # viewed as [4, 30]
     a, b, residual = low_rank_with_feedback(delta, None, 2)
-    assert a.shape == (4, 2) and b.shape == (2, 30) and residual.shape == delta.shape
+    assert a.shape == (4, 2)
+    assert b.shape == (2, 30)
+    assert residual.shape == delta.shape
     torch.testing.assert_close((a @ b).reshape(delta.shape) + residual, delta)
     assert low_rank(delta, 99)[0].shape == (4, 4)  # rank is capped by the matrix
 

@@ -43,7 +43,7 @@ class CountingReads:
                 counting.read.append(key)
                 return self.file.get_tensor(key)
 
-            def __getattr__(self, name: str):  # noqa: ANN204 - keys, get_slice: headers only
+            def __getattr__(self, name: str):  # keys, get_slice: headers only
                 return getattr(self.file, name)
 
         store.objects.open_tensors = Handle  # type: ignore[method-assign]

@@ -27,7 +27,8 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def assert_bits_equal(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.shape == b.shape and a.dtype == b.dtype
+    assert a.shape == b.shape
+    assert a.dtype == b.dtype
     assert torch.equal(bits(a), bits(b)), "tensors differ in at least one bit"
 
 
@@ -94,7 +95,8 @@ def test_apply_equals_dense_computation(dtype, shape, seed, frac, kind) -> None:
         delta, ref = Delta(Kind.DENSE, {"diff": diff}), base + diff
     deltas.validate("w", delta, shape, dtype)
     out = deltas.apply(base.clone(), delta)
-    assert out.dtype == dtype and out.shape == shape
+    assert out.dtype == dtype
+    assert out.shape == shape
     assert torch.equal(out, ref)
 
 
@@ -191,7 +193,9 @@ def test_sign_of_zero_and_nan_payload_changes_are_kept(dtype, case) -> None:
     old = with_bits(torch.ones(4, 3, dtype=dtype), torch.tensor([5]), before)
     new = with_bits(old, torch.tensor([5]), after)
     delta = deltas.encode_exact(old, new)
-    assert delta is not None and delta.kind is Kind.SPARSE_SET and delta.nnz == 1
+    assert delta is not None
+    assert delta.kind is Kind.SPARSE_SET
+    assert delta.nnz == 1
     assert_bits_equal(deltas.apply(old.clone(), delta), new)
 
 
@@ -207,7 +211,8 @@ def test_whole_rows_are_stored_as_rows() -> None:
     new = old.clone()
     new[7] += 1.0
     delta = deltas.encode_exact(old, new)
-    assert delta.kind is Kind.ROWS_SET and delta.parts["rows"].tolist() == [7]
+    assert delta.kind is Kind.ROWS_SET
+    assert delta.parts["rows"].tolist() == [7]
     assert_bits_equal(deltas.apply(old.clone(), delta), new)
 
 

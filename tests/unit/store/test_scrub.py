@@ -57,7 +57,8 @@ def test_scrub_quarantines_damaged_objects_and_exits_non_zero(store: Store, tmp_
         "LLMK_HOME": str(tmp_path / "home")
     }
     done = subprocess.run([*LLMK, "store", "scrub"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 7 and done.stderr.strip().startswith("llmk: error: 1 damaged object(s)")
+    assert done.returncode == 7
+    assert done.stderr.strip().startswith("llmk: error: 1 damaged object(s)")
     assert (tmp_path / "home" / "objects" / "quarantine" / sha).exists()
     with pytest.raises(Corrupt, match="missing"):
         store.materialize("tiny", "main")
