@@ -53,6 +53,17 @@ def corrupt_in_place(path: Path) -> None:
         os.utime(path, ns=(after.st_atime_ns, before.st_mtime_ns + 1_000_000))
 
 
+def flip_in_place(path: Path) -> None:
+    """One byte changed with size, inode and times kept: damage that only a re-hash finds."""
+    st = path.stat()
+    with path.open("r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def truncate(path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 2)

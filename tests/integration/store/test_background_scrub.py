@@ -23,20 +23,10 @@ from llmk.wiring import open_store
 from services.store.metrics import Metrics
 from services.store.scrubber import Scrubber
 from tests.conftest import make_settings
+from tests.contract.contract_support import flip_in_place
 
 LLMK = str(Path(sys.executable).with_name("llmk"))
 DAMAGED = "llmk_store_scrub_damaged_objects_total"
-
-
-def flip_in_place(path: Path) -> None:
-    """One byte changed, size, inode and mtime kept: what only a re-hash can find."""
-    st = path.stat()
-    with path.open("r+b") as f:
-        f.seek(st.st_size // 2)
-        byte = f.read(1)
-        f.seek(st.st_size // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def free_port() -> int:

@@ -18,19 +18,9 @@ from llmk.domain.deltas import Delta, Kind
 from llmk.errors import Corrupt
 from llmk.wiring import open_store
 from tests.conftest import make_settings
+from tests.contract.contract_support import flip_in_place
 
 LLMK = [str(Path(sys.executable).with_name("llmk"))]
-
-
-def flip_in_place(path: Path) -> None:
-    """Change one byte in the middle of the file and restore its times, as an attacker or a bad disk might."""
-    st = path.stat()
-    with path.open("r+b") as f:
-        f.seek(st.st_size // 2)
-        byte = f.read(1)
-        f.seek(st.st_size // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest.fixture
