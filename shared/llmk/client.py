@@ -14,7 +14,8 @@ import torch
 
 from llmk.app.clients import StoreClient
 from llmk.app.reading import Change, Step
-from llmk.app.store import MAIN, CommitInfo, Store, VersionStats
+from llmk.app.store import MAIN, CommitInfo, Store
+from llmk.app.upkeep import VersionStats
 from llmk.config import Settings
 from llmk.domain.deltas import Delta
 from llmk.domain.versions import Model, Ref, Version

@@ -52,8 +52,8 @@ def check_entries(
         new = _meta(d) if d.kind is deltas.Kind.FULL or old is None else old
         if old is not None and new != old and not reshape:
             raise InvalidDelta(
-                f"{name}: a full value of {new[0]} {_dtype_name(new[1])} would replace the stored "
-                f"{old[0]} {_dtype_name(old[1])}; a commit that changes the architecture says so in its "
+                f"{name}: a full value of {new[0]} {dtype_name(new[1])} would replace the stored "
+                f"{old[0]} {dtype_name(old[1])}; a commit that changes the architecture says so in its "
                 f"metadata ({CHANGES_ARCHITECTURE!r}: true)"
             )
         metas[name] = new
@@ -173,7 +173,7 @@ def _meta(d: deltas.Delta) -> Meta:
     return tuple(t.shape), t.dtype
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 

@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # torch and the store's use cases load only in the commands t
     from llmk.app.inference_records import Classification, Finished, GenerateRequest
     from llmk.app.job_records import Example, Job, JobSpec, Submission
     from llmk.app.reading import Change, Step
-    from llmk.app.store import CommitInfo, VersionStats
+    from llmk.app.store import CommitInfo
+    from llmk.app.upkeep import VersionStats
     from llmk.domain.deltas import Delta
     from llmk.domain.versions import Model, Ref, Version
 

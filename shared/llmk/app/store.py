@@ -12,11 +12,19 @@ from typing import Any
 
 import torch
 
-from llmk.app import exports, reading
-from llmk.app.admission import Bounds, Meta, changes_architecture, check_entries, frozen_changes
+from llmk.app import exports, reading, upkeep
+from llmk.app.admission import (
+    Bounds,
+    Meta,
+    changes_architecture,
+    check_entries,
+    dtype_name,
+    frozen_changes,
+)
 from llmk.app.model_task import TASK_KEY, decode_task
 from llmk.app.ports import Catalog, Events, Objects
 from llmk.app.snapshots import SnapshotCache
+from llmk.app.upkeep import VersionStats
 from llmk.domain import deltas
 from llmk.domain.names import (
     AUTHOR_MAX,
@@ -48,13 +56,6 @@ class CommitInfo:
         check_text(self.author, "author", AUTHOR_MAX)
         check_text(self.message, "commit message", MESSAGE_MAX)
         check_text(self.idempotency_key or "", "idempotency key", IDEMPOTENCY_KEY_MAX)
-
-
-@dataclass(frozen=True)
-class VersionStats:
-    version: int
-    stored_bytes: int
-    full_bytes: int
 
 
 class Store:
@@ -225,21 +226,10 @@ class Store:
         sha = self.objects.put_tensors(pack)[0] if pack else ""  # the file lands before its rows
         self.bounds.remember(sha, entries)
         rows = [
-            Entry(n, d.kind.value, sha, shapes[n][0], _dtype_name(shapes[n][1]), d.nnz, d.nbytes)
+            Entry(n, d.kind.value, sha, shapes[n][0], dtype_name(shapes[n][1]), d.nnz, d.nbytes)
             for n, d in sorted(entries.items())
         ]
-        version = Version(
-            0,
-            model,
-            expected,
-            expected,
-            info.author,
-            info.message,
-            _now(),
-            dict(info.metadata or {}),
-            info.idempotency_key,
-            rows,
-        )
+        version = self._version(model, expected, expected, info, "", dict(info.metadata or {}), rows)
         v = self._add_version(model, branch, expected, version, sha)
         self._announce(v, branch, [e.name for e in v.entries])
         return v
@@ -334,18 +324,7 @@ class Store:
         meta: dict[str, Any] = {**(info.metadata or {}), "rollback_to": target}
         if changed:
             meta["forced_frozen"] = changed  # the audit trail of a forced rollback
-        version = Version(
-            0,
-            model,
-            head,
-            target,
-            info.author,
-            info.message or f"rollback to {target}",
-            _now(),
-            meta,
-            info.idempotency_key,
-            [],
-        )
+        version = self._version(model, head, target, info, f"rollback to {target}", meta, [])
         v = self.catalog.add_version(model, branch, head, version)
         self._announce(v, branch, None)
         return v
@@ -361,23 +340,12 @@ class Store:
         sha, _ = self.objects.put_tensors(pack)
         rows = [
             Entry(
-                n, "full", sha, tuple(t.shape), _dtype_name(t.dtype), t.numel(), t.numel() * t.element_size()
+                n, "full", sha, tuple(t.shape), dtype_name(t.dtype), t.numel(), t.numel() * t.element_size()
             )
             for n, t in tensors.items()
         ]
         meta = {**(info.metadata or {}), "squashed": vid}
-        version = Version(
-            0,
-            model,
-            vid,
-            None,
-            info.author,
-            info.message or f"squash of {vid}",
-            _now(),
-            meta,
-            info.idempotency_key,
-            rows,
-        )
+        version = self._version(model, vid, None, info, f"squash of {vid}", meta, rows)
         v = self._add_version(model, branch, vid, version, sha, create=branch != (ref or MAIN))
         self._announce(v, branch, [])  # same values, new id
         return v
@@ -419,39 +387,35 @@ class Store:
         return reading.changed_names(self.catalog, model, a, b)
 
     def stats(self, model: str) -> list[VersionStats]:
-        versions = self.catalog.versions(model)
-        full = reading.state_bytes(versions)
-        sizes: dict[str, int] = {}
-        out = []
-        for v in versions:
-            objs = {e.object for e in v.entries}
-            for sha in objs - set(sizes):
-                sizes[sha] = self.objects.verify(sha).stat().st_size
-            out.append(VersionStats(v.id, sum(sizes[s] for s in objs), full[v.id]))
-        return out
+        return upkeep.stats(self.catalog, self.objects, model)
 
     def scrub(self) -> list[str]:
         """Re-hash every object file; damaged ones are quarantined and named (reads of them then fail)."""
         return self.objects.scrub()
 
     def gc(self, dry_run: bool = False) -> list[str]:
-        """Delete object files no version references, once older than the grace period."""
-        referenced = self.catalog.referenced_objects()
-        removed = []
-        for sha, path in list(self.objects.list()):
-            if sha not in referenced and self.objects.age_seconds(path) >= self.gc_grace_seconds:
-                removed.append(sha)
-                if not dry_run:
-                    path.unlink(missing_ok=True)
-        for tmp in list(self.objects.temp_files()):
-            if self.objects.age_seconds(tmp) >= self.gc_grace_seconds and not dry_run:
-                tmp.unlink(missing_ok=True)
-        return removed
+        return upkeep.gc(self.catalog, self.objects, self.gc_grace_seconds, dry_run)
 
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+    @staticmethod
+    def _version(
+        model: str,
+        parent: int | None,
+        basis: int | None,
+        info: CommitInfo,
+        message: str,
+        metadata: dict[str, Any],
+        entries: list[Entry],
+    ) -> Version:
+        """A version record to insert (the catalog gives it its id)."""
+        return Version(
+            0,
+            model,
+            parent,
+            basis,
+            info.author,
+            info.message or message,
+            datetime.now(UTC),
+            metadata,
+            info.idempotency_key,
+            entries,
+        )

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from llmk.app.reading import Change, Step
-from llmk.app.store import VersionStats
+from llmk.app.upkeep import VersionStats
 from llmk.domain import deltas
 from llmk.domain.versions import Entry, Model, Ref, Version, part_key
 from llmk.errors import InvalidInput

@@ -15,7 +15,8 @@ import torch
 
 from llmk.app import exports
 from llmk.app.reading import Change, Step
-from llmk.app.store import MAIN, CommitInfo, VersionStats
+from llmk.app.store import MAIN, CommitInfo
+from llmk.app.upkeep import VersionStats
 from llmk.domain.deltas import Delta
 from llmk.domain.versions import Model, Ref, Version, part_key
 from llmk.rpc import codec
