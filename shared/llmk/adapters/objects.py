@@ -4,7 +4,8 @@ A file is written under a temporary name, fsynced, then linked to its hash, so r
 never see a partial object. Reads check the hash once per process per file state. A file this
 process created for a commit that was then refused can be discarded at once, unless another
 writer published the same content meanwhile (each publish of existing content replaces the file,
-so its inode tells).
+so its inode tells). Sparse indices are stored gap-coded where that is smaller (llmk.domain.indices)
+and read back as the flat indices that were written.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from llmk.domain import indices
 from llmk.errors import Corrupt, InvalidInput, NoSpace, NotFound
 
 HASH_BLOCK = 8 * 1024 * 1024
@@ -105,9 +108,10 @@ class ObjectStore:
 
     def put_tensors(self, tensors: Mapping[str, torch.Tensor]) -> tuple[str, int]:
         """Store a pack of tensors; returns (sha256, size in bytes)."""
+        pack, metadata = indices.compact(tensors)
         with self._temp(".safetensors") as tmp:
             try:
-                save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp))
+                save_file({k: t.contiguous() for k, t in pack.items()}, str(tmp), metadata=metadata or None)
             except SafetensorError as e:
                 raise _disk_full(self.root, e) or e from None
             return self._publish(tmp)
@@ -206,10 +210,10 @@ class ObjectStore:
     def get_bytes(self, sha: str) -> bytes:
         return self.verify(sha).read_bytes()
 
-    def open_tensors(self, sha: str) -> safe_open:
+    def open_tensors(self, sha: str) -> TensorFile:
         path = self.verify(sha)
         try:
-            return safe_open(str(path), framework="pt")
+            return TensorFile(safe_open(str(path), framework="pt"), sha)
         except SafetensorError as e:
             raise Corrupt(f"object {sha[:12]} is not a readable safetensors file: {e}") from None
 
@@ -250,6 +254,49 @@ class ObjectStore:
             return time.time() - path.stat().st_mtime
         except FileNotFoundError:
             return 0.0
+
+
+class TensorFile:
+    """An open pack object that reads back what its writer handed over: coded indices come back flat.
+
+    Used like safetensors' safe_open (a context manager with keys, get_tensor and get_slice); get_slice
+    reads stored tensors as they lie, for headers and for packs that hold no coded indices (snapshots).
+    """
+
+    def __init__(self, handle: safe_open, sha: str):
+        self._file, self._sha = handle, sha
+        try:
+            self._coded = indices.coded_keys(handle.metadata())
+        except Corrupt as e:
+            raise Corrupt(f"object {sha[:12]}: {e}") from None
+        self._stored = {stored: key for key, (stored, _, _) in self._coded.items()}
+        if missing := sorted(self._stored.keys() - set(handle.keys())):
+            raise Corrupt(f"object {sha[:12]}: its metadata names coded indices it lacks: {missing[:3]}")
+
+    def __enter__(self) -> TensorFile:
+        self._file.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.__exit__(*exc)
+
+    def keys(self) -> list[str]:
+        return [self._stored.get(k, k) for k in self._file.keys()]
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        if key not in self._coded:
+            return self._file.get_tensor(key)
+        stored, dtype, count = self._coded[key]
+        try:
+            return indices.decode(self._file.get_tensor(stored), count, dtype)
+        except (Corrupt, SafetensorError) as e:
+            raise Corrupt(f"object {self._sha[:12]}, {key}: {e}") from None
+
+    def get_slice(self, key: str) -> Any:
+        return self._file.get_slice(key)
+
+    def metadata(self) -> dict[str, str]:
+        return {k: v for k, v in (self._file.metadata() or {}).items() if k != indices.CODED}
 
 
 def _disk_full(root: Path, e: Exception) -> NoSpace | None:

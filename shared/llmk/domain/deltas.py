@@ -14,7 +14,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from llmk.errors import InvalidDelta
+from llmk.errors import Corrupt, InvalidDelta
 
 
 class Kind(StrEnum):
@@ -136,18 +136,30 @@ def apply(base: Tensor | None, delta: Delta) -> Tensor:
     if delta.kind is Kind.LOW_RANK:
         return base.add_((p["a"].float() @ p["b"].float()).to(base.dtype))
     if delta.kind in (Kind.ROWS, Kind.ROWS_SET):
-        rows = p["rows"].long()
+        rows = _stored_ids(p["rows"], base.shape[0] if base.dim() else 0, "row")
         if delta.kind is Kind.ROWS_SET:
             base[rows] = p["values"]
         else:
             base.index_add_(0, rows, p["values"])
         return base
-    flat, idx = base.view(-1), p["indices"].long()
+    flat = base.view(-1)
+    idx = _stored_ids(p["indices"], flat.numel(), "index")
     if delta.kind is Kind.SPARSE_SET:
         flat[idx] = p["values"]
     else:
         flat.index_add_(0, idx, p["values"])
     return base
+
+
+def _stored_ids(ids: Tensor, bound: int, what: str) -> Tensor:
+    """`ids` as int64, checked to lie in [0, bound): a stored entry passed validation when it was
+    committed, so one that does not fit is a damaged object, not a bad request."""
+    wide = ids.long()
+    if wide.numel():
+        low, high = torch.aminmax(wide)
+        if int(low) < 0 or int(high) >= bound:
+            raise Corrupt(f"stored {what} ids {int(low)}..{int(high)} fall outside [0, {bound})")
+    return wide
 
 
 # Entries that write given values; the others add to what is stored.

@@ -1,0 +1,131 @@
+"""Sparse positions stored as escape-coded gaps instead of flat int32/int64 indices.
+
+A 1% change to a 16-bit tensor stores one index per changed value; as int32 the index costs twice the
+value, 3% of the tensor's bytes. Sorted, neighbouring positions lie about 100 apart, so a gap fits in one
+or two bytes. The code is one stream of unsigned symbols: a symbol below ESCAPE (the width's largest value)
+ends a gap, and ESCAPE adds ESCAPE to the gap and goes on, so a gap of any size costs one symbol plus one
+per ESCAPE it spans, and decoding is a single cumulative sum. Of the two widths (8 and 16 bits) the
+smaller stream is kept, and the flat indices when neither is smaller.
+
+Why not "first index + fixed-width gaps, the width chosen by the largest gap": one far jump (a change at
+both ends of a matrix) would force every gap of that tensor back to 32 bits; here it costs a few escapes.
+
+In a pack of tensors an ``X/indices`` + ``X/values`` pair (a sparse delta, a sparse gradient) is coded as
+``X/indices.gaps``, values sorted with their indices by a stable sort: a replacement never names a position
+twice, and repeats of an addition keep their order, so applying the sorted pair gives the same bits. The
+safetensors metadata says which keys are coded, so files written before this code read as they always did,
+and a reader that does not know the code finds no ``X/indices`` rather than wrong positions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from llmk.errors import Corrupt, InvalidDelta
+
+WIDTHS = (torch.uint8, torch.uint16)
+INDEX_DTYPES = {"int32": torch.int32, "int64": torch.int64}
+CODED = "llmk.coded_indices"  # metadata key: JSON {stored key: [key, index dtype, count]}
+SUFFIX = ".gaps"
+
+
+def escape(width: torch.dtype) -> int:
+    return int(torch.iinfo(width).max)
+
+
+def encode(indices: Tensor, width: torch.dtype) -> Tensor:
+    """The symbol stream of non-decreasing, non-negative 1-D `indices`, in `width` (uint8 or uint16)."""
+    esc, gaps = escape(width), _gaps(indices)
+    far, rest = gaps // esc, gaps % esc  # far escapes, then the rest of each gap
+    ends = torch.arange(gaps.numel()) + far.cumsum(0)  # where each gap's closing symbol lands
+    out = torch.full((gaps.numel() + int(far.sum()),), esc, dtype=torch.int32)
+    out[ends] = rest.to(torch.int32)
+    return out.to(width)
+
+
+def decode(symbols: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+    """The `count` indices (as `dtype`) that `symbols` codes; Corrupt for any stream `encode` cannot give."""
+    if symbols.dtype not in WIDTHS or symbols.dim() != 1:
+        shape = tuple(symbols.shape)
+        raise Corrupt(f"coded indices must be a 1-D uint8/uint16 stream, not {symbols.dtype} {shape}")
+    wide = symbols.to(torch.int64)
+    ends = wide != escape(symbols.dtype)
+    if symbols.numel() and not bool(ends[-1]):
+        raise Corrupt("coded indices end inside a gap (a trailing escape symbol)")
+    positions = wide.cumsum(0)[ends]
+    if positions.numel() != count:
+        raise Corrupt(f"coded indices hold {positions.numel()} positions where {count} were written")
+    if count and int(positions[-1]) > torch.iinfo(dtype).max:
+        raise Corrupt(f"coded indices reach {int(positions[-1])}, past what {dtype} holds")
+    return positions.to(dtype)
+
+
+def smallest(indices: Tensor) -> Tensor | None:
+    """The smallest symbol stream of non-decreasing, non-negative `indices`; None when the flat indices
+    are no larger."""
+    gaps = _gaps(indices)
+    sizes = {w: (gaps.numel() + int((gaps // escape(w)).sum())) * w.itemsize for w in WIDTHS}
+    width = min(sizes, key=lambda w: sizes[w])
+    if sizes[width] >= indices.numel() * indices.element_size():
+        return None
+    return encode(indices, width)
+
+
+def compact(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The pack to store, with each codable ``X/indices`` + ``X/values`` pair coded where that is smaller,
+    and the metadata that says so (empty when nothing was coded)."""
+    out, coded = dict(tensors), {}
+    for key, idx in tensors.items():
+        values_key, stored = key.removesuffix("indices") + "values", key + SUFFIX
+        values = tensors.get(values_key)
+        if not key.endswith("/indices") or values is None or stored in tensors or not _codable(idx, values):
+            continue
+        idx, values = sort_pairs(idx, values)
+        negative = idx.numel() > 0 and int(idx[0]) < 0  # left for validation to refuse
+        if negative or (stream := smallest(idx)) is None:
+            continue
+        del out[key]
+        out[stored], out[values_key] = stream, values
+        coded[stored] = [key, str(idx.dtype).removeprefix("torch."), idx.numel()]
+    return out, ({CODED: json.dumps(coded)} if coded else {})
+
+
+def sort_pairs(indices: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices in ascending order with their values; equal indices keep their order (a stable sort)."""
+    if indices.numel() < 2 or bool((indices[1:] >= indices[:-1]).all()):
+        return indices, values
+    order = torch.sort(indices, stable=True).indices
+    return indices[order], values[order]
+
+
+def coded_keys(metadata: Mapping[str, str] | None) -> dict[str, tuple[str, torch.dtype, int]]:
+    """Key -> (stored key, index dtype, count) for each coded pair a file's metadata names."""
+    raw = (metadata or {}).get(CODED)
+    if raw is None:
+        return {}
+    try:
+        entries = json.loads(raw)
+        out = {}
+        for stored, (key, dtype, count) in entries.items():
+            if type(count) is not int or count < 0 or stored != key + SUFFIX:
+                raise ValueError(f"bad entry for {stored!r}")
+            out[key] = (stored, INDEX_DTYPES[dtype], count)
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise Corrupt(f"unreadable {CODED} metadata: {e}") from None
+
+
+def _codable(indices: Tensor, values: Tensor) -> bool:
+    return indices.dtype in INDEX_DTYPES.values() and indices.dim() == 1 and values.shape == indices.shape
+
+
+def _gaps(indices: Tensor) -> Tensor:
+    wide = indices.to(torch.int64)
+    gaps = torch.diff(wide, prepend=wide.new_zeros(1))
+    if gaps.numel() and int(gaps.min()) < 0:
+        raise InvalidDelta("only non-decreasing, non-negative indices can be gap-coded")
+    return gaps
