@@ -13,7 +13,7 @@ from llmk.domain.deltas import PARTS, Delta, parse_kind
 from llmk.domain.versions import part_key
 from llmk.errors import InvalidInput
 from llmk.rpc import codec
-from llmk.rpc.tensors import from_chunks, to_chunks
+from llmk.rpc.tensors import chunks_in, from_chunks, to_chunks
 from llmk.v1 import common_pb2, store_pb2_grpc
 from llmk.v1 import store_pb2 as pb
 from services.store.metrics import Metrics
@@ -150,17 +150,11 @@ def _read_commit(requests: Iterator[pb.CommitRequest], max_bytes: int) -> tuple[
     first = next(requests, None)
     if first is None or not first.HasField("header"):
         raise InvalidInput("a commit stream must start with its header")
-    parts = from_chunks((_chunk(r) for r in requests), max_bytes)
+    parts = from_chunks(chunks_in(requests, "commit"), max_bytes)
     named = {part_key(n, p) for n, kind in first.header.kinds.items() for p in PARTS[parse_kind(kind)]}
     if extra := sorted(set(parts) - named):
         raise InvalidInput(f"the stream carries part(s) its header does not name: {extra[:5]}")
     return first.header, parts
-
-
-def _chunk(request: pb.CommitRequest) -> common_pb2.TensorChunk:
-    if not request.HasField("chunk"):
-        raise InvalidInput("a commit stream has one header, then tensor chunks only")
-    return request.chunk
 
 
 def _delta(name: str, kind: str, parts: dict) -> Delta:

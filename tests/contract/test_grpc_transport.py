@@ -159,6 +159,17 @@ BAD_STREAMS |= {
         q0_chunk(0, 16384), q0_chunk(0, 16384, part_key(K1, "tensor"))
     ),
     "a second header": lambda: iter([*q0_stream(q0_chunk(0, 16384)), *q0_stream()]),
+    "a gap inside one packed message": lambda: iter(
+        [
+            pb.CommitRequest(header=pb.CommitHeader(model=MODEL, kinds={Q0: "full"})),
+            pb.CommitRequest(
+                chunks=common_pb2.TensorChunks(chunks=[q0_chunk(0, 4096), q0_chunk(8192, 8192)])
+            ),
+        ]
+    ),
+    "packed chunks before the header": lambda: iter(
+        [pb.CommitRequest(chunks=common_pb2.TensorChunks(chunks=[q0_chunk(0, 16384)]))]
+    ),
     "a negative dimension": lambda: iter(
         [
             pb.CommitRequest(header=pb.CommitHeader(model=MODEL, kinds={NORM: "full"})),

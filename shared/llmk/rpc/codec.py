@@ -11,7 +11,7 @@ from llmk.app.upkeep import VersionStats
 from llmk.domain import deltas
 from llmk.domain.versions import Entry, Model, Ref, Version, part_key
 from llmk.errors import InvalidInput
-from llmk.rpc.tensors import from_chunks, to_chunks
+from llmk.rpc.tensors import chunks_in, from_chunks, packed, to_chunks
 from llmk.v1 import store_pb2 as pb
 
 
@@ -114,8 +114,8 @@ def steps_to_chunks(steps: list[Step] | None, chunk_bytes: int) -> Iterator[pb.S
         parts = {
             f"{step.version}:{part_key(n, k)}": t for n, d in step.entries.items() for k, t in d.parts.items()
         }
-        for chunk in to_chunks(parts, chunk_bytes):
-            yield pb.StepsChunk(chunk=chunk)
+        for batch in packed(to_chunks(parts, chunk_bytes), chunk_bytes):
+            yield pb.StepsChunk(chunks=batch)
 
 
 def steps_from_chunks(stream: Iterable[pb.StepsChunk]) -> list[Step] | None:
@@ -125,7 +125,7 @@ def steps_from_chunks(stream: Iterable[pb.StepsChunk]) -> list[Step] | None:
         raise InvalidInput("a steps stream must start with its header")
     if not first.header.on_chain:
         return None
-    parts = from_chunks(m.chunk for m in messages)
+    parts = from_chunks(chunks_in(messages, "steps"))
     out = []
     for step in first.header.steps:
         entries = {}

@@ -23,7 +23,7 @@ from llmk.rpc import codec
 from llmk.rpc.errors import translate
 from llmk.rpc.security import Tls, open_channel
 from llmk.rpc.server import message_options
-from llmk.rpc.tensors import from_chunks, to_chunks
+from llmk.rpc.tensors import from_chunks, packed, to_chunks
 from llmk.v1 import store_pb2 as pb
 from llmk.v1 import store_pb2_grpc
 from llmk.v1.common_pb2 import Empty
@@ -49,8 +49,8 @@ class GrpcStoreClient:
         self, header: pb.CommitHeader, tensors: Mapping[str, torch.Tensor]
     ) -> Iterator[pb.CommitRequest]:
         yield pb.CommitRequest(header=header)
-        for chunk in to_chunks(tensors, self.chunk_bytes):
-            yield pb.CommitRequest(chunk=chunk)
+        for batch in packed(to_chunks(tensors, self.chunk_bytes), self.chunk_bytes):
+            yield pb.CommitRequest(chunks=batch)
 
     @staticmethod
     def _header(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,32 @@ def to_chunks(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator
             offset = end
             if offset >= total:
                 break
+
+
+def packed(chunks: Iterable[common_pb2.TensorChunk], chunk_bytes: int) -> Iterator[common_pb2.TensorChunks]:
+    """Consecutive chunks grouped into messages of at most `chunk_bytes` of data (a bigger chunk alone)."""
+    batch: list[common_pb2.TensorChunk] = []
+    size = 0
+    for c in chunks:
+        if batch and size + len(c.data) > chunk_bytes:
+            yield common_pb2.TensorChunks(chunks=batch)
+            batch, size = [], 0
+        batch.append(c)
+        size += len(c.data)
+    if batch:
+        yield common_pb2.TensorChunks(chunks=batch)
+
+
+def chunks_in(messages: Iterable[Any], stream: str) -> Iterator[common_pb2.TensorChunk]:
+    """The tensor chunks of a stream's messages after its header, one chunk or several per message."""
+    for m in messages:
+        item = m.WhichOneof("item")
+        if item == "chunk":
+            yield m.chunk
+        elif item == "chunks":
+            yield from m.chunks.chunks
+        else:
+            raise InvalidInput(f"a {stream} stream has one header, then tensor chunks only")
 
 
 def from_chunks(
