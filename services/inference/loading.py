@@ -15,15 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from llmk.app.store import MAIN
 from llmk.client import StoreClient
 from llmk.config import Settings
 from llmk.domain.names import check_file_name
 from llmk.errors import FailedPrecondition
+from services.inference.engine import tokens
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.generator import Generator
 from services.inference.engine.model import Model, build_model
+from services.inference.engine.tokens import ServedTokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 BYTE_CHAT_TEMPLATE = (
@@ -76,7 +79,8 @@ def build_served(
     tokenizer = load_tokenizer(store, name, list(stored.files), int(config.get("vocab_size", 0)))
     device, dtype = pick_device(s.device)
     tensors = store.fetch(name, str(v.id))
-    model = build_model(config, tensors, "cpu" if s.weight_budget else device, dtype)
+    with NoInitOnMeta():
+        model = build_model(config, tensors, "cpu" if s.weight_budget else device, dtype)
     del tensors
     prepare_weights(model, options, s.weight_budget, device)
     version = v.id
@@ -101,20 +105,48 @@ def build_served(
     return Served(name, branch, options, model, tokenizer, generator, batcher, device)
 
 
+class NoInitOnMeta(TorchFunctionMode):
+    """Skips torch.nn.init's random fills of meta tensors, which hold no data to fill: the first one on the
+    meta device (nn.Embedding's normal_) imports torch._dynamo, 1-2 s of a worker's cold start. A torch
+    function mode is this thread's alone: a model built meanwhile on another thread is initialised."""
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")  # init functions take the tensor first
+        if (
+            getattr(func, "__module__", "") == "torch.nn.init"
+            and isinstance(target, torch.Tensor)
+            and target.is_meta
+        ):
+            return target
+        return func(*args, **kwargs)
+
+
 def load_tokenizer(store: StoreClient, name: str, files: list[str], vocab_size: int) -> Any:
-    """AutoTokenizer over the model's stored files, written to a temporary folder; byte-level without them."""
+    """The model's tokenizer from its stored files, over the `tokenizers` library when transformers would only
+    wrap tokenizer.json (no transformers import: a third of a worker's cold start), else AutoTokenizer;
+    byte-level without tokenizer files."""
     if not any(f in files for f in TOKENIZER_FILES):
         return byte_tokenizer(name, vocab_size)
+    for f in files:
+        check_file_name(f)  # a stored name never escapes the folder, whatever the store let in
+    stored = {f: store.file(name, f) for f in files}
+    return tokens.from_files(stored) or auto_tokenizer(stored)
+
+
+def auto_tokenizer(files: dict[str, bytes]) -> Any:
+    """AutoTokenizer over the stored files, written to a temporary folder."""
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="llmk-tokenizer-") as tmp:
-        for f in files:
-            check_file_name(f)  # a stored name never escapes the folder, whatever the store let in
-            (Path(tmp) / f).write_bytes(store.file(name, f))
+        for f, data in files.items():
+            (Path(tmp) / f).write_bytes(data)
         return AutoTokenizer.from_pretrained(tmp)
 
 
-def byte_tokenizer(name: str, vocab_size: int) -> Any:
+def byte_tokenizer(name: str, vocab_size: int) -> ServedTokenizer:
     """One token per UTF-8 byte, id = byte value: how the optimizer reads models stored without tokenizer
     files (synthetic ones), so both tiers see the same tokens."""
     if vocab_size < 256:
@@ -122,14 +154,11 @@ def byte_tokenizer(name: str, vocab_size: int) -> Any:
             f"model {name!r} has no tokenizer files and too small a vocabulary for bytes"
         )
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(vocab={symbol: b for b, symbol in _byte_symbols().items()}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok)
-    wrapped.chat_template = BYTE_CHAT_TEMPLATE
-    return wrapped
+    return ServedTokenizer(tok, {}, BYTE_CHAT_TEMPLATE)
 
 
 def _byte_symbols() -> dict[int, str]:
