@@ -39,12 +39,7 @@ def escape(width: torch.dtype) -> int:
 
 def encode(indices: Tensor, width: torch.dtype) -> Tensor:
     """The symbol stream of non-decreasing, non-negative 1-D `indices`, in `width` (uint8 or uint16)."""
-    esc, gaps = escape(width), _gaps(indices)
-    far, rest = gaps // esc, gaps % esc  # far escapes, then the rest of each gap
-    ends = torch.arange(gaps.numel()) + far.cumsum(0)  # where each gap's closing symbol lands
-    out = torch.full((gaps.numel() + int(far.sum()),), esc, dtype=torch.int32)
-    out[ends] = rest.to(torch.int32)
-    return out.to(width)
+    return _symbols(_gaps(indices), width)
 
 
 def decode(symbols: Tensor, count: int, dtype: torch.dtype) -> Tensor:
@@ -56,9 +51,11 @@ def decode(symbols: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     ends = wide != escape(symbols.dtype)
     if symbols.numel() and not bool(ends[-1]):
         raise Corrupt("coded indices end inside a gap (a trailing escape symbol)")
-    positions = wide.cumsum(0)[ends]
-    if positions.numel() != count:
-        raise Corrupt(f"coded indices hold {positions.numel()} positions where {count} were written")
+    if (found := int(ends.sum())) != count:
+        raise Corrupt(f"coded indices hold {found} positions where {count} were written")
+    positions = wide.cumsum(0)
+    if found < symbols.numel():  # numpy's boolean selection is several times torch's
+        positions = torch.from_numpy(positions.numpy()[ends.numpy()])
     if count and int(positions[-1]) > torch.iinfo(dtype).max:
         raise Corrupt(f"coded indices reach {int(positions[-1])}, past what {dtype} holds")
     return positions.to(dtype)
@@ -72,7 +69,7 @@ def smallest(indices: Tensor) -> Tensor | None:
     width = min(sizes, key=lambda w: sizes[w])
     if sizes[width] >= indices.numel() * indices.element_size():
         return None
-    return encode(indices, width)
+    return _symbols(gaps, width)
 
 
 def compact(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -123,9 +120,23 @@ def _codable(indices: Tensor, values: Tensor) -> bool:
     return indices.dtype in INDEX_DTYPES.values() and indices.dim() == 1 and values.shape == indices.shape
 
 
+def _symbols(gaps: Tensor, width: torch.dtype) -> Tensor:
+    esc = escape(width)
+    far, rest = gaps // esc, gaps % esc  # far escapes, then the rest of each gap
+    if not bool(far.any()):
+        return rest.to(width)
+    ends = torch.arange(gaps.numel()) + far.cumsum(0)  # where each gap's closing symbol lands
+    out = torch.full((gaps.numel() + int(far.sum()),), esc, dtype=torch.int32)
+    out[ends] = rest.to(torch.int32)
+    return out.to(width)
+
+
 def _gaps(indices: Tensor) -> Tensor:
-    wide = indices.to(torch.int64)
-    gaps = torch.diff(wide, prepend=wide.new_zeros(1))
+    """Each index minus the one before (the first minus 0), in the indices' own dtype: int32 indices give
+    int32 gaps, which halves the memory the arithmetic below walks through."""
+    gaps = indices.clone()
+    if gaps.numel() > 1:
+        torch.sub(indices[1:], indices[:-1], out=gaps[1:])
     if gaps.numel() and int(gaps.min()) < 0:
         raise InvalidDelta("only non-decreasing, non-negative indices can be gap-coded")
     return gaps
