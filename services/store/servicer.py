@@ -144,6 +144,12 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
             steps = self.store.steps(request.model, request.from_version, request.to_version)
             yield from codec.steps_to_chunks(steps, self.chunk_bytes)
 
+    def Locate(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.LocateReply:
+        located = self.store.locate(
+            request.model, request.ref or None, request.selector, list(request.names) or None
+        )
+        return codec.located_to_pb(located)
+
 
 def _read_commit(requests: Iterator[pb.CommitRequest], max_bytes: int) -> tuple[pb.CommitHeader, dict]:
     """The header, then exactly the parts it names: a part it does not name is refused, not dropped."""

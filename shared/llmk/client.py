@@ -128,15 +128,18 @@ class LocalStoreClient:
 def connect(settings: Settings) -> StoreClient:
     """The store named by settings: a gRPC service when LLMK_STORE_ADDRESS is set, else embedded."""
     if settings.store_address:
+        from llmk.adapters.objects import ObjectStore
         from llmk.rpc.security import Tls
         from llmk.rpc.store import GrpcStoreClient
 
+        beside = settings.store_object_dir
         return GrpcStoreClient(
             settings.store_address,
             settings.auth_token,
             settings.max_message_bytes,
             settings.chunk_bytes,
             Tls.of(settings),
+            ObjectStore(beside, settings.max_header_bytes, readonly=True) if beside else None,
         )
     from llmk.wiring import open_store
 

@@ -14,6 +14,11 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".llmk"), description="Embedded-mode root: SQLite file, objects, cache")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under home")
     object_dir: Path | None = Field(None, description="Content-addressed object files; default home/objects")
+    store_object_dir: Path | None = Field(
+        None,
+        description="With LLMK_STORE_ADDRESS: the store's object directory as mounted here (same host or a "
+        "shared volume; read-only is enough): fetches read the files the store names, not streamed bytes",
+    )
     broker_url: str = Field("memory://", description="Celery/kombu broker; memory:// is in-process")
     queue_type: str = Field(
         "classic",

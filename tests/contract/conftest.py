@@ -1,5 +1,6 @@
-"""The contract suite runs every test against the in-process client and the gRPC client,
-each over SQLite and PostgreSQL, so the transports and the backends cannot drift apart."""
+"""The contract suite runs every test against the in-process client and the gRPC client (streaming the
+bytes, or reading them from the object files), each over SQLite and PostgreSQL, so the transports and the
+backends cannot drift apart."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmk.adapters.objects import ObjectStore
 from llmk.app.store import CommitInfo, Store
 from llmk.client import LocalStoreClient, StoreClient
 from llmk.config import Settings
@@ -43,8 +45,10 @@ class Env:
         return [(v.id, v.parent) for v in self.inspect.catalog.versions(self.model)]
 
 
-@pytest.fixture(params=["local", "grpc"])
+@pytest.fixture(params=["local", "grpc", "files"])
 def transport(request: pytest.FixtureRequest) -> str:
+    """local: in-process; grpc: the service; files: the service, with reads taken from the object files
+    (a client that sees the store's object directory, LLMK_STORE_OBJECT_DIR)."""
     return request.param
 
 
@@ -62,6 +66,8 @@ def make_env(
             client: StoreClient = LocalStoreClient(stores[-1])
         else:
             client = grpc_server(s).client
+            if transport == "files":
+                client.objects = ObjectStore(s.objects_path, readonly=True)
         stores.append(open_store(s))
         env = Env(client, s, stores[-1], transport)
         if import_tiny:

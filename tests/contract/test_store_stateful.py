@@ -140,7 +140,10 @@ def open_run(settings: Settings, transport: str) -> Run:
     else:
         server, port = build(settings, store=served)
         server.start()
-        client = connect(settings.model_copy(update={"store_address": f"127.0.0.1:{port}"}))
+        beside = settings.objects_path if transport == "files" else None
+        client = connect(
+            settings.model_copy(update={"store_address": f"127.0.0.1:{port}", "store_object_dir": beside})
+        )
         stop = lambda: (client.close(), server.stop(0).wait())  # noqa: E731
 
     def close() -> None:

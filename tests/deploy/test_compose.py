@@ -102,6 +102,9 @@ def test_named_volumes_hold_the_database_and_object_files() -> None:
     for name in ("store", "import"):
         assert "objects:/objects" in SERVICES[name]["volumes"]
         assert SERVICES[name]["environment"]["LLMK_OBJECT_DIR"] == "/objects"
+    for name in ("inference", "inference-gpu"):  # workers read the store's files beside it, read-only
+        assert "objects:/objects:ro" in SERVICES[name]["volumes"]
+        assert SERVICES[name]["environment"]["LLMK_STORE_OBJECT_DIR"] == "/objects"
 
 
 def test_prometheus_scrapes_the_metrics_port_of_every_serving_tier() -> None:

@@ -147,6 +147,13 @@ def test_object_files_are_on_a_read_write_many_volume_and_disruptions_are_bounde
     assert claims["llmk-objects"]["spec"]["accessModes"] == ["ReadWriteMany"]
     budgets = of_kind(overlay, "PodDisruptionBudget")
     assert {"llmk-store", "llmk-inference"} <= set(budgets)
+    worker = of_kind(overlay, "Deployment")["llmk-inference"]
+    (served,) = containers(worker)
+    mounted = {m["name"]: m for m in served["volumeMounts"]}
+    assert mounted["objects"]["readOnly"] is True  # workers read the store's files beside it, never write
+    assert {"name": "LLMK_STORE_OBJECT_DIR", "value": mounted["objects"]["mountPath"]} in served["env"]
+    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["objects"]["persistentVolumeClaim"]["claimName"] == "llmk-objects"
 
 
 def test_dev_runs_its_own_postgres_and_rabbitmq_prod_points_at_managed_ones() -> None:

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,13 +95,15 @@ def read_safetensors(
 
 
 class ObjectStore:
-    def __init__(self, root: Path, max_header_bytes: int = 100 * 1024 * 1024):
+    def __init__(self, root: Path, max_header_bytes: int = 100 * 1024 * 1024, readonly: bool = False):
+        """`readonly`: another process's directory, mounted here to read (a worker beside the store)."""
         self.root = root
         self.max_header_bytes = max_header_bytes
         self._verified: dict[str, tuple[int, int, int, int]] = {}
         self._created: OrderedDict[str, int] = OrderedDict()  # sha -> inode this process created
         self._lock = threading.Lock()
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            (root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str) -> Path:
         return self.root / sha[:2] / sha[2:]
@@ -206,6 +208,16 @@ class ObjectStore:
                 raise Corrupt(f"object {sha[:12]} failed its checksum ({p}): refusing to serve it")
             self._verified[sha] = state
         return p
+
+    def verified_state(self, sha: str) -> tuple[int, int, int, int]:
+        """The file state under which the object last hashed to its name (verifying it now if needed)."""
+        path = self.verify(sha)
+        return self._verified.get(sha) or _file_state(path)  # removed meanwhile: reading it will say so
+
+    def trust(self, sha: str, state: Sequence[int]) -> None:
+        """Take another reader's check: the file, while in exactly `state`, hashes to its name. Reading it
+        in any other state (rewritten, replaced, touched) hashes it again here."""
+        self._verified[sha] = (state[0], state[1], state[2], state[3])
 
     def get_bytes(self, sha: str) -> bytes:
         return self.verify(sha).read_bytes()

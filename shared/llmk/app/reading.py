@@ -33,6 +33,16 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Located:
+    """A version's plan and the file state in which the store checked each object it names: what a reader
+    that sees the same object directory needs to read the version itself, without the bytes crossing gRPC."""
+
+    version: int
+    plan: Plan
+    checked: dict[str, tuple[int, int, int, int]]  # sha -> (inode, size, mtime_ns, ctime_ns)
+
+
+@dataclass(frozen=True)
 class Change:
     name: str
     kind: str  # the entry kind when one entry separates the versions, else "mixed"
@@ -68,6 +78,14 @@ def plan(
     if missing:
         raise Corrupt(f"{model}@{version_id}: no full value beneath the deltas of {missing[:3]}")
     return Plan(lineage, snapshot, snapshot_names, len(chain))
+
+
+def locate(
+    catalog: Catalog, objects: Objects, model: str, version_id: int, want: Callable[[str], bool]
+) -> Located:
+    p = plan(catalog, objects, model, version_id, want)
+    shas = {e.object for entries in p.lineage.values() for e in entries} | {p.snapshot or ""}
+    return Located(version_id, p, {sha: objects.verified_state(sha) for sha in sorted(shas - {""})})
 
 
 def load(objects: Objects, p: Plan) -> dict[str, torch.Tensor]:

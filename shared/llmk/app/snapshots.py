@@ -9,6 +9,7 @@ snapshot that turns out missing or damaged is dropped and read around (from the 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from functools import partial
 
@@ -54,6 +55,21 @@ class SnapshotCache:
             self._quietly("mark a snapshot used", self.catalog.touch_snapshot, p.snapshot)
         return p, tensors
 
+    def locate(
+        self, model: str, version_id: int, want: Callable[[str], bool], whole: bool
+    ) -> reading.Located:
+        """Where a version lies, for a reader of the files. The cache treats it as a read: a whole version
+        at the end of a long chain is read and cached first, and the snapshot it names is marked used."""
+        located = reading.locate(self.catalog, self.objects, model, version_id, want)
+        if whole and located.plan.depth >= self.chain_length and _size(located.plan) <= self.budget_bytes:
+            p, tensors = self.read(model, version_id, want)
+            self.offer(version_id, p.depth, tensors)
+            del tensors
+            located = reading.locate(self.catalog, self.objects, model, version_id, want)
+        elif located.plan.snapshot:
+            self._quietly("mark a snapshot used", self.catalog.touch_snapshot, located.plan.snapshot)
+        return located
+
     def offer(self, version_id: int, depth: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """Cache a full read of a long chain, if the budget allows; never fails the read."""
         size = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -91,3 +107,9 @@ class SnapshotCache:
             fn(*args)
         except Exception:  # a cache failure (full disk, read-only folder, database hiccup) is no read failure
             log.warning("could not %s", what, exc_info=True)
+
+
+def _size(p: reading.Plan) -> int:
+    """Bytes of the tensors a plan's entries end at (a lower bound when a snapshot holds others)."""
+    newest = [entries[0] for entries in p.lineage.values()]
+    return sum(math.prod(e.shape) * getattr(torch, e.dtype).itemsize for e in newest)

@@ -377,6 +377,14 @@ class Store:
             raise NotFound(f"model {model!r} has no branch {branch!r}")
         return found.version
 
+    def locate(
+        self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
+    ) -> reading.Located:
+        """Which object files hold a version, for a reader that sees this object directory."""
+        vid = self.resolve(model, ref)
+        want = reading.selector_filter(selector, names)
+        return self.snapshots.locate(model, vid, want, whole=not selector and names is None)
+
     def steps(self, model: str, a: int, b: int) -> list[reading.Step] | None:
         """The typed entries from version `a` to version `b`, oldest first, for a worker to apply in place;
         None when `a` is not on b's basis chain (a rollback or a squash lies between)."""

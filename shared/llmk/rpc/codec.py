@@ -6,13 +6,24 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from llmk.app.reading import Change, Step
+from llmk.app.reading import Change, Located, Plan, Step
 from llmk.app.upkeep import VersionStats
 from llmk.domain import deltas
 from llmk.domain.versions import Entry, Model, Ref, Version, part_key
 from llmk.errors import InvalidInput
 from llmk.rpc.tensors import chunks_in, from_chunks, packed, to_chunks
 from llmk.v1 import store_pb2 as pb
+
+
+def entry_to_pb(e: Entry) -> pb.EntryInfo:
+    shape = list(e.shape)
+    return pb.EntryInfo(
+        name=e.name, kind=e.kind, object=e.object, shape=shape, dtype=e.dtype, nnz=e.nnz, nbytes=e.nbytes
+    )
+
+
+def entry_from_pb(e: pb.EntryInfo) -> Entry:
+    return Entry(e.name, e.kind, e.object, tuple(e.shape), e.dtype, e.nnz, e.nbytes)
 
 
 def version_to_pb(v: Version) -> pb.VersionInfo:
@@ -26,18 +37,7 @@ def version_to_pb(v: Version) -> pb.VersionInfo:
         created_at=v.created_at.isoformat(),
         metadata_json=json.dumps(v.metadata),
         idempotency_key=v.idempotency_key or "",
-        entries=[
-            pb.EntryInfo(
-                name=e.name,
-                kind=e.kind,
-                object=e.object,
-                shape=list(e.shape),
-                dtype=e.dtype,
-                nnz=e.nnz,
-                nbytes=e.nbytes,
-            )
-            for e in v.entries
-        ],
+        entries=[entry_to_pb(e) for e in v.entries],
     )
 
 
@@ -52,7 +52,7 @@ def version_from_pb(m: pb.VersionInfo) -> Version:
         datetime.fromisoformat(m.created_at),
         json.loads(m.metadata_json or "{}"),
         m.idempotency_key or None,
-        [Entry(e.name, e.kind, e.object, tuple(e.shape), e.dtype, e.nnz, e.nbytes) for e in m.entries],
+        [entry_from_pb(e) for e in m.entries],
     )
 
 
@@ -137,3 +137,24 @@ def steps_from_chunks(stream: Iterable[pb.StepsChunk]) -> list[Step] | None:
             entries[name] = deltas.Delta(kind, {k: parts[key] for k, key in keys.items()})
         out.append(Step(step.version, entries))
     return out
+
+
+def located_to_pb(located: Located) -> pb.LocateReply:
+    p = located.plan
+    return pb.LocateReply(
+        version=located.version,
+        lineage=[pb.Lineage(name=n, entries=[entry_to_pb(e) for e in es]) for n, es in p.lineage.items()],
+        snapshot=p.snapshot or "",
+        snapshot_names=p.snapshot_names,
+        depth=p.depth,
+        objects=[pb.CheckedObject(sha=sha, state=list(state)) for sha, state in located.checked.items()],
+    )
+
+
+def located_from_pb(m: pb.LocateReply) -> Located:
+    if bad := [o.sha for o in m.objects if len(o.state) != 4]:
+        raise InvalidInput(f"a located object needs a 4-number file state: {bad[:3]}")
+    lineage = {line.name: [entry_from_pb(e) for e in line.entries] for line in m.lineage}
+    p = Plan(lineage, m.snapshot or None, list(m.snapshot_names), m.depth)
+    checked = {o.sha: (o.state[0], o.state[1], o.state[2], o.state[3]) for o in m.objects}
+    return Located(m.version, p, checked)

@@ -7,18 +7,21 @@ tests/contract runs one suite against both so they cannot drift.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmk.app import exports
-from llmk.app.reading import Change, Step
+from llmk.app import exports, reading
+from llmk.app.ports import Objects
+from llmk.app.reading import Change, Located, Step
 from llmk.app.store import MAIN, CommitInfo
 from llmk.app.upkeep import VersionStats
 from llmk.domain.deltas import Delta
 from llmk.domain.versions import Model, Ref, Version, part_key
+from llmk.errors import Corrupt
 from llmk.rpc import codec
 from llmk.rpc.errors import translate
 from llmk.rpc.security import Tls, open_channel
@@ -27,6 +30,8 @@ from llmk.rpc.tensors import from_chunks, packed, to_chunks
 from llmk.v1 import store_pb2 as pb
 from llmk.v1 import store_pb2_grpc
 from llmk.v1.common_pb2 import Empty
+
+log = logging.getLogger(__name__)
 
 
 class GrpcStoreClient:
@@ -39,11 +44,14 @@ class GrpcStoreClient:
         max_message_bytes: int = 8 << 20,
         chunk_bytes: int = 4 << 20,
         tls: Tls | None = None,
+        objects: Objects | None = None,
     ):
+        """`objects`: the store's object directory, when this process can read it (LLMK_STORE_OBJECT_DIR)."""
         self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
         self.stub = store_pb2_grpc.ParameterStoreStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.chunk_bytes = chunk_bytes
+        self.objects = objects
 
     def _commit_stream(
         self, header: pb.CommitHeader, tensors: Mapping[str, torch.Tensor]
@@ -155,7 +163,28 @@ class GrpcStoreClient:
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
+        if self.objects is not None:
+            try:
+                return self._read_files(request)
+            except Corrupt as e:  # a file evicted or changed since the store checked it: take the bytes
+                log.warning("reading %s from the object files failed (%s); streaming it instead", model, e)
         return from_chunks(self.stub.FetchTensors(request))
+
+    @translate
+    def locate(
+        self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
+    ) -> Located:
+        request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
+        return codec.located_from_pb(self.stub.Locate(request))
+
+    def _read_files(self, request: pb.FetchRequest) -> dict[str, torch.Tensor]:
+        """Plan over gRPC, bytes from the files: the store's check of each file is taken while the file
+        stays exactly as it was checked."""
+        assert self.objects is not None
+        located = codec.located_from_pb(self.stub.Locate(request))
+        for sha, state in located.checked.items():
+            self.objects.trust(sha, state)
+        return reading.load(self.objects, located.plan)
 
     def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
         exports.check_target(out)
