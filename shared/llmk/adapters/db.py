@@ -18,6 +18,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    insert,
     select,
     text,
     update,
@@ -197,7 +198,8 @@ class Catalog:
                 )
                 s.add(row)
                 s.flush()
-                s.add_all(_entry_rows(row.id, version.entries))
+                if version.entries:  # one multi-row INSERT, not a unit of work per row
+                    s.execute(insert(EntryRow), _entry_rows(row.id, version.entries))
                 self._move(s, m.id, branch, expected, row.id, create_branch)
                 return _version(row, model, version.entries)
         except IntegrityError as e:
@@ -285,11 +287,13 @@ class Catalog:
     @staticmethod
     def _entries(s: Session, ids: list[int]) -> dict[int, list[Entry]]:
         out: dict[int, list[Entry]] = {}
-        for i in range(0, len(ids), 500):
-            for e in s.scalars(select(EntryRow).where(EntryRow.version_id.in_(ids[i : i + 500]))):
-                out.setdefault(e.version_id, []).append(
-                    Entry(e.name, e.kind, e.object, tuple(e.shape), e.dtype, e.nnz, e.nbytes)
-                )
+        t = EntryRow
+        columns = (t.version_id, t.name, t.kind, t.object, t.shape, t.dtype, t.nnz, t.nbytes)
+        for i in range(0, len(ids), 500):  # plain rows, not ORM objects: a chain holds thousands
+            for vid, name, kind, obj, shape, dtype, nnz, nbytes in s.execute(
+                select(*columns).where(t.version_id.in_(ids[i : i + 500]))
+            ):
+                out.setdefault(vid, []).append(Entry(name, kind, obj, tuple(shape), dtype, nnz, nbytes))
         return out
 
     # refs ---------------------------------------------------------------------
@@ -361,18 +365,18 @@ class Catalog:
             return refs
 
 
-def _entry_rows(version_id: int, entries: list[Entry]) -> list[EntryRow]:
+def _entry_rows(version_id: int, entries: list[Entry]) -> list[dict[str, Any]]:
     return [
-        EntryRow(
-            version_id=version_id,
-            name=e.name,
-            kind=e.kind,
-            object=e.object,
-            shape=list(e.shape),
-            dtype=e.dtype,
-            nnz=e.nnz,
-            nbytes=e.nbytes,
-        )
+        {
+            "version_id": version_id,
+            "name": e.name,
+            "kind": e.kind,
+            "object": e.object,
+            "shape": list(e.shape),
+            "dtype": e.dtype,
+            "nnz": e.nnz,
+            "nbytes": e.nbytes,
+        }
         for e in entries
     ]
 
