@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,22 +44,26 @@ def encode(indices: Tensor, width: torch.dtype) -> Tensor:
 
 
 def decode(symbols: Tensor, count: int, dtype: torch.dtype) -> Tensor:
-    """The `count` indices (as `dtype`) that `symbols` codes; Corrupt for any stream `encode` cannot give."""
+    """The `count` indices (as `dtype`) that `symbols` codes; Corrupt for any stream `encode` cannot give.
+
+    Checked before the sum: the symbols' total is the last index, so it also says whether an int32 sum
+    cannot overflow (half the bytes of int64). Widening and masking go through numpy, whose uint16 and
+    boolean-selection loops are several times torch's; the sum stays in torch, which vectorizes it.
+    """
     if symbols.dtype not in WIDTHS or symbols.dim() != 1:
         shape = tuple(symbols.shape)
         raise Corrupt(f"coded indices must be a 1-D uint8/uint16 stream, not {symbols.dtype} {shape}")
-    wide = symbols.to(torch.int64)
-    ends = wide != escape(symbols.dtype)
-    if symbols.numel() and not bool(ends[-1]):
+    raw, esc = symbols.numpy(), escape(symbols.dtype)
+    if raw.size and raw[-1] == esc:
         raise Corrupt("coded indices end inside a gap (a trailing escape symbol)")
-    if (found := int(ends.sum())) != count:
+    if (found := raw.size - (escapes := int(np.count_nonzero(raw == esc)))) != count:
         raise Corrupt(f"coded indices hold {found} positions where {count} were written")
-    positions = wide.cumsum(0)
-    if found < symbols.numel():  # numpy's boolean selection is several times torch's
-        positions = torch.from_numpy(positions.numpy()[ends.numpy()])
-    if count and int(positions[-1]) > torch.iinfo(dtype).max:
-        raise Corrupt(f"coded indices reach {int(positions[-1])}, past what {dtype} holds")
-    return positions.to(dtype)
+    if (last := int(raw.sum(dtype=np.int64))) > torch.iinfo(dtype).max:
+        raise Corrupt(f"coded indices reach {last}, past what {dtype} holds")
+    sums = torch.from_numpy(raw.astype(np.int32 if last < 2**31 else np.int64)).cumsum_(0)
+    if escapes:
+        sums = torch.from_numpy(sums.numpy()[raw != esc])
+    return sums.to(dtype)
 
 
 def smallest(indices: Tensor) -> Tensor | None:
