@@ -10,12 +10,13 @@ for the rest.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tokenizers import Tokenizer as Backend
 
-from llmk.errors import FailedPrecondition
+from llmk.errors import FailedPrecondition, InvalidInput
 
 # The tokenizer classes transformers builds straight from tokenizer.json, unchanged
 PLAIN_CLASSES = (None, "TokenizersBackend", "PreTrainedTokenizerFast")
@@ -60,18 +61,26 @@ class ServedTokenizer:
         special tokens as variables, keys whose value is None dropped from each message."""
         if not self.chat_template:
             raise FailedPrecondition("this model has no chat template: send a raw prompt")
+        import jinja2
+
         if self._template is None:
-            self._template = compile_template(self.chat_template)
+            try:
+                self._template = compile_template(self.chat_template)
+            except jinja2.TemplateSyntaxError as e:
+                raise FailedPrecondition(f"the model's chat template does not compile: {e}") from None
         chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        text = str(
-            self._template.render(
-                messages=chat,
-                tools=None,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **self.special_tokens,
+        try:
+            text = str(
+                self._template.render(
+                    messages=chat,
+                    tools=None,
+                    documents=None,
+                    add_generation_prompt=add_generation_prompt,
+                    **self.special_tokens,
+                )
             )
-        )
+        except jinja2.TemplateError as e:  # raise_exception: the template refuses these messages
+            raise InvalidInput(f"the model's chat template refused the messages: {e}") from None
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
@@ -98,6 +107,10 @@ def compile_template(source: str) -> Any:
             x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
         )
 
+    if _version(jinja2.__version__) < (3, 1, 6):  # as transformers: a stored template is untrusted code
+        raise FailedPrecondition(
+            f"chat templates need jinja2 3.1.6 or later (sandbox fixes), not {jinja2.__version__}"
+        )
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
     )
@@ -105,6 +118,10 @@ def compile_template(source: str) -> Any:
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(source)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
 def from_files(files: Mapping[str, bytes]) -> ServedTokenizer | None:

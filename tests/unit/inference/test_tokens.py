@@ -23,7 +23,7 @@ from llmk.app.causal_lm import load_tokenizer as optimizer_tokenizer
 from llmk.app.job_records import TASKS
 from llmk.app.store import CommitInfo
 from llmk.client import LocalStoreClient
-from llmk.errors import FailedPrecondition
+from llmk.errors import FailedPrecondition, InvalidInput
 from llmk.wiring import open_store
 from services.inference.engine import tokens
 from services.inference.loading import BYTE_CHAT_TEMPLATE, NoInitOnMeta, byte_tokenizer, load_tokenizer
@@ -161,9 +161,15 @@ def test_unreadable_tokenizer_files_get_a_clear_error() -> None:
     for bad, message in ((b"{not json", "not valid JSON"), (b"[1, 2]", "not a JSON object")):
         with pytest.raises(FailedPrecondition, match=f"tokenizer_config.json is {message}"):
             tokens.from_files({**files, "tokenizer_config.json": bad})
-    without_template = tokens.ServedTokenizer(byte_tokenizer("m", 258).backend, {})
-    with pytest.raises(FailedPrecondition, match="no chat template"):
-        without_template.apply_chat_template([{"role": "user", "content": "hi"}])
+    chat = [{"role": "user", "content": "hi"}]
+    for template, error, message in (
+        (None, FailedPrecondition, "no chat template"),
+        ("{% for m in messages %}", FailedPrecondition, "does not compile"),
+        ("{{ raise_exception('roles must alternate') }}", InvalidInput, "roles must alternate"),
+    ):
+        served = tokens.ServedTokenizer(byte_tokenizer("m", 258).backend, {}, template)
+        with pytest.raises(error, match=message):
+            served.apply_chat_template(chat)
 
 
 def test_init_is_skipped_only_on_the_meta_device() -> None:
