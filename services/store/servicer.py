@@ -150,6 +150,10 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         )
         return codec.located_to_pb(located)
 
+    def LocateSteps(self, request: pb.StepsRequest, context: grpc.ServicerContext) -> pb.StepsLocated:
+        versions, checked = self.store.locate_steps(request.model, request.from_version, request.to_version)
+        return codec.steps_located_to_pb(versions, checked)
+
 
 def _read_commit(requests: Iterator[pb.CommitRequest], max_bytes: int) -> tuple[pb.CommitHeader, dict]:
     """The header, then exactly the parts it names: a part it does not name is refused, not dropped."""

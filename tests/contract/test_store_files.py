@@ -53,6 +53,19 @@ def test_a_fetch_reads_the_files_and_streams_no_bytes(beside) -> None:
     assert streamed == []
 
 
+def test_steps_are_read_from_the_files_and_stream_no_bytes(beside) -> None:
+    client, _, _ = beside
+    first = client.version(MODEL).id
+    fetched: list[object] = []
+    stream = client.stub.FetchSteps
+    client.stub.FetchSteps = lambda request, **kw: fetched.append(request) or stream(request, **kw)
+    v = client.commit(MODEL, {NORM: sparse([3], [0.5])})
+    (step,) = client.steps(MODEL, first, v.id) or []
+    assert step.version == v.id
+    assert torch.equal(step.entries[NORM].parts["indices"], torch.tensor([3]))
+    assert fetched == []
+
+
 def test_a_file_damaged_after_the_store_checked_it_is_never_served(beside, settings: Settings) -> None:
     client, _, _ = beside
     client.fetch(MODEL)  # the store has checked every file

@@ -85,7 +85,7 @@ def locate(
 ) -> Located:
     p = plan(catalog, objects, model, version_id, want)
     shas = {e.object for entries in p.lineage.values() for e in entries} | {p.snapshot or ""}
-    return Located(version_id, p, {sha: objects.verified_state(sha) for sha in sorted(shas - {""})})
+    return Located(version_id, p, checked(objects, shas - {""}))
 
 
 def load(objects: Objects, p: Plan) -> dict[str, torch.Tensor]:
@@ -124,12 +124,20 @@ class Step:
 def steps(catalog: Catalog, objects: Objects, model: str, a: int, b: int) -> list[Step] | None:
     """The versions after `a` up to `b`, oldest first, with their entries read from the object files;
     None when `a` is not on b's basis chain (a rollback or a squash lies between: read values instead)."""
+    versions = step_versions(catalog, model, a, b)
+    return None if versions is None else read_steps(objects, versions)
+
+
+def step_versions(catalog: Catalog, model: str, a: int, b: int) -> list[Version] | None:
+    """The versions after `a` up to `b`, oldest first, entries listed but not read; None off the chain."""
     catalog.version(model, a, with_entries=False)  # NotFound for an unknown id
     chain = catalog.basis_chain(model, b, stop=a)
-    if chain[-1].id != a:
-        return None
+    return list(reversed(chain[:-1])) if chain[-1].id == a else None
+
+
+def read_steps(objects: Objects, versions: list[Version]) -> list[Step]:
     out = []
-    for v in reversed(chain[:-1]):
+    for v in versions:
         entries: dict[str, deltas.Delta] = {}
         by_object: dict[str, list[Entry]] = {}
         for e in v.entries:
@@ -142,6 +150,11 @@ def steps(catalog: Catalog, objects: Objects, model: str, a: int, b: int) -> lis
                     entries[e.name] = deltas.Delta(kind, parts)
         out.append(Step(v.id, entries))
     return out
+
+
+def checked(objects: Objects, shas: set[str]) -> dict[str, tuple[int, int, int, int]]:
+    """The file state each object was checked in (checking it now if needed), for a reader of the files."""
+    return {sha: objects.verified_state(sha) for sha in sorted(shas)}
 
 
 def changed_names(catalog: Catalog, model: str, a: int, b: int) -> list[str]:

@@ -390,6 +390,14 @@ class Store:
         None when `a` is not on b's basis chain (a rollback or a squash lies between)."""
         return reading.steps(self.catalog, self.objects, model, a, b)
 
+    def locate_steps(
+        self, model: str, a: int, b: int
+    ) -> tuple[list[Version] | None, dict[str, tuple[int, int, int, int]]]:
+        """steps() for a reader of the object files: the versions, and the state each file was checked in."""
+        versions = reading.step_versions(self.catalog, model, a, b)
+        shas = {e.object for v in versions or [] for e in v.entries}
+        return versions, reading.checked(self.objects, shas)
+
     def changed(self, model: str, a: int, b: int) -> list[str]:
         """Names of the tensors whose values may differ between versions `a` and `b`, from metadata only."""
         return reading.changed_names(self.catalog, model, a, b)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 from llmk.app.reading import Change, Located, Plan, Step
@@ -147,14 +147,41 @@ def located_to_pb(located: Located) -> pb.LocateReply:
         snapshot=p.snapshot or "",
         snapshot_names=p.snapshot_names,
         depth=p.depth,
-        objects=[pb.CheckedObject(sha=sha, state=list(state)) for sha, state in located.checked.items()],
+        objects=checked_to_pb(located.checked),
     )
 
 
 def located_from_pb(m: pb.LocateReply) -> Located:
-    if bad := [o.sha for o in m.objects if len(o.state) != 4]:
-        raise InvalidInput(f"a located object needs a 4-number file state: {bad[:3]}")
     lineage = {line.name: [entry_from_pb(e) for e in line.entries] for line in m.lineage}
     p = Plan(lineage, m.snapshot or None, list(m.snapshot_names), m.depth)
-    checked = {o.sha: (o.state[0], o.state[1], o.state[2], o.state[3]) for o in m.objects}
-    return Located(m.version, p, checked)
+    return Located(m.version, p, checked_from_pb(m.objects))
+
+
+def checked_to_pb(checked: Mapping[str, Sequence[int]]) -> list[pb.CheckedObject]:
+    return [pb.CheckedObject(sha=sha, state=list(state)) for sha, state in checked.items()]
+
+
+def checked_from_pb(objects: Iterable[pb.CheckedObject]) -> dict[str, tuple[int, int, int, int]]:
+    out = {}
+    for o in objects:
+        if len(o.state) != 4:
+            raise InvalidInput(f"object {o.sha[:12]}: a checked file state has 4 numbers, not {len(o.state)}")
+        out[o.sha] = (o.state[0], o.state[1], o.state[2], o.state[3])
+    return out
+
+
+def steps_located_to_pb(
+    versions: list[Version] | None, checked: Mapping[str, Sequence[int]]
+) -> pb.StepsLocated:
+    return pb.StepsLocated(
+        on_chain=versions is not None,
+        versions=[version_to_pb(v) for v in versions or []],
+        objects=checked_to_pb(checked),
+    )
+
+
+def steps_located_from_pb(
+    m: pb.StepsLocated,
+) -> tuple[list[Version] | None, dict[str, tuple[int, int, int, int]]]:
+    versions = [version_from_pb(v) for v in m.versions] if m.on_chain else None
+    return versions, checked_from_pb(m.objects)
