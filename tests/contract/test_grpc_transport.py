@@ -15,7 +15,7 @@ from llmk.config import Settings
 from llmk.domain.deltas import Delta, full
 from llmk.domain.versions import part_key
 from llmk.errors import Unauthenticated
-from llmk.rpc.server import message_options
+from llmk.rpc.security import message_options
 from llmk.rpc.store import GrpcStoreClient
 from llmk.rpc.tensors import to_chunks
 from llmk.v1 import common_pb2, store_pb2_grpc

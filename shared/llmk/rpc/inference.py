@@ -10,13 +10,12 @@ import grpc
 
 from llmk.app.inference_records import Classification, Finished, GenerateRequest, LabelScores
 from llmk.rpc.errors import from_rpc_error, translate
-from llmk.rpc.security import Tls, open_channel
-from llmk.rpc.server import message_options
+from llmk.rpc.security import ServiceClient, Tls
 from llmk.v1 import inference_pb2 as pb
 from llmk.v1 import inference_pb2_grpc
 
 
-class GrpcInferenceClient:
+class GrpcInferenceClient(ServiceClient):
     """One model of the worker at `address`, pinned to `ref` when one is given (the worker refuses with
     FailedPrecondition when it serves another version)."""
 
@@ -30,7 +29,7 @@ class GrpcInferenceClient:
         tls: Tls | None = None,
     ):
         self.model, self.ref = model, ref or ""
-        self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
+        super().__init__(address, token, max_message_bytes, tls)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
 
     @translate
@@ -69,6 +68,3 @@ class GrpcInferenceClient:
         else:
             fields["prompt"] = r.prompt
         return pb.GenerateRequest(**fields)
-
-    def close(self) -> None:
-        self.channel.close()

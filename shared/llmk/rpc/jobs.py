@@ -16,8 +16,7 @@ import torch
 from llmk.app.job_records import Example, Job, JobInput, JobSpec, StepRecord, Submission, TaskSpec
 from llmk.domain.optim import OptimizerSpec
 from llmk.rpc.errors import translate
-from llmk.rpc.security import Tls, open_channel
-from llmk.rpc.server import message_options
+from llmk.rpc.security import ServiceClient, Tls
 from llmk.rpc.tensors import to_chunks
 from llmk.v1 import optimizer_pb2 as pb
 from llmk.v1 import optimizer_pb2_grpc
@@ -176,7 +175,7 @@ def submission_from_pb(m: pb.SubmitReply, key: str) -> Submission:
     return Submission(job, JobInput(job.id, m.sequence, key, "", m.items), m.duplicate)
 
 
-class GrpcOptimizerClient:
+class GrpcOptimizerClient(ServiceClient):
     """The Optimizer service over gRPC; gradients stream in chunks of at most `chunk_bytes`."""
 
     def __init__(
@@ -187,9 +186,8 @@ class GrpcOptimizerClient:
         chunk_bytes: int = 4 << 20,
         tls: Tls | None = None,
     ):
-        self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
+        super().__init__(address, token, max_message_bytes, tls)
         self.stub = optimizer_pb2_grpc.OptimizerStub(self.channel)
-        self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.chunk_bytes = chunk_bytes
 
     @translate
@@ -197,7 +195,7 @@ class GrpcOptimizerClient:
         self, spec: JobSpec, validation: Sequence[Example] = (), idempotency_key: str | None = None
     ) -> Job:
         request = create_request(spec, validation, idempotency_key)
-        return job_from_pb(self.stub.CreateJob(request, metadata=self.metadata))
+        return job_from_pb(self.stub.CreateJob(request))
 
     @translate
     def get_job(self, job_id: str) -> Job:
@@ -210,14 +208,14 @@ class GrpcOptimizerClient:
 
     @translate
     def cancel_job(self, job_id: str) -> Job:
-        return job_from_pb(self.stub.CancelJob(pb.JobRequest(job_id=job_id), metadata=self.metadata))
+        return job_from_pb(self.stub.CancelJob(pb.JobRequest(job_id=job_id)))
 
     @translate
     def submit_feedback(self, job_id: str, examples: Sequence[Example], idempotency_key: str) -> Submission:
         request = pb.FeedbackRequest(
             job_id=job_id, idempotency_key=idempotency_key, examples=examples_to_pb(examples)
         )
-        return submission_from_pb(self.stub.SubmitFeedback(request, metadata=self.metadata), idempotency_key)
+        return submission_from_pb(self.stub.SubmitFeedback(request), idempotency_key)
 
     @translate
     def submit_gradients(
@@ -230,8 +228,5 @@ class GrpcOptimizerClient:
             for chunk in to_chunks(parts, self.chunk_bytes):
                 yield pb.GradientRequest(chunk=chunk)
 
-        reply = self.stub.SubmitGradients(stream(), metadata=self.metadata)
+        reply = self.stub.SubmitGradients(stream())
         return submission_from_pb(reply, idempotency_key)
-
-    def close(self) -> None:
-        self.channel.close()

@@ -64,6 +64,20 @@ def open_channel(
     return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
 
 
+def message_options(max_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
+
+
+class ServiceClient:
+    """A channel to one llmk service: TLS when configured, the token (if any) sent with every call."""
+
+    def __init__(self, address: str, token: str, max_message_bytes: int, tls: Tls | None):
+        self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 def token_matches(metadata: Sequence[tuple[str, Any]] | None, token: str) -> bool:
     """Constant time: how much of a guess matched must not show in how long the refusal takes."""
     given = dict(metadata or ()).get("authorization", "")

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from llmk import errors
 from llmk.rpc.errors import error_metadata, status_of
-from llmk.rpc.security import HEALTH_METHODS, Tls, server_credentials, token_matches
+from llmk.rpc.security import HEALTH_METHODS, Tls, message_options, server_credentials, token_matches
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,6 @@ def _replace(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any]]
     }
     attr, make = kinds[(handler.request_streaming, handler.response_streaming)]
     return make(wrap(getattr(handler, attr)), handler.request_deserializer, handler.response_serializer)
-
-
-def message_options(max_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
 
 
 def make_server(

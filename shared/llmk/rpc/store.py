@@ -24,8 +24,7 @@ from llmk.domain.versions import Model, Ref, Version, part_key
 from llmk.errors import Corrupt
 from llmk.rpc import codec
 from llmk.rpc.errors import translate
-from llmk.rpc.security import Tls, open_channel
-from llmk.rpc.server import message_options
+from llmk.rpc.security import ServiceClient, Tls
 from llmk.rpc.tensors import from_chunks, packed, to_chunks
 from llmk.v1 import store_pb2 as pb
 from llmk.v1 import store_pb2_grpc
@@ -34,7 +33,7 @@ from llmk.v1.common_pb2 import Empty
 log = logging.getLogger(__name__)
 
 
-class GrpcStoreClient:
+class GrpcStoreClient(ServiceClient):
     """The store service over gRPC; tensors stream in chunks of at most settings.chunk_bytes."""
 
     def __init__(
@@ -47,9 +46,8 @@ class GrpcStoreClient:
         objects: Objects | None = None,
     ):
         """`objects`: the store's object directory, when this process can read it (LLMK_STORE_OBJECT_DIR)."""
-        self.channel = open_channel(address, message_options(max_message_bytes), tls, token)
+        super().__init__(address, token, max_message_bytes, tls)
         self.stub = store_pb2_grpc.ParameterStoreStub(self.channel)
-        self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.chunk_bytes = chunk_bytes
         self.objects = objects
 
@@ -94,9 +92,7 @@ class GrpcStoreClient:
             kinds={n: "full" for n in tensors},
         )
         parts = {part_key(n, "tensor"): t for n, t in tensors.items()}
-        return codec.version_from_pb(
-            self.stub.CreateModel(self._commit_stream(header, parts), metadata=self.metadata)
-        )
+        return codec.version_from_pb(self.stub.CreateModel(self._commit_stream(header, parts)))
 
     @translate
     def commit(
@@ -111,9 +107,7 @@ class GrpcStoreClient:
             model, branch, parent, info, kinds={n: d.kind.value for n, d in entries.items()}
         )
         parts = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
-        return codec.version_from_pb(
-            self.stub.Commit(self._commit_stream(header, parts), metadata=self.metadata)
-        )
+        return codec.version_from_pb(self.stub.Commit(self._commit_stream(header, parts)))
 
     @translate
     def commit_full(
@@ -128,9 +122,7 @@ class GrpcStoreClient:
             model, branch, parent, info, full_weights=True, kinds={n: "full" for n in tensors}
         )
         parts = {part_key(n, "tensor"): t for n, t in tensors.items()}
-        return codec.version_from_pb(
-            self.stub.Commit(self._commit_stream(header, parts), metadata=self.metadata)
-        )
+        return codec.version_from_pb(self.stub.Commit(self._commit_stream(header, parts)))
 
     @translate
     def model(self, name: str) -> Model:
@@ -199,12 +191,12 @@ class GrpcStoreClient:
     @translate
     def branch(self, model: str, name: str, from_ref: str | None = None) -> Ref:
         request = pb.RefRequest(model=model, name=name, kind="branch", from_ref=from_ref or "")
-        return codec.ref_from_pb(self.stub.CreateRef(request, metadata=self.metadata))
+        return codec.ref_from_pb(self.stub.CreateRef(request))
 
     @translate
     def tag(self, model: str, name: str, ref: str | None = None) -> Ref:
         request = pb.RefRequest(model=model, name=name, kind="tag", from_ref=ref or "")
-        return codec.ref_from_pb(self.stub.CreateRef(request, metadata=self.metadata))
+        return codec.ref_from_pb(self.stub.CreateRef(request))
 
     @translate
     def rollback(
@@ -213,26 +205,26 @@ class GrpcStoreClient:
         request = pb.RollbackRequest(
             model=model, to=to, branch=branch, author=author, force_frozen=force_frozen
         )
-        return codec.version_from_pb(self.stub.Rollback(request, metadata=self.metadata))
+        return codec.version_from_pb(self.stub.Rollback(request))
 
     @translate
     def freeze(self, model: str, patterns: list[str]) -> Model:
         request = pb.FreezeRequest(model=model, patterns=patterns)
-        return codec.model_from_pb(self.stub.Freeze(request, metadata=self.metadata))
+        return codec.model_from_pb(self.stub.Freeze(request))
 
     @translate
     def unfreeze(self, model: str, patterns: list[str]) -> Model:
         request = pb.FreezeRequest(model=model, patterns=patterns)
-        return codec.model_from_pb(self.stub.Unfreeze(request, metadata=self.metadata))
+        return codec.model_from_pb(self.stub.Unfreeze(request))
 
     @translate
     def squash(self, model: str, ref: str | None = None, author: str = "llmk") -> Version:
         request = pb.SquashRequest(model=model, ref=ref or "", author=author)
-        return codec.version_from_pb(self.stub.Squash(request, metadata=self.metadata))
+        return codec.version_from_pb(self.stub.Squash(request))
 
     @translate
     def gc(self, dry_run: bool = False) -> list[str]:
-        return list(self.stub.Gc(pb.GcRequest(dry_run=dry_run), metadata=self.metadata).removed)
+        return list(self.stub.Gc(pb.GcRequest(dry_run=dry_run)).removed)
 
     @translate
     def stats(self, model: str) -> list[VersionStats]:
@@ -262,6 +254,3 @@ class GrpcStoreClient:
         assert self.objects is not None
         for sha, state in checked.items():
             self.objects.trust(sha, state)
-
-    def close(self) -> None:
-        self.channel.close()
