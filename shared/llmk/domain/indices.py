@@ -67,13 +67,13 @@ def decode(symbols: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     return sums.to(dtype)
 
 
-def smallest(indices: Tensor) -> Tensor | None:
-    """The smallest symbol stream of non-decreasing, non-negative `indices`; None when the flat indices
-    are no larger."""
+def smallest(indices: Tensor, margin: int = 0) -> Tensor | None:
+    """The smallest symbol stream of non-decreasing, non-negative `indices`; None unless it is more than
+    `margin` bytes smaller than the flat indices."""
     gaps = _gaps(indices)
     sizes = {w: (gaps.size + _escapes(gaps, escape(w))) * w.itemsize for w in WIDTHS}
     width = min(sizes, key=lambda w: sizes[w])
-    if sizes[width] >= indices.numel() * indices.element_size():
+    if sizes[width] + margin >= indices.numel() * indices.element_size():
         return None
     return _symbols(gaps, width)
 
@@ -89,7 +89,7 @@ def compact(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str,
             continue
         idx, values = sort_pairs(idx, values)
         negative = idx.numel() > 0 and int(idx[0]) < 0  # left for validation to refuse
-        if negative or (stream := smallest(idx)) is None:
+        if negative or (stream := smallest(idx, margin=_metadata_bytes(key))) is None:
             continue
         del out[key]
         out[stored], out[values_key] = stream, values
@@ -120,6 +120,12 @@ def coded_keys(metadata: Mapping[str, str] | None) -> dict[str, tuple[str, torch
         return out
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise Corrupt(f"unreadable {CODED} metadata: {e}") from None
+
+
+def _metadata_bytes(key: str) -> int:
+    """About what coding a pair adds to the file's header (its metadata entry, a longer key): a few
+    changes to a small tensor (a norm's 1%) save less than that and stay flat, and skip a decode too."""
+    return 2 * len(key) + len(SUFFIX) + 32
 
 
 def _codable(indices: Tensor, values: Tensor) -> bool:
