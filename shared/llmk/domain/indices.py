@@ -129,7 +129,13 @@ def _metadata_bytes(key: str) -> int:
 
 
 def _codable(indices: Tensor, values: Tensor) -> bool:
-    return indices.dtype in INDEX_DTYPES.values() and indices.dim() == 1 and values.shape == indices.shape
+    on_cpu = indices.device.type == values.device.type == "cpu"  # the coding runs in numpy
+    return (
+        on_cpu
+        and indices.dtype in INDEX_DTYPES.values()
+        and indices.dim() == 1
+        and values.shape == indices.shape
+    )
 
 
 def _symbols(gaps: np.ndarray, width: torch.dtype) -> Tensor:
