@@ -3,7 +3,8 @@ answer a serving worker gives on it.
 
 The store (`llmk serve store`, PostgreSQL metadata) and the worker (`llmk serve inference`, following version
 events on RabbitMQ) are separate processes; this process is the committer and the client, over gRPC. The
-probe is a one-token answer to a one-word prompt, so the figure is the update's propagation. Goals (issue 8):
+probe is a one-token answer to a one-word prompt, so the figure is the update's propagation. The worker
+sees the store's object directory (LLMK_STORE_OBJECT_DIR), as docker-compose and Kubernetes deploy it. Goals (issue 8):
 every tensor p50 < 500 ms and p99 < 1000 ms; the last 4 layers' MLPs p50 < 200 ms.
 
     python -m bench.bench_hot_apply
@@ -114,6 +115,7 @@ def measure(home: Path) -> list[dict]:
             "inference",
             LLMK_HOME=str(home / "worker"),
             LLMK_STORE_ADDRESS=address,
+            LLMK_STORE_OBJECT_DIR=str(home / "store" / "objects"),  # beside the store, as deployed
             LLMK_SERVE_MODEL="smollm2",
             LLMK_VERSION_POLL_SECONDS="0",
             **common,
