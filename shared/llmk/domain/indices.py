@@ -41,7 +41,8 @@ def escape(width: torch.dtype) -> int:
 
 def encode(indices: Tensor, width: torch.dtype) -> Tensor:
     """The symbol stream of non-decreasing, non-negative 1-D `indices`, in `width` (uint8 or uint16)."""
-    return _symbols(_gaps(indices), width)
+    gaps = _checked_gaps(indices)
+    return _symbols(gaps, width, gaps // escape(width))
 
 
 def decode(symbols: Tensor, count: int, dtype: torch.dtype) -> Tensor:
@@ -70,12 +71,7 @@ def decode(symbols: Tensor, count: int, dtype: torch.dtype) -> Tensor:
 def smallest(indices: Tensor, margin: int = 0) -> Tensor | None:
     """The smallest symbol stream of non-decreasing, non-negative `indices`; None unless it is more than
     `margin` bytes smaller than the flat indices."""
-    gaps = _gaps(indices)
-    sizes = {w: (gaps.size + _escapes(gaps, escape(w))) * w.itemsize for w in WIDTHS}
-    width = min(sizes, key=lambda w: sizes[w])
-    if sizes[width] + margin >= indices.numel() * indices.element_size():
-        return None
-    return _symbols(gaps, width)
+    return _smallest(_checked_gaps(indices), indices.numel() * indices.element_size() - margin)
 
 
 def compact(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -87,9 +83,14 @@ def compact(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str,
         values = tensors.get(values_key)
         if not key.endswith("/indices") or values is None or stored in tensors or not _codable(idx, values):
             continue
-        idx, values = sort_pairs(idx, values)
-        negative = idx.numel() > 0 and int(idx[0]) < 0  # left for validation to refuse
-        if negative or (stream := smallest(idx, margin=_metadata_bytes(key))) is None:
+        gaps = _gaps(idx)
+        if gaps.size > 1 and int(gaps[1:].min()) < 0:  # not in order: sort, values with their indices
+            idx, values = sort_pairs(idx, values)
+            gaps = _gaps(idx)
+        if gaps.size and int(gaps[0]) < 0:  # a negative index, left for validation to refuse
+            continue
+        budget = idx.numel() * idx.element_size() - _metadata_bytes(key)
+        if (stream := _smallest(gaps, budget)) is None:
             continue
         del out[key]
         out[stored], out[values_key] = stream, values
@@ -99,8 +100,6 @@ def compact(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str,
 
 def sort_pairs(indices: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     """Indices in ascending order with their values; equal indices keep their order (a stable sort)."""
-    if indices.numel() < 2 or bool((indices[1:] >= indices[:-1]).all()):
-        return indices, values
     order = torch.sort(indices, stable=True).indices
     return indices[order], values[order]
 
@@ -138,29 +137,37 @@ def _codable(indices: Tensor, values: Tensor) -> bool:
     )
 
 
-def _symbols(gaps: np.ndarray, width: torch.dtype) -> Tensor:
+def _smallest(gaps: np.ndarray, budget: int) -> Tensor | None:
+    """The smaller stream of the two widths, if it takes fewer than `budget` bytes."""
+    escapes = {w: gaps // escape(w) for w in WIDTHS}  # per gap, the escapes before its closing symbol
+    sizes = {w: (gaps.size + int(far.sum())) * w.itemsize for w, far in escapes.items()}
+    width = min(sizes, key=lambda w: sizes[w])
+    return _symbols(gaps, width, escapes[width]) if sizes[width] < budget else None
+
+
+def _symbols(gaps: np.ndarray, width: torch.dtype, far: np.ndarray) -> Tensor:
     """Gaps as symbols: numpy divides by a constant and scatters faster, torch sums faster."""
     esc, symbol = escape(width), NUMPY[width]
-    if not _escapes(gaps, esc):
+    if not far.any():
         return torch.from_numpy(gaps.astype(symbol))
-    far = gaps // esc  # escapes before each gap's closing symbol
-    ends = torch.from_numpy(far).cumsum(0) + torch.arange(gaps.size)  # where closing symbols land
-    out = np.full(int(ends[-1]) + 1, esc, dtype=symbol)
+    total = gaps.size + int(far.sum())
+    position = torch.int32 if total < 2**31 else torch.int64  # int32 sums are vectorized, int64 ones not
+    ends = torch.cumsum(torch.from_numpy(far), 0, dtype=position)  # where closing symbols land
+    ends += torch.arange(gaps.size, dtype=position)
+    out = np.full(total, esc, dtype=symbol)
     out[ends.numpy()] = gaps - far * esc
     return torch.from_numpy(out)
 
 
-def _escapes(gaps: np.ndarray, esc: int) -> int:
-    """How many escape symbols the gaps need: none at all for most deltas, found in one comparison."""
-    far = gaps[gaps >= esc]
-    return int((far // esc).sum()) if far.size else 0
+def _checked_gaps(indices: Tensor) -> np.ndarray:
+    gaps = _gaps(indices)
+    if gaps.size and int(gaps.min()) < 0:
+        raise InvalidDelta("only non-decreasing, non-negative indices can be gap-coded")
+    return gaps
 
 
 def _gaps(indices: Tensor) -> np.ndarray:
     """Each index minus the one before (the first minus 0), in the indices' own dtype: int32 indices give
     int32 gaps, which halves the memory the arithmetic walks through."""
     flat = indices.numpy()
-    gaps = np.diff(flat, prepend=flat.dtype.type(0))
-    if gaps.size and int(gaps.min()) < 0:
-        raise InvalidDelta("only non-decreasing, non-negative indices can be gap-coded")
-    return gaps
+    return np.diff(flat, prepend=flat.dtype.type(0))
