@@ -83,7 +83,7 @@ class Step:
 
     positions: Tensor  # [B, T]
     mask: Tensor | None  # [B, 1, T, S] additive float mask: 0 where a query may attend a key, -inf elsewhere
-    rope: tuple[Tensor, Tensor] | None = None  # cos, sin: [B, T, 1, hd]
+    rope: tuple[Tensor, Tensor] | None = None  # cos, signed sin: [B, T, 1, hd], see RopeTable
     cache: KVCache | None = None
     slots: Tensor | None = None  # [B]
     slot_range: tuple[int, int] | None = None  # set when the slots are lo..hi-1 in order: no gather needed
@@ -113,19 +113,45 @@ def padded_causal(valid: Tensor, prefix_length: int, dtype: torch.dtype) -> Tens
     return additive(mask[:, None], dtype)
 
 
-def rope(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The rotary embedding's cos and sin [B, T, 1, hd] at `positions` [B, T], as Hugging Face's Llama."""
-    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    inv_freq = 1.0 / (theta**exponents)  # [hd / 2]
-    freqs = positions[..., None].float() * inv_freq  # [B, T, hd / 2]
-    angles = torch.cat((freqs, freqs), dim=-1)[:, :, None]  # [B, T, 1, hd]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+class RopeTable:
+    """cos and sin of every position below `n`, computed once (as Hugging Face's Llama computes them per
+    pass), so a decode step looks its positions up instead of recomputing them.
+
+    The sin's first half is stored negated: rotating a head's halves (x1, x2) to (-x2, x1) and multiplying
+    by sin is then (x2, x1) times the signed sin, bit for bit the same, one kernel fewer per layer."""
+
+    def __init__(self, n: int, head_dim: int, theta: float, dtype: torch.dtype, device: Any):
+        exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+        inv_freq = 1.0 / (theta**exponents)  # [hd / 2]
+        freqs = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv_freq  # [n, hd / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [n, hd]
+        self.cos = angles.cos().to(dtype)
+        self.signed_sin = angles.sin().to(dtype)
+        self.signed_sin[:, : head_dim // 2].neg_()
+        self.length = n
+
+    @staticmethod
+    def covering(table: RopeTable | None, n: int, config: ModelConfig, like: Tensor) -> RopeTable:
+        """`table` if it holds `n` positions in `like`'s dtype and device, else a new one (twice as long)."""
+        if (
+            table is not None
+            and table.length >= n
+            and table.cos.dtype == like.dtype
+            and table.cos.device == like.device
+        ):
+            return table
+        n = max(n, 2 * table.length if table is not None else 0)
+        return RopeTable(n, config.head_dim, config.rope_theta, like.dtype, like.device)
+
+    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        # positions: [B, T] -> cos, signed sin: [B, T, 1, hd]
+        return self.cos[positions].unsqueeze(2), self.signed_sin[positions].unsqueeze(2)
 
 
 def apply_rope(x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
     # x: [B, T, H, hd]; rotates the two halves of each head, as Hugging Face's Llama does
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos_sin[0] + torch.cat((-x2, x1), dim=-1) * cos_sin[1]
+    return x * cos_sin[0] + torch.cat((x2, x1), dim=-1) * cos_sin[1]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, step: Step, layer: int) -> Tensor:

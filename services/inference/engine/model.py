@@ -19,12 +19,12 @@ from llmk.errors import InvalidInput
 from services.inference.engine.attention import (
     KVCache,
     Prefix,
+    RopeTable,
     Step,
     additive,
     apply_rope,
     attend,
     padded_causal,
-    rope,
 )
 from services.inference.engine.config import ModelConfig
 from services.inference.engine.fusing import FileMaps, fuse_linears
@@ -41,6 +41,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in float32 as Hugging Face does, so half-precision logits match theirs.
+        if x.dtype == torch.float32:  # the same arithmetic, two no-op conversions fewer per call
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -200,6 +202,7 @@ class Model(nn.Module):
         self.add_module(self.body_name, body)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.cache: KVCache | None = None
+        self._rope: RopeTable | None = None  # cos and sin by position, kept across passes
 
     @property
     def body(self) -> LlamaBody | Gpt2Body:
@@ -235,12 +238,11 @@ class Model(nn.Module):
             x = layer(x, step)
         return x
 
-    def _hidden(self, tokens: Tensor, step: Step) -> Tensor:
-        # tokens: [B, T] -> x: [B, T, D], after the final norm
-        c = self.config
-        step.rope = (
-            rope(step.positions, c.head_dim, c.rope_theta, self._dtype) if c.family == "llama" else None
-        )
+    def _hidden(self, tokens: Tensor, step: Step, bound: int) -> Tensor:
+        # tokens: [B, T] -> x: [B, T, D], after the final norm; every position is below `bound`
+        if self.config.family == "llama":
+            self._rope = table = RopeTable.covering(self._rope, bound, self.config, self.lm_head.weight)
+            step.rope = table.at(step.positions)
         x = self.body.embed(tokens, step.positions)
         return self.body.norm(self.run_layers(x, step))
 
@@ -257,7 +259,7 @@ class Model(nn.Module):
         P = prefix.length if prefix is not None else 0
         positions = P + (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
         step = Step(positions=positions, mask=padded_causal(valid, P, self._dtype), prefix=prefix)
-        return self._hidden(input_ids, step)
+        return self._hidden(input_ids, step, P + input_ids.shape[1])
 
     def encode_prefix(self, token_ids: Sequence[int]) -> Prefix:
         """The keys and values of a prompt start that many later passes continue (see `features`)."""
@@ -267,7 +269,7 @@ class Model(nn.Module):
         prefix = Prefix(list(token_ids))
         step = Step(positions=torch.arange(T, device=tokens.device)[None], mask=additive(causal, self._dtype))
         step.record = prefix
-        self._hidden(tokens, step)
+        self._hidden(tokens, step, T)
         return prefix
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -358,7 +360,7 @@ class Model(nn.Module):
             span=span,
             start=start if in_order and real is None else None,
         )
-        return self._hidden(tokens, step)
+        return self._hidden(tokens, step, self._need_cache().max_len)
 
     def free_slot(self, slot: int) -> None:
         """Forget a slot's sequence; stale keys beyond a slot's length are masked, so nothing is cleared."""

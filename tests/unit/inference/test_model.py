@@ -29,6 +29,14 @@ def test_logits_equal_transformers(tiny: Pair) -> None:
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
+def test_longer_pass_than_any_before_still_equals_transformers(tiny_llama: Pair) -> None:
+    """The rotary table kept across passes grows when a pass reaches positions it does not cover yet."""
+    short, long = _ids(1, 3, seed=4), _ids(2, 40, seed=5)
+    with torch.no_grad():
+        tiny_llama.ours(short)
+        torch.testing.assert_close(tiny_llama.ours(long), tiny_llama.hf(long).logits, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_equals_each_sequence_alone(tiny: Pair, side: str) -> None:
     lengths = [9, 4, 6]
