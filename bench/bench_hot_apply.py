@@ -4,8 +4,8 @@ answer a serving worker gives on it.
 The store (`llmk serve store`, PostgreSQL metadata) and the worker (`llmk serve inference`, following version
 events on RabbitMQ) are separate processes; this process is the committer and the client, over gRPC. The
 probe is a one-token answer to a one-word prompt, so the figure is the update's propagation. The worker
-sees the store's object directory (LLMK_STORE_OBJECT_DIR), as docker-compose and Kubernetes deploy it. Goals (issue 8):
-every tensor p50 < 500 ms and p99 < 1000 ms; the last 4 layers' MLPs p50 < 200 ms.
+sees the store's object directory (LLMK_STORE_OBJECT_DIR), as docker-compose and Kubernetes deploy it.
+Goals (issue 8): every tensor p50 < 500 ms and p99 < 1000 ms; the last 4 layers' MLPs p50 < 200 ms.
 
     python -m bench.bench_hot_apply
 """
