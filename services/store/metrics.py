@@ -38,7 +38,9 @@ class Metrics:
             "llmk_store_conflicts", "Commits refused because the branch head moved", registry=r
         )
         self.bytes_written = Counter(
-            "llmk_store_written_bytes", "Stored bytes of the entries of committed versions", registry=r
+            "llmk_store_written_bytes",
+            "Bytes of the committed entries' parts, as sent (object files code sparse indices smaller)",
+            registry=r,
         )
         self.fetched_bytes = Counter(
             "llmk_store_fetched_bytes", "Tensor bytes streamed to readers (FetchTensors)", registry=r
