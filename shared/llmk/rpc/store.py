@@ -154,12 +154,12 @@ class GrpcStoreClient(ServiceClient):
     def fetch(
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
-        request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
         if self.objects is not None:
             try:
-                return self._read_files(request)
-            except Corrupt as e:  # a file evicted or changed since the store checked it: take the bytes
+                return self._read_files(self.locate(model, ref, selector, names))
+            except (Corrupt, OSError) as e:  # a file evicted or changed since the store checked it
                 log.warning("reading %s from the object files failed (%s); streaming it instead", model, e)
+        request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
         return from_chunks(self.stub.FetchTensors(request))
 
     @translate
@@ -169,11 +169,10 @@ class GrpcStoreClient(ServiceClient):
         request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
         return codec.located_from_pb(self.stub.Locate(request))
 
-    def _read_files(self, request: pb.FetchRequest) -> dict[str, torch.Tensor]:
-        """Plan over gRPC, bytes from the files: the store's check of each file is taken while the file
-        stays exactly as it was checked."""
+    def _read_files(self, located: Located) -> dict[str, torch.Tensor]:
+        """The bytes from the files: the store's check of each file is taken while the file stays exactly
+        as it was checked."""
         assert self.objects is not None
-        located = codec.located_from_pb(self.stub.Locate(request))
         self._trust(located.checked)
         return reading.load(self.objects, located.plan)
 
@@ -246,7 +245,7 @@ class GrpcStoreClient(ServiceClient):
                 versions, checked = codec.steps_located_from_pb(self.stub.LocateSteps(request))
                 self._trust(checked)
                 return None if versions is None else reading.read_steps(self.objects, versions)
-            except Corrupt as e:
+            except (Corrupt, OSError) as e:
                 log.warning("reading steps of %s from the object files failed (%s); streaming them", model, e)
         return codec.steps_from_chunks(self.stub.FetchSteps(request))
 
