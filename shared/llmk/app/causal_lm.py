@@ -39,7 +39,7 @@ class ByteTokenizer:
         return list(text.encode())
 
     def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode(errors="ignore")
+        return bytes(ids).decode(errors="replace")  # as the served decoder: a cut character is "\ufffd"
 
 
 class HfTokenizer:

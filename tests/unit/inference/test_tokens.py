@@ -123,6 +123,8 @@ def test_the_byte_tokenizer_of_a_model_without_files_gives_the_optimizers_ids() 
         ids = ours.encode(text)
         assert ids == ours.encode(text, add_special_tokens=False) == trainer.encode(text)
         assert ours.decode(ids) == trainer.decode(ids) == text
+    cut = ours.encode("héllo")[:2]  # inside "é": both tiers must cut a text to the same string
+    assert ours.decode(cut) == trainer.decode(cut) == "h\ufffd"
     assert ours.eos_token_id is None
     reference = PreTrainedTokenizerFast(tokenizer_object=ours.backend)
     reference.chat_template = BYTE_CHAT_TEMPLATE
