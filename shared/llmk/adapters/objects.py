@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from llmk.app.ports import FileState
 from llmk.domain import indices
 from llmk.errors import Corrupt, InvalidInput, NoSpace, NotFound
 
@@ -99,7 +100,7 @@ class ObjectStore:
         """`readonly`: another process's directory, mounted here to read (a worker beside the store)."""
         self.root = root
         self.max_header_bytes = max_header_bytes
-        self._verified: dict[str, tuple[int, int, int, int]] = {}
+        self._verified: dict[str, FileState] = {}
         self._created: OrderedDict[str, int] = OrderedDict()  # sha -> inode this process created
         self._lock = threading.Lock()
         if not readonly:
@@ -209,15 +210,15 @@ class ObjectStore:
             self._verified[sha] = state
         return p
 
-    def verified_state(self, sha: str) -> tuple[int, int, int, int]:
+    def verified_state(self, sha: str) -> FileState:
         """The file state under which the object last hashed to its name (verifying it now if needed)."""
         path = self.verify(sha)
         return self._verified.get(sha) or _file_state(path)  # removed meanwhile: reading it will say so
 
-    def trust(self, sha: str, state: Sequence[int]) -> None:
+    def trust(self, sha: str, state: FileState) -> None:
         """Take another reader's check: the file, while in exactly `state`, hashes to its name. Reading it
         in any other state (rewritten, replaced, touched) hashes it again here."""
-        self._verified[sha] = (state[0], state[1], state[2], state[3])
+        self._verified[sha] = state
 
     def get_bytes(self, sha: str) -> bytes:
         return self.verify(sha).read_bytes()
@@ -319,7 +320,7 @@ def _disk_full(root: Path, e: Exception) -> NoSpace | None:
     return NoSpace(f"no space left for objects under {root}: free some space and retry") if full else None
 
 
-def _file_state(p: Path) -> tuple[int, int, int, int]:
+def _file_state(p: Path) -> FileState:
     """What a write to the file changes: ctime too, which no user can set back (mtime can be, with touch)."""
     st = p.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

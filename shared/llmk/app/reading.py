@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from llmk.app.ports import Catalog, Objects
+from llmk.app.ports import Catalog, FileState, Objects
 from llmk.domain import deltas
 from llmk.domain.names import matches
 from llmk.domain.versions import Entry, Version, part_key
@@ -39,7 +39,7 @@ class Located:
 
     version: int
     plan: Plan
-    checked: dict[str, tuple[int, int, int, int]]  # sha -> (inode, size, mtime_ns, ctime_ns)
+    checked: dict[str, FileState]  # sha -> the state the store checked the file in
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,10 @@ def locate(
     catalog: Catalog, objects: Objects, model: str, version_id: int, want: Callable[[str], bool]
 ) -> Located:
     p = plan(catalog, objects, model, version_id, want)
-    shas = {e.object for entries in p.lineage.values() for e in entries} | {p.snapshot or ""}
-    return Located(version_id, p, checked(objects, shas - {""}))
+    shas = {e.object for entries in p.lineage.values() for e in entries}
+    if p.snapshot:
+        shas.add(p.snapshot)
+    return Located(version_id, p, checked(objects, shas))
 
 
 def load(objects: Objects, p: Plan) -> dict[str, torch.Tensor]:
@@ -152,7 +154,7 @@ def read_steps(objects: Objects, versions: list[Version]) -> list[Step]:
     return out
 
 
-def checked(objects: Objects, shas: set[str]) -> dict[str, tuple[int, int, int, int]]:
+def checked(objects: Objects, shas: set[str]) -> dict[str, FileState]:
     """The file state each object was checked in (checking it now if needed), for a reader of the files."""
     return {sha: objects.verified_state(sha) for sha in sorted(shas)}
 

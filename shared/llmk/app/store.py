@@ -22,7 +22,7 @@ from llmk.app.admission import (
     frozen_changes,
 )
 from llmk.app.model_task import TASK_KEY, decode_task
-from llmk.app.ports import Catalog, Events, Objects
+from llmk.app.ports import Catalog, Events, FileState, Objects
 from llmk.app.snapshots import SnapshotCache
 from llmk.app.upkeep import VersionStats
 from llmk.domain import deltas
@@ -390,9 +390,7 @@ class Store:
         None when `a` is not on b's basis chain (a rollback or a squash lies between)."""
         return reading.steps(self.catalog, self.objects, model, a, b)
 
-    def locate_steps(
-        self, model: str, a: int, b: int
-    ) -> tuple[list[Version] | None, dict[str, tuple[int, int, int, int]]]:
+    def locate_steps(self, model: str, a: int, b: int) -> tuple[list[Version] | None, dict[str, FileState]]:
         """steps() for a reader of the object files: the versions, and the state each file was checked in."""
         versions = reading.step_versions(self.catalog, model, a, b)
         shas = {e.object for v in versions or [] for e in v.entries}

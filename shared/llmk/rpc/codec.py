@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
+from llmk.app.ports import FileState
 from llmk.app.reading import Change, Located, Plan, Step
 from llmk.app.upkeep import VersionStats
 from llmk.domain import deltas
@@ -161,7 +162,7 @@ def checked_to_pb(checked: Mapping[str, Sequence[int]]) -> list[pb.CheckedObject
     return [pb.CheckedObject(sha=sha, state=list(state)) for sha, state in checked.items()]
 
 
-def checked_from_pb(objects: Iterable[pb.CheckedObject]) -> dict[str, tuple[int, int, int, int]]:
+def checked_from_pb(objects: Iterable[pb.CheckedObject]) -> dict[str, FileState]:
     out = {}
     for o in objects:
         if len(o.state) != 4:
@@ -182,6 +183,6 @@ def steps_located_to_pb(
 
 def steps_located_from_pb(
     m: pb.StepsLocated,
-) -> tuple[list[Version] | None, dict[str, tuple[int, int, int, int]]]:
+) -> tuple[list[Version] | None, dict[str, FileState]]:
     versions = [version_from_pb(v) for v in m.versions] if m.on_chain else None
     return versions, checked_from_pb(m.objects)

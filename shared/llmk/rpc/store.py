@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from llmk.app import exports, reading
-from llmk.app.ports import Objects
+from llmk.app.ports import FileState, Objects
 from llmk.app.reading import Change, Located, Step
 from llmk.app.store import MAIN, CommitInfo
 from llmk.app.upkeep import VersionStats
@@ -249,7 +249,7 @@ class GrpcStoreClient(ServiceClient):
                 log.warning("reading steps of %s from the object files failed (%s); streaming them", model, e)
         return codec.steps_from_chunks(self.stub.FetchSteps(request))
 
-    def _trust(self, checked: Mapping[str, tuple[int, int, int, int]]) -> None:
+    def _trust(self, checked: Mapping[str, FileState]) -> None:
         assert self.objects is not None
         for sha, state in checked.items():
             self.objects.trust(sha, state)
