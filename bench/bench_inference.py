@@ -27,8 +27,7 @@ import torch
 
 from bench.common import RESULTS, write
 from llmk.adapters.importers import load_source, smollm2_path
-from llmk.app.store import CommitInfo
-from llmk.client import LocalStoreClient
+from llmk.app.store import CommitInfo, Store
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
 from llmk.wiring import open_events, open_store
@@ -157,7 +156,7 @@ def sparse_version(tensors: dict[str, torch.Tensor], names: list[str], seed: int
 
 
 def hot_apply(
-    host: Host, store: LocalStoreClient, tensors: dict[str, torch.Tensor], names: list[str]
+    host: Host, store: Store, tensors: dict[str, torch.Tensor], names: list[str]
 ) -> tuple[list[float], list[float]]:
     """Milliseconds from the commit call, and from its return (the worker's part), to the first answer tagged
     with the new version; the probe is a one-token answer to a one-word prompt, so the figure is the update's
@@ -176,9 +175,7 @@ def hot_apply(
     return total, worker
 
 
-def hot_rows(
-    host: Host, store: LocalStoreClient, tensors: dict[str, torch.Tensor], layers: int
-) -> list[dict]:
+def hot_rows(host: Host, store: Store, tensors: dict[str, torch.Tensor], layers: int) -> list[dict]:
     mlps = [
         f"model.layers.{i}.mlp.{p}.weight"
         for i in range(layers - 4, layers)
@@ -229,7 +226,7 @@ def main() -> None:
         version_poll_seconds=0,
     )
     imported = load_source("smollm2")
-    store = LocalStoreClient(open_store(settings))
+    store = open_store(settings)
     store.create_model("smollm2", imported.tensors, imported.config, imported.files, CommitInfo())
     torch.set_num_threads(torch.get_num_threads())
     host = Host(settings, store, open_events(settings))

@@ -46,25 +46,23 @@ def prepare(root: Path) -> tuple[Path, Path]:
     from bench.bench_peers import hf_folder
     from llmk.adapters.importers import load_source
     from llmk.app.store import CommitInfo
-    from llmk.client import LocalStoreClient
     from llmk.wiring import open_store
 
     imported = load_source("smollm2")
     home, folder = root / "home", root / "hf"
     folder.mkdir()
-    store = LocalStoreClient(open_store(_settings(home)))
+    store = open_store(_settings(home))
     store.create_model("smollm2", imported.tensors, imported.config, imported.files, CommitInfo())
     hf_folder(imported, folder)
     return home, folder
 
 
 def serve_llmk(home: Path) -> list[float]:
-    from llmk.client import LocalStoreClient
     from llmk.wiring import open_store
     from services.inference.host import Host
 
     settings = _settings(home)
-    host = Host(settings, LocalStoreClient(open_store(settings)))
+    host = Host(settings, open_store(settings))
     host.load("smollm2")
     scores = host.classify([HEADLINE], LABELS).results[0].probabilities
     return [scores[label] for label in LABELS]

@@ -29,7 +29,6 @@ from llmk.app.store import CommitInfo
 from llmk.app.stream import Item
 from llmk.bus.inference_queue import QueuedClassifier, make_app
 from llmk.cli.processes import TierProcesses
-from llmk.client import LocalStoreClient
 from llmk.config import Settings
 from llmk.data import FINANCE_NEWS
 from llmk.wiring import open_store
@@ -48,7 +47,7 @@ def main() -> None:
     texts = tweets()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(home=Path(tmp), device="cpu", version_poll_seconds=0, max_wait_ms=5.0)
-        store = LocalStoreClient(open_store(settings))
+        store = open_store(settings)
         imported = load_source("smollm2")
         metadata = {TASK_KEY: encode_task(packaged("sentiment"))}
         store.create_model(

@@ -157,10 +157,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def materialize(store: Store, flat: Path, nbytes: int) -> list[dict[str, Any]]:
     baseline = best_of(lambda: touch_all(load_file(str(flat))))
-    cold = best_of(lambda: touch_all(store.materialize("m")))
+    cold = best_of(lambda: touch_all(store.fetch("m")))
     store.cache_chain_length = 8
-    touch_all(store.materialize("m"))  # writes the cached materialization
-    cached = best_of(lambda: touch_all(store.materialize("m")))
+    touch_all(store.fetch("m"))  # writes the cached materialization
+    cached = best_of(lambda: touch_all(store.fetch("m")))
     base = f"load_file {nbytes / baseline / 1e6:.0f} MB/s"
     metric = f"materialize end of {CHAIN}-delta chain"
     decoding = index_decoding(store, cold, flat.parent)
@@ -186,7 +186,7 @@ def materialize(store: Store, flat: Path, nbytes: int) -> list[dict[str, Any]]:
 
 
 def full_commit(store: Store, full: int) -> list[dict[str, Any]]:
-    changed = {n: t.clone() for n, t in store.materialize("m").items()}
+    changed = {n: t.clone() for n, t in store.fetch("m").items()}
     for t in changed.values():
         t.view(-1)[:: int(1 / FRACTION)] += 1e-3
     t0 = time.perf_counter()
@@ -221,7 +221,7 @@ def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, 
         assert server.stdout is not None
         server.stdout.readline()  # "listening on ..."
         touch_all(client.fetch("m"))  # the service verifies object checksums on first read
-        local = best_of(lambda: touch_all(store.materialize("m")))
+        local = best_of(lambda: touch_all(store.fetch("m")))
         remote = best_of(lambda: touch_all(client.fetch("m")))
         files = best_of(lambda: touch_all(beside.fetch("m")))
     finally:
@@ -271,7 +271,7 @@ def main() -> None:
     rows = commit_chain(store, imported.tensors, full)
     rows += sixteen_bit_commits(store, imported.tensors)
     flat = home / "flat.safetensors"
-    save_file(store.materialize("m"), str(flat))
+    save_file(store.fetch("m"), str(flat))
     rows += materialize(store, flat, flat.stat().st_size)
     rows += grpc_fetch(store, settings, flat.stat().st_size)
     rows += full_commit(store, full)

@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # imported lazily below: generated gRPC code exists only afte
 
     from llmk.adapters.importers import Imported
     from llmk.app.store import Store
-    from llmk.client import LocalStoreClient
     from llmk.config import Settings
     from llmk.rpc.store import GrpcStoreClient
 
@@ -155,7 +154,7 @@ class Tiny:
     """A store holding synthetic:llama-tiny as model `tiny`, and the tensors it was imported from."""
 
     store: Store
-    client: LocalStoreClient
+    client: Store
     settings: Settings
     model: str
     tensors: dict[str, torch.Tensor]
@@ -172,12 +171,11 @@ def llama_tiny() -> Imported:
 @pytest.fixture
 def tiny(store: Store, settings: Settings, llama_tiny: Imported) -> Tiny:
     from llmk.app.store import CommitInfo
-    from llmk.client import LocalStoreClient
 
     v = store.create_model(
         TINY, llama_tiny.tensors, llama_tiny.config, llama_tiny.files, CommitInfo(message="import")
     )
-    return Tiny(store, LocalStoreClient(store), settings, TINY, llama_tiny.tensors, v.id)
+    return Tiny(store, store, settings, TINY, llama_tiny.tensors, v.id)
 
 
 @dataclass

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmk.app.clients import StoreClient
 from llmk.app.job_records import TaskSpec
 from llmk.app.model_task import task_of
-from llmk.client import StoreClient
 from llmk.config import Settings
 from llmk.errors import FailedPrecondition, InvalidInput, LlmkError, Unavailable
 from services.inference.engine.generator import Generator, Request, Result, Stream

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from llmk.app.clients import StoreClient
 from llmk.app.store import MAIN
-from llmk.client import StoreClient
 from llmk.config import Settings
 from llmk.domain.names import check_file_name
 from llmk.errors import FailedPrecondition

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from llmk.client import StoreClient
+from llmk.app.clients import StoreClient
 from llmk.config import Settings
 from llmk.domain.versions import VersionEvent
 from llmk.errors import InvalidDelta, LlmkError

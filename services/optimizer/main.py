@@ -22,10 +22,11 @@ from llmk.adapters.db import make_engine
 from llmk.adapters.jobs_db import JobsDb
 from llmk.adapters.migrate import upgrade
 from llmk.adapters.objects import ObjectStore
+from llmk.app.clients import StoreClient
 from llmk.app.jobs import JobService
 from llmk.app.training import JobRunner
 from llmk.bus.workers import InProcessWorker
-from llmk.client import StoreClient, connect
+from llmk.client import connect
 from llmk.config import Settings
 from llmk.rpc.security import Tls
 from llmk.rpc.server import make_server

@@ -12,7 +12,7 @@ from llmk.config import Settings
 from llmk.domain.deltas import PARTS, Delta, parse_kind
 from llmk.domain.versions import part_key
 from llmk.errors import InvalidInput
-from llmk.rpc import codec
+from llmk.rpc import codec, reads
 from llmk.rpc.tensors import chunks_in, from_chunks, to_chunks
 from llmk.v1 import common_pb2, store_pb2_grpc
 from llmk.v1 import store_pb2 as pb
@@ -84,7 +84,7 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         return self.metrics.streamed("FetchTensors", self._chunks(request))
 
     def _chunks(self, request: pb.FetchRequest) -> Iterator[common_pb2.TensorChunk]:
-        tensors = self.store.materialize(
+        tensors = self.store.fetch(
             request.model, request.ref or None, request.selector, list(request.names) or None
         )
         yield from to_chunks(tensors, self.chunk_bytes)
@@ -94,7 +94,7 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         return pb.DiffReply(
             a=self.store.resolve(request.model, request.a),
             b=self.store.resolve(request.model, request.b),
-            changes=[codec.change_to_pb(c) for c in changes],
+            changes=[reads.change_to_pb(c) for c in changes],
         )
 
     def CreateRef(self, request: pb.RefRequest, context: grpc.ServicerContext) -> pb.RefInfo:
@@ -105,9 +105,12 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
 
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.VersionInfo:
         with self.metrics.track("Rollback"):
-            info = CommitInfo(author=request.author or "llmk")
             v = self.store.rollback(
-                request.model, request.to, request.branch or "main", info, request.force_frozen
+                request.model,
+                request.to,
+                request.branch or "main",
+                request.author or "llmk",
+                request.force_frozen,
             )
         self.metrics.committed("rollback", v)
         return codec.version_to_pb(v)
@@ -122,8 +125,7 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
 
     def Squash(self, request: pb.SquashRequest, context: grpc.ServicerContext) -> pb.VersionInfo:
         with self.metrics.track("Squash"):
-            info = CommitInfo(author=request.author or "llmk")
-            v = self.store.squash(request.model, request.ref or None, info)
+            v = self.store.squash(request.model, request.ref or None, request.author or "llmk")
         self.metrics.committed("squash", v)
         return codec.version_to_pb(v)
 
@@ -131,7 +133,7 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         return pb.GcReply(removed=self.store.gc(request.dry_run))
 
     def Stats(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> pb.StatsReply:
-        return pb.StatsReply(versions=[codec.stats_to_pb(s) for s in self.store.stats(request.model)])
+        return pb.StatsReply(versions=[reads.stats_to_pb(s) for s in self.store.stats(request.model)])
 
     def Head(self, request: pb.HeadRequest, context: grpc.ServicerContext) -> pb.HeadReply:
         return pb.HeadReply(version=self.store.head(request.model, request.branch or "main"))
@@ -142,17 +144,17 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
     def FetchSteps(self, request: pb.StepsRequest, context: grpc.ServicerContext) -> Iterator[pb.StepsChunk]:
         with self.metrics.track("FetchSteps"):
             steps = self.store.steps(request.model, request.from_version, request.to_version)
-            yield from codec.steps_to_chunks(steps, self.chunk_bytes)
+            yield from reads.steps_to_chunks(steps, self.chunk_bytes)
 
     def Locate(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.LocateReply:
         located = self.store.locate(
             request.model, request.ref or None, request.selector, list(request.names) or None
         )
-        return codec.located_to_pb(located)
+        return reads.located_to_pb(located)
 
     def LocateSteps(self, request: pb.StepsRequest, context: grpc.ServicerContext) -> pb.StepsLocated:
         versions, checked = self.store.locate_steps(request.model, request.from_version, request.to_version)
-        return codec.steps_located_to_pb(versions, checked)
+        return reads.steps_located_to_pb(versions, checked)
 
 
 def _read_commit(requests: Iterator[pb.CommitRequest], max_bytes: int) -> tuple[pb.CommitHeader, dict]:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from llmk.adapters.objects import ObjectStore
+from llmk.app.clients import StoreClient
 from llmk.app.store import CommitInfo, Store
-from llmk.client import LocalStoreClient, StoreClient
 from llmk.config import Settings
 from llmk.wiring import open_store
 
@@ -63,7 +63,7 @@ def make_env(
         s = settings.model_copy(update=overrides)
         if transport == "local":
             stores.append(open_store(s))
-            client: StoreClient = LocalStoreClient(stores[-1])
+            client: StoreClient = stores[-1]
         else:
             client = grpc_server(s).client
             if transport == "files":

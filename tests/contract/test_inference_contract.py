@@ -13,7 +13,6 @@ import pytest
 
 from llmk.app.clients import InferenceClient
 from llmk.app.inference_records import Classification, Finished, GenerateRequest
-from llmk.client import LocalStoreClient
 from llmk.config import Settings
 from llmk.errors import InvalidInput, LlmkError, NotFound
 from llmk.wiring import open_store
@@ -28,7 +27,7 @@ Opener = Callable[..., AbstractContextManager[InferenceClient]]
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("inference") / "home"
-    store = LocalStoreClient(open_store(settings_for(home)))
+    store = open_store(settings_for(home))
     create_tiny(store)
     assert store.commit_full("tiny", perturbed(store, "tiny", ["model.norm.weight"], seed=1)).id == HEAD
     store.tag("tiny", "best", str(HEAD))

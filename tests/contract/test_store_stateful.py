@@ -37,8 +37,9 @@ from safetensors.torch import save_file
 
 from llmk import errors
 from llmk.adapters import objects as object_files
+from llmk.app.clients import StoreClient
 from llmk.app.store import CommitInfo, Store
-from llmk.client import LocalStoreClient, StoreClient, connect
+from llmk.client import connect
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
 from llmk.wiring import open_store
@@ -135,7 +136,7 @@ def open_run(settings: Settings, transport: str) -> Run:
     """A store of its own (its own object folder; on SQLite its own database) so that runs never meet."""
     served, inspect = open_store(settings), open_store(settings)
     if transport == "local":
-        client: StoreClient = LocalStoreClient(served)
+        client: StoreClient = served
         stop: Callable[[], object] = lambda: None  # noqa: E731
     else:
         server, port = build(settings, store=served)

@@ -1,6 +1,7 @@
 """`llmk --help` and the help of every command start without torch, transformers or grpc: those load only
-inside the commands that use them, so the CLI answers in well under a second. A store command loads no
-inference or transport code; torch still comes with the store's use cases (the delta algebra is torch)."""
+inside the commands that use them, so the CLI answers in well under a second. The store commands that only
+list or move refs load neither torch nor Alembic (the catalog alone, llmk.app.history), embedded or through
+the service; the commands that read or write tensors load torch, and no inference code."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from llmk.adapters.importers import Imported
+from llmk.app.store import CommitInfo
+from llmk.config import Settings
+from llmk.wiring import open_store
+from tests.conftest import GrpcStore, make_settings
 
 PROBE = """
 import json, sys
@@ -23,7 +31,7 @@ except SystemExit:
     pass
 print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
 """
-HEAVY = ["torch", "transformers", "tokenizers", "grpc", "celery", "sqlalchemy"]
+HEAVY = ["torch", "transformers", "tokenizers", "grpc", "celery", "sqlalchemy", "alembic", "safetensors"]
 
 
 def loaded(args: list[str], env: dict[str, str] | None = None) -> tuple[str, list[str]]:
@@ -36,7 +44,8 @@ def loaded(args: list[str], env: dict[str, str] | None = None) -> tuple[str, lis
         check=True,
         env=env,
     )
-    return done.stdout, json.loads(done.stdout.strip().splitlines()[-1])
+    *printed, modules = done.stdout.strip().splitlines()
+    return "\n".join(printed), json.loads(modules)
 
 
 @pytest.mark.parametrize(
@@ -55,9 +64,39 @@ def test_help_loads_no_heavy_module(args: list[str]) -> None:
     assert modules == []
 
 
-def test_a_store_command_loads_no_inference_or_transport_code(tmp_path: Path) -> None:
+def test_a_tensor_command_loads_no_inference_code(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMK_")}
     env["LLMK_HOME"] = str(tmp_path / "home")
-    out, modules = loaded(["store", "models", "--json"], env)
-    assert json.loads(out.strip().splitlines()[0]) == []
+    out, modules = loaded(["store", "import", "synthetic:llama-tiny", "--model", "tiny", "--json"], env)
+    assert json.loads(out)["version"] == 1
+    assert "torch" in modules
     assert not {"transformers", "tokenizers", "grpc", "celery"} & set(modules)
+
+
+@pytest.mark.parametrize("transport", ["embedded", "grpc"])
+def test_listing_and_ref_commands_load_neither_torch_nor_alembic(
+    tmp_path: Path, transport: str, grpc_server: Callable[[Settings], GrpcStore], llama_tiny: Imported
+) -> None:
+    settings = make_settings(tmp_path / "home")
+    store = open_store(settings)  # migrates the new database: the commands then find it current
+    t = llama_tiny
+    store.create_model("tiny", t.tensors, t.config, t.files, CommitInfo())
+    store.freeze("tiny", ["model.norm.weight"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMK_")}
+    env["LLMK_HOME"] = str(settings.home)
+    if transport == "grpc":
+        env["LLMK_STORE_ADDRESS"] = grpc_server(settings).address
+    commands = {
+        ("store", "branch", "tiny", "exp"): lambda out: out["name"] == "exp" and out["version"] == 1,
+        ("store", "tag", "tiny", "v1", "--ref", "exp"): lambda out: out["kind"] == "tag",
+        ("store", "unfreeze", "tiny", "model.norm.weight"): lambda out: out["frozen"] == [],
+        ("store", "log", "tiny@v1"): lambda out: [v["id"] for v in out] == [1],
+        ("store", "models"): lambda out: (
+            out == [{"model": "tiny", "refs": {"exp": 1, "main": 1, "v1": 1}, "frozen": []}]
+        ),
+    }
+    for args, expected in commands.items():
+        out, modules = loaded([*args, "--json"], env)
+        assert expected(json.loads(out)), (args, out)
+        assert not {"torch", "alembic", "safetensors", "transformers"} & set(modules), (args, modules)
+    store.catalog.engine.dispose()

@@ -30,6 +30,12 @@ def changes_architecture(metadata: Mapping[str, Any] | None) -> bool:
     return bool((metadata or {}).get(CHANGES_ARCHITECTURE))
 
 
+@dataclasses.dataclass(frozen=True)
+class Admitted:
+    metas: dict[str, Meta]  # each tensor's shape and dtype after the commit
+    reaches: dict[str, float]  # each entry's deltas.reach, worked out once for the check and for Bounds
+
+
 def check_entries(
     catalog: Catalog,
     objects: Objects,
@@ -38,8 +44,8 @@ def check_entries(
     entries: Mapping[str, deltas.Delta],
     bounds: Bounds,
     reshape: bool = False,
-) -> dict[str, Meta]:
-    """Refuse the commit (InvalidDelta) unless every entry is acceptable; returns each tensor's new meta."""
+) -> Admitted:
+    """Refuse the commit (InvalidDelta) unless every entry is acceptable."""
     want = reading.selector_filter("", list(entries))
     p = None if basis is None else reading.plan(catalog, objects, model, basis, want)
     stored = _stored_meta(objects, p) if p else {}
@@ -57,10 +63,11 @@ def check_entries(
                 f"metadata ({CHANGES_ARCHITECTURE!r}: true)"
             )
         metas[name] = new
+    reaches = {name: deltas.reach(d) for name, d in entries.items()}
     if p:
         additive = {n: d for n, d in entries.items() if d.kind not in deltas.REPLACING}
-        _check_results(objects, bounds, p, additive, metas)
-    return metas
+        _check_results(objects, bounds, p, additive, metas, reaches)
+    return Admitted(metas, reaches)
 
 
 def frozen_changes(
@@ -110,9 +117,10 @@ class Bounds:
         self._reach: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def remember(self, sha: str, entries: Mapping[str, deltas.Delta]) -> None:
-        for name, d in entries.items():
-            self._keep((sha, name), deltas.reach(d))
+    def remember(self, sha: str, reaches: Mapping[str, float]) -> None:
+        """The reach of each entry written to object `sha`."""
+        for name, reach in reaches.items():
+            self._keep((sha, name), reach)
 
     def of(self, p: reading.Plan, name: str) -> float:
         """A bound on |value| of tensor `name` in the planned version."""
@@ -149,6 +157,7 @@ def _check_results(
     p: reading.Plan,
     changes: Mapping[str, deltas.Delta],
     metas: Mapping[str, Meta],
+    reaches: Mapping[str, float],
 ) -> None:
     """Refuse an additive delta whose result is not finite: proven finite by bounds where they are far
     from overflow (every commit of ordinary weights), else by applying it to the stored value."""
@@ -156,7 +165,7 @@ def _check_results(
         dtype = metas[name][1]
         if not dtype.is_floating_point:
             continue
-        if deltas.bound_after(bounds.of(p, name), d.kind, deltas.reach(d)) < torch.finfo(dtype).max / 2:
+        if deltas.bound_after(bounds.of(p, name), d.kind, reaches[name]) < torch.finfo(dtype).max / 2:
             continue
         one = dataclasses.replace(
             p,

@@ -38,7 +38,7 @@ LOSS_KEY = "::loss"
 
 
 class ParameterStore(Protocol):
-    """The store client calls a job makes: LocalStoreClient and GrpcStoreClient both fit."""
+    """The store client calls a job makes: Store and GrpcStoreClient both fit."""
 
     def model(self, name: str) -> Model: ...
     def file(self, model: str, name: str) -> bytes: ...

@@ -5,11 +5,12 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmk.domain.versions import Entry, Model, Ref, Snapshot, Version, VersionEvent
+
+if TYPE_CHECKING:  # the catalog's users (History) run without torch
+    import torch
 
 FileState = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): what a write to a file changes
 

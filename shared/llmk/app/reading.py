@@ -159,21 +159,6 @@ def checked(objects: Objects, shas: set[str]) -> dict[str, FileState]:
     return {sha: objects.verified_state(sha) for sha in sorted(shas)}
 
 
-def changed_names(catalog: Catalog, model: str, a: int, b: int) -> list[str]:
-    """Tensors whose values may differ between `a` and `b`, from entries alone: a tensor whose newest entry
-    is the same on both basis chains has the same value in both."""
-    newest_a, newest_b = _newest_entries(catalog, model, a), _newest_entries(catalog, model, b)
-    return sorted(n for n in newest_a.keys() | newest_b.keys() if newest_a.get(n) != newest_b.get(n))
-
-
-def _newest_entries(catalog: Catalog, model: str, version_id: int) -> dict[str, int]:
-    newest: dict[str, int] = {}
-    for v in catalog.basis_chain(model, version_id):
-        for e in v.entries:
-            newest.setdefault(e.name, v.id)
-    return newest
-
-
 def selector_filter(selector: str, names: list[str] | None = None) -> Callable[[str], bool]:
     if names is not None:
         wanted = set(names)

@@ -79,7 +79,7 @@ class SnapshotCache:
 
     def _add(self, version_id: int, tensors: Mapping[str, torch.Tensor]) -> None:
         sha, size = self.objects.put_tensors(tensors)
-        self.bounds.remember(sha, {n: deltas.full(t) for n, t in tensors.items()})
+        self.bounds.remember(sha, {n: deltas.reach(deltas.full(t)) for n, t in tensors.items()})
         self.catalog.add_snapshot(version_id, sha, size)
         self.evict()
 

@@ -14,13 +14,14 @@ import torch
 
 from llmk.app import exports, reading, upkeep
 from llmk.app.admission import (
+    Admitted,
     Bounds,
-    Meta,
     changes_architecture,
     check_entries,
     dtype_name,
     frozen_changes,
 )
+from llmk.app.history import MAIN, History
 from llmk.app.model_task import TASK_KEY, decode_task
 from llmk.app.ports import Catalog, Events, FileState, Objects
 from llmk.app.snapshots import SnapshotCache
@@ -37,11 +38,10 @@ from llmk.domain.names import (
     check_text,
     matches,
 )
-from llmk.domain.versions import Entry, Model, Ref, Version, VersionEvent, part_key
+from llmk.domain.versions import Entry, Model, Version, VersionEvent, part_key
 from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
-MAIN = "main"
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class CommitInfo:
         check_text(self.idempotency_key or "", "idempotency key", IDEMPOTENCY_KEY_MAX)
 
 
-class Store:
+class Store(History):
+    """The parameter store: History's metadata use cases plus everything that reads or writes tensors."""
+
     def __init__(
         self,
         catalog: Catalog,
@@ -68,7 +70,7 @@ class Store:
         gc_grace_seconds: float = 3600.0,
         snapshot_cache_bytes: int = 2 << 30,
     ):
-        self.catalog = catalog
+        super().__init__(catalog)
         self.objects = objects
         self.events = events
         self.bounds = Bounds(objects)
@@ -92,7 +94,7 @@ class Store:
         tensors: Mapping[str, torch.Tensor],
         config: dict[str, Any],
         files: Mapping[str, bytes],
-        info: CommitInfo,
+        info: CommitInfo = CommitInfo(),
     ) -> Version:
         """A new model whose first version on `main` holds every tensor in full."""
         check_name(name, "model name")
@@ -115,12 +117,6 @@ class Store:
             self.catalog.update_model(name, config=config, files=blobs)
         return self.commit(name, {k: deltas.full(t) for k, t in tensors.items()}, MAIN, None, info)
 
-    def model(self, name: str) -> Model:
-        return self.catalog.model(name)
-
-    def models(self) -> list[Model]:
-        return self.catalog.models()
-
     def file(self, model: str, name: str) -> bytes:
         m = self.catalog.model(model)
         if name not in m.files:
@@ -137,15 +133,6 @@ class Store:
             raise InvalidInput(f"freeze pattern(s) {unmatched} match no tensor of {model!r}@main")
         log.warning("model %r: frozen %s", model, patterns)
         return self.catalog.update_model(model, frozen=sorted(set(m.frozen) | set(patterns)))
-
-    def unfreeze(self, model: str, patterns: list[str]) -> Model:
-        """Remove freeze patterns, each exactly as it was given to `freeze`."""
-        m = self.catalog.model(model)
-        unknown = [pat for pat in patterns if pat not in m.frozen]
-        if not patterns or unknown:
-            raise InvalidInput(f"{unknown} not frozen in {model!r}; its freeze patterns: {m.frozen}")
-        log.warning("model %r: unfrozen %s", model, patterns)  # not versioned, so leave a trace
-        return self.catalog.update_model(model, frozen=[pat for pat in m.frozen if pat not in patterns])
 
     # commits ----------------------------------------------------------------------
     def commit(
@@ -182,8 +169,8 @@ class Store:
         if frozen:
             raise Frozen(f"commit touches frozen tensor(s) of {model!r}: {', '.join(frozen[:10])}")
         reshape = changes_architecture(info.metadata)
-        shapes = check_entries(self.catalog, self.objects, model, expected, entries, self.bounds, reshape)
-        return self._write(model, branch, expected, entries, shapes, info)
+        admitted = check_entries(self.catalog, self.objects, model, expected, entries, self.bounds, reshape)
+        return self._write(model, branch, expected, entries, admitted, info)
 
     def commit_full(
         self,
@@ -195,7 +182,7 @@ class Store:
     ) -> Version:
         """Commit complete new values; the store keeps the cheapest exact encoding of each change."""
         head = parent if parent is not None else self.resolve(model, branch)
-        current = self.materialize(model, str(head), names=list(tensors))
+        current = self.fetch(model, str(head), names=list(tensors))
         entries: dict[str, deltas.Delta] = {}
         for name, new in tensors.items():
             old = current.get(name)
@@ -219,14 +206,15 @@ class Store:
         branch: str,
         expected: int | None,
         entries: Mapping[str, deltas.Delta],
-        shapes: dict[str, Meta],
+        admitted: Admitted,
         info: CommitInfo,
     ) -> Version:
         pack = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
         sha = self.objects.put_tensors(pack)[0] if pack else ""  # the file lands before its rows
-        self.bounds.remember(sha, entries)
+        self.bounds.remember(sha, admitted.reaches)
+        metas = admitted.metas
         rows = [
-            Entry(n, d.kind.value, sha, shapes[n][0], dtype_name(shapes[n][1]), d.nnz, d.nbytes)
+            Entry(n, d.kind.value, sha, metas[n][0], dtype_name(metas[n][1]), d.nnz, d.nbytes)
             for n, d in sorted(entries.items())
         ]
         version = self._version(model, expected, expected, info, "", dict(info.metadata or {}), rows)
@@ -263,47 +251,8 @@ class Store:
         except Exception:  # the version is durable; workers also poll heads, so log and go on
             log.exception("could not publish version event %s", event)
 
-    # refs -------------------------------------------------------------------------
-    def resolve(self, model: str, ref: str | None = None) -> int:
-        """A version id from a branch, a tag or a number (default: the main branch)."""
-        ref = ref or MAIN
-        found = self.catalog.ref(model, ref)
-        if found is not None:
-            return found.version
-        if ref.isascii() and ref.isdigit() and int(ref) < 2**63:  # version ids are int64 on every backend
-            return self.catalog.version(model, int(ref), with_entries=False).id
-        raise NotFound(f"model {model!r} has no branch, tag or version {ref!r}")
-
-    def version(self, model: str, ref: str | None = None) -> Version:
-        return self.catalog.version(model, self.resolve(model, ref))
-
-    def refs(self, model: str) -> list[Ref]:
-        return self.catalog.refs(model)
-
-    def branch(self, model: str, name: str, from_ref: str | None = None) -> Ref:
-        check_name(name, "branch name")
-        return self.catalog.create_ref(model, name, "branch", self.resolve(model, from_ref))
-
-    def tag(self, model: str, name: str, ref: str | None = None) -> Ref:
-        check_name(name, "tag name")
-        return self.catalog.create_ref(model, name, "tag", self.resolve(model, ref))
-
-    def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
-        by_id = {v.id: v for v in self.catalog.versions(model)}
-        out: list[Version] = []
-        vid: int | None = self.resolve(model, ref)
-        while vid is not None and len(out) < limit:
-            out.append(by_id[vid])
-            vid = by_id[vid].parent
-        return out
-
     def rollback(
-        self,
-        model: str,
-        to: str,
-        branch: str = MAIN,
-        info: CommitInfo = CommitInfo(),
-        force_frozen: bool = False,
+        self, model: str, to: str, branch: str = MAIN, author: str = "llmk", force_frozen: bool = False
     ) -> Version:
         """Point `branch` at the values of `to` through a new version; history keeps everything.
 
@@ -311,6 +260,7 @@ class Store:
         """
         if not to:
             raise InvalidInput("a rollback needs the version, tag or branch to restore")
+        info = CommitInfo(author=author)
         info.check()
         target = self.resolve(model, to)
         head = self.resolve(model, branch)
@@ -321,7 +271,7 @@ class Store:
                 f"rollback to {target} would change frozen tensor(s) of {model!r}: "
                 f"{', '.join(changed[:10])}; unfreeze them or force it (--force-frozen)"
             )
-        meta: dict[str, Any] = {**(info.metadata or {}), "rollback_to": target}
+        meta: dict[str, Any] = {"rollback_to": target}
         if changed:
             meta["forced_frozen"] = changed  # the audit trail of a forced rollback
         version = self._version(model, head, target, info, f"rollback to {target}", meta, [])
@@ -329,11 +279,12 @@ class Store:
         self._announce(v, branch, None)
         return v
 
-    def squash(self, model: str, ref: str | None = None, info: CommitInfo = CommitInfo()) -> Version:
+    def squash(self, model: str, ref: str | None = None, author: str = "llmk") -> Version:
         """A new base version holding every tensor in full, bit-identical to `ref`'s values."""
+        info = CommitInfo(author=author)
         info.check()
         vid = self.resolve(model, ref)
-        tensors = self.materialize(model, str(vid))
+        tensors = self.fetch(model, str(vid))
         head_ref = self.catalog.ref(model, ref or MAIN)
         branch = head_ref.name if head_ref and head_ref.kind == "branch" else f"squash-{vid}"
         pack = {part_key(n, "tensor"): t for n, t in tensors.items()}
@@ -344,14 +295,14 @@ class Store:
             )
             for n, t in tensors.items()
         ]
-        meta = {**(info.metadata or {}), "squashed": vid}
+        meta: dict[str, Any] = {"squashed": vid}
         version = self._version(model, vid, None, info, f"squash of {vid}", meta, rows)
         v = self._add_version(model, branch, vid, version, sha, create=branch != (ref or MAIN))
         self._announce(v, branch, [])  # same values, new id
         return v
 
     # reads -------------------------------------------------------------------------
-    def materialize(
+    def fetch(
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         vid = self.resolve(model, ref)
@@ -363,19 +314,12 @@ class Store:
     def export(self, model: str, ref: str | None, out: Path, selector: str = "") -> int:
         exports.check_target(out)
         vid = self.resolve(model, ref)
-        return exports.write(self.materialize(model, str(vid), selector), out, model, vid, selector)
+        return exports.write(self.fetch(model, str(vid), selector), out, model, vid, selector)
 
     def diff(self, model: str, a: str, b: str) -> list[reading.Change]:
         return reading.changes(
             self.catalog, self.objects, model, self.resolve(model, a), self.resolve(model, b)
         )
-
-    def head(self, model: str, branch: str = MAIN) -> int:
-        """The version a branch points at: one row read, no entries (what followers poll)."""
-        found = self.catalog.ref(model, branch)
-        if found is None or found.kind != "branch":
-            raise NotFound(f"model {model!r} has no branch {branch!r}")
-        return found.version
 
     def locate(
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
@@ -395,10 +339,6 @@ class Store:
         versions = reading.step_versions(self.catalog, model, a, b)
         shas = {e.object for v in versions or [] for e in v.entries}
         return versions, reading.checked(self.objects, shas)
-
-    def changed(self, model: str, a: int, b: int) -> list[str]:
-        """Names of the tensors whose values may differ between versions `a` and `b`, from metadata only."""
-        return reading.changed_names(self.catalog, model, a, b)
 
     def stats(self, model: str) -> list[VersionStats]:
         return upkeep.stats(self.catalog, self.objects, model)

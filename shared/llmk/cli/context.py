@@ -19,7 +19,7 @@ from llmk.errors import InvalidInput
 if TYPE_CHECKING:
     from celery import Celery
 
-    from llmk.app.clients import InferenceClient, JobsClient, StoreClient
+    from llmk.app.clients import HistoryClient, InferenceClient, JobsClient, StoreClient
 
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
 
@@ -60,6 +60,18 @@ def client() -> Iterator[Session]:
         yield Session(settings, store)
     finally:
         store.close()
+
+
+@contextmanager
+def history() -> Iterator[HistoryClient]:
+    """The store's metadata alone: for commands that list or move refs, which then start without torch."""
+    from llmk.client import connect_history
+
+    found = connect_history(Settings())
+    try:
+        yield found
+    finally:
+        found.close()
 
 
 def split_ref(text: str) -> tuple[str, str | None]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmk.cli.context import Json, client, split_ref
+from llmk.cli.context import Json, client, history, split_ref
 from llmk.cli.output import emit, human_bytes
 from llmk.errors import InvalidInput
 
@@ -109,8 +109,8 @@ def log_(
 ) -> None:
     """History of a branch, newest first."""
     name, ref = split_ref(model)
-    with client() as c:
-        versions = c.store.log(name, ref, limit)
+    with history() as h:
+        versions = h.log(name, ref, limit)
     emit(
         json_,
         versions,
@@ -192,8 +192,8 @@ def unfreeze(
     json_: Json = False,
 ) -> None:
     """Make frozen parameters writable again."""
-    with client() as c:
-        m = c.store.unfreeze(model, patterns)
+    with history() as h:
+        m = h.unfreeze(model, patterns)
     emit(json_, {"model": model, "frozen": m.frozen})
 
 
@@ -230,8 +230,8 @@ def branch(
     json_: Json = False,
 ) -> None:
     """Create a branch."""
-    with client() as c:
-        r = c.store.branch(model, name, from_)
+    with history() as h:
+        r = h.branch(model, name, from_)
     emit(json_, r)
 
 
@@ -243,18 +243,18 @@ def tag(
     json_: Json = False,
 ) -> None:
     """Pin a version under a name."""
-    with client() as c:
-        r = c.store.tag(model, name, ref)
+    with history() as h:
+        r = h.tag(model, name, ref)
     emit(json_, r)
 
 
 @app.command()
 def models(json_: Json = False) -> None:
     """List models with their branches and tags."""
-    with client() as c:
+    with history() as h:
         rows = [
-            {"model": m.name, "refs": {r.name: r.version for r in c.store.refs(m.name)}, "frozen": m.frozen}
-            for m in c.store.models()
+            {"model": m.name, "refs": {r.name: r.version for r in h.refs(m.name)}, "frozen": m.frozen}
+            for m in h.models()
         ]
     emit(json_, rows)
 

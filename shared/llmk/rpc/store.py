@@ -15,25 +15,25 @@ from typing import Any
 import torch
 
 from llmk.app import exports, reading
+from llmk.app.history import MAIN
 from llmk.app.ports import FileState, Objects
 from llmk.app.reading import Change, Located, Step
-from llmk.app.store import MAIN, CommitInfo
+from llmk.app.store import CommitInfo
 from llmk.app.upkeep import VersionStats
 from llmk.domain.deltas import Delta
-from llmk.domain.versions import Model, Ref, Version, part_key
+from llmk.domain.versions import Model, Version, part_key
 from llmk.errors import Corrupt
-from llmk.rpc import codec
+from llmk.rpc import codec, reads
 from llmk.rpc.errors import translate
-from llmk.rpc.security import ServiceClient, Tls
+from llmk.rpc.history import GrpcHistoryClient
+from llmk.rpc.security import Tls
 from llmk.rpc.tensors import from_chunks, packed, to_chunks
 from llmk.v1 import store_pb2 as pb
-from llmk.v1 import store_pb2_grpc
-from llmk.v1.common_pb2 import Empty
 
 log = logging.getLogger(__name__)
 
 
-class GrpcStoreClient(ServiceClient):
+class GrpcStoreClient(GrpcHistoryClient):
     """The store service over gRPC; tensors stream in chunks of at most settings.chunk_bytes."""
 
     def __init__(
@@ -47,7 +47,6 @@ class GrpcStoreClient(ServiceClient):
     ):
         """`objects`: the store's object directory, when this process can read it (LLMK_STORE_OBJECT_DIR)."""
         super().__init__(address, token, max_message_bytes, tls)
-        self.stub = store_pb2_grpc.ParameterStoreStub(self.channel)
         self.chunk_bytes = chunk_bytes
         self.objects = objects
 
@@ -125,30 +124,8 @@ class GrpcStoreClient(ServiceClient):
         return codec.version_from_pb(self.stub.Commit(self._commit_stream(header, parts)))
 
     @translate
-    def model(self, name: str) -> Model:
-        return codec.model_from_pb(self.stub.GetModel(pb.ModelRequest(model=name)))
-
-    @translate
-    def models(self) -> list[Model]:
-        return [codec.model_from_pb(m) for m in self.stub.ListModels(Empty()).models]
-
-    @translate
-    def refs(self, model: str) -> list[Ref]:
-        return [codec.ref_from_pb(r) for r in self.stub.GetModel(pb.ModelRequest(model=model)).refs]
-
-    @translate
     def file(self, model: str, name: str) -> bytes:
         return bytes(self.stub.GetFile(pb.FileRequest(model=model, name=name)).data)
-
-    @translate
-    def version(self, model: str, ref: str | None = None) -> Version:
-        reply = self.stub.GetVersion(pb.VersionRequest(model=model, ref=ref or "", with_entries=True))
-        return codec.version_from_pb(reply)
-
-    @translate
-    def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
-        reply = self.stub.ListVersions(pb.LogRequest(model=model, ref=ref or "", limit=limit))
-        return [codec.version_from_pb(v) for v in reply.versions]
 
     @translate
     def fetch(
@@ -167,7 +144,7 @@ class GrpcStoreClient(ServiceClient):
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
     ) -> Located:
         request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
-        return codec.located_from_pb(self.stub.Locate(request))
+        return reads.located_from_pb(self.stub.Locate(request))
 
     def _read_files(self, located: Located) -> dict[str, torch.Tensor]:
         """The bytes from the files: the store's check of each file is taken while the file stays exactly
@@ -184,18 +161,8 @@ class GrpcStoreClient(ServiceClient):
     @translate
     def diff(self, model: str, a: str, b: str) -> list[Change]:
         return [
-            codec.change_from_pb(c) for c in self.stub.Diff(pb.DiffRequest(model=model, a=a, b=b)).changes
+            reads.change_from_pb(c) for c in self.stub.Diff(pb.DiffRequest(model=model, a=a, b=b)).changes
         ]
-
-    @translate
-    def branch(self, model: str, name: str, from_ref: str | None = None) -> Ref:
-        request = pb.RefRequest(model=model, name=name, kind="branch", from_ref=from_ref or "")
-        return codec.ref_from_pb(self.stub.CreateRef(request))
-
-    @translate
-    def tag(self, model: str, name: str, ref: str | None = None) -> Ref:
-        request = pb.RefRequest(model=model, name=name, kind="tag", from_ref=ref or "")
-        return codec.ref_from_pb(self.stub.CreateRef(request))
 
     @translate
     def rollback(
@@ -212,11 +179,6 @@ class GrpcStoreClient(ServiceClient):
         return codec.model_from_pb(self.stub.Freeze(request))
 
     @translate
-    def unfreeze(self, model: str, patterns: list[str]) -> Model:
-        request = pb.FreezeRequest(model=model, patterns=patterns)
-        return codec.model_from_pb(self.stub.Unfreeze(request))
-
-    @translate
     def squash(self, model: str, ref: str | None = None, author: str = "llmk") -> Version:
         request = pb.SquashRequest(model=model, ref=ref or "", author=author)
         return codec.version_from_pb(self.stub.Squash(request))
@@ -227,27 +189,19 @@ class GrpcStoreClient(ServiceClient):
 
     @translate
     def stats(self, model: str) -> list[VersionStats]:
-        return [codec.stats_from_pb(s) for s in self.stub.Stats(pb.ModelRequest(model=model)).versions]
-
-    @translate
-    def head(self, model: str, branch: str = MAIN) -> int:
-        return int(self.stub.Head(pb.HeadRequest(model=model, branch=branch)).version)
-
-    @translate
-    def changed(self, model: str, a: int, b: int) -> list[str]:
-        return list(self.stub.Changed(pb.ChangedRequest(model=model, a=a, b=b)).names)
+        return [reads.stats_from_pb(s) for s in self.stub.Stats(pb.ModelRequest(model=model)).versions]
 
     @translate
     def steps(self, model: str, a: int, b: int) -> list[Step] | None:
         request = pb.StepsRequest(model=model, from_version=a, to_version=b)
         if self.objects is not None:
             try:
-                versions, checked = codec.steps_located_from_pb(self.stub.LocateSteps(request))
+                versions, checked = reads.steps_located_from_pb(self.stub.LocateSteps(request))
                 self._trust(checked)
                 return None if versions is None else reading.read_steps(self.objects, versions)
             except (Corrupt, OSError) as e:
                 log.warning("reading steps of %s from the object files failed (%s); streaming them", model, e)
-        return codec.steps_from_chunks(self.stub.FetchSteps(request))
+        return reads.steps_from_chunks(self.stub.FetchSteps(request))
 
     def _trust(self, checked: Mapping[str, FileState]) -> None:
         assert self.objects is not None

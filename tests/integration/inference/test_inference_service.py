@@ -70,10 +70,9 @@ def test_cli_metrics_and_head_polling_against_a_worker_process(
     assert "llmk_inference_latency_seconds_bucket" in metrics
 
     # a commit from this process: no in-process event reaches the worker, its head check does
-    from llmk.client import LocalStoreClient
     from llmk.wiring import open_store
 
-    store = LocalStoreClient(open_store(settings_for(home)))
+    store = open_store(settings_for(home))
     v = store.commit_full(name, perturbed(store, name, ["model.norm.weight"], 1))
     with grpc.insecure_channel(worker.address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)

@@ -18,7 +18,6 @@ from llmk.app.model_task import set_task
 from llmk.app.monitor import Monitor, MonitorConfig, Summary
 from llmk.bus.inference_queue import QueuedClassifier, make_app
 from llmk.bus.news_queue import AlertPublisher, publish, queue_items
-from llmk.client import LocalStoreClient
 from llmk.domain.alerts import AlertRules
 from llmk.wiring import open_store
 from services.inference.main import embedded_worker
@@ -37,7 +36,7 @@ def test_queue_items_are_scored_once_acknowledged_and_alerts_published(
     publish(rabbitmq_url, news, bodies)
     settings = settings_for(home)  # the embedded inference worker; the news come from RabbitMQ
     two_moods = TaskSpec(labels=("negative", "positive"), template="{text} ->")  # every item has a mood
-    set_task(LocalStoreClient(open_store(settings)), name, two_moods)
+    set_task(open_store(settings), name, two_moods)
     engine = make_engine(settings.sqlalchemy_url)
     upgrade(engine)
     app = make_app(settings)

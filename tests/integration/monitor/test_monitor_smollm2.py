@@ -23,7 +23,6 @@ from llmk.app.model_task import set_task
 from llmk.app.monitor import Monitor, MonitorConfig
 from llmk.app.store import CommitInfo
 from llmk.app.stream import Item
-from llmk.client import LocalStoreClient
 from llmk.data import FINANCE_NEWS
 from llmk.domain.alerts import AlertRules
 from llmk.wiring import open_store
@@ -75,7 +74,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Pat
 
     home = tmp_path_factory.mktemp("smol") / "home"
     settings = settings_for(home, max_context_tokens=256, max_wait_ms=20.0)
-    client = LocalStoreClient(open_store(settings))
+    client = open_store(settings)
     imported = load_source("smollm2")
     client.create_model("smol", imported.tensors, imported.config, imported.files, CommitInfo())
     set_task(client, "smol", TASK)

@@ -3,6 +3,7 @@ so a child starts in milliseconds): a committer to kill, racers, and a reader th
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import random
 import time
@@ -17,7 +18,7 @@ from llmk.domain.deltas import Delta, Kind
 from llmk.errors import Conflict
 from llmk.wiring import open_store
 
-PRELOAD = ["torch", "safetensors.torch", "sqlalchemy", "psycopg", "llmk.wiring", __name__]
+PRELOAD = ["torch", "safetensors.torch", "sqlalchemy", "psycopg", "llmk.app.store", "llmk.wiring", __name__]
 TARGET = "w"  # the one tensor of the race model: [ROWS, COLS]
 ROWS, COLS = 50, 8
 
@@ -30,6 +31,7 @@ def context() -> ForkServerContext:
 
 def commit_forever(settings: Settings, model: str, names: list[str], seed: int, ready: Any) -> None:
     """Every kind of write the store makes, in a loop, until killed."""
+    gc.freeze()  # the first collection would otherwise walk (and copy) every preloaded object: 0.2 s
     store = open_store(settings)
     rng = random.Random(seed)
     ready.set()
@@ -38,11 +40,11 @@ def commit_forever(settings: Settings, model: str, names: list[str], seed: int, 
         if roll < 0.5:
             store.commit(model, {name: _sparse([rng.randrange(64)], rng.uniform(-1, 1))})
         elif roll < 0.75:
-            current = store.materialize(model, names=[name])[name]
+            current = store.fetch(model, names=[name])[name]
             current[rng.randrange(current.shape[0])] += 1
             store.commit_full(model, {name: current})
         elif roll < 0.9:
-            store.materialize(model)  # long chains write a cached snapshot
+            store.fetch(model)  # long chains write a cached snapshot
         elif roll < 0.95:
             store.squash(model)
         else:
@@ -78,7 +80,7 @@ def read_and_collect_forever(settings: Settings, model: str, stop: Any) -> None:
     """What runs beside writers: a reader of the head (which caches long chains) and GC."""
     store = open_store(settings)
     while not stop.is_set():
-        store.materialize(model)
+        store.fetch(model)
         store.gc()
         time.sleep(0.01)
 

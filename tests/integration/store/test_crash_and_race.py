@@ -44,7 +44,7 @@ def assert_every_reference_verifies(store: Store) -> None:
 
 def assert_heads_materialize(store: Store, model: str, like: dict[str, torch.Tensor]) -> None:
     for ref in store.refs(model):
-        values = store.materialize(model, ref.name)
+        values = store.fetch(model, ref.name)
         assert sorted(values) == sorted(like), f"{ref.name} lost tensors"
         assert all(bool(torch.isfinite(t).all()) for t in values.values())
 
@@ -118,7 +118,7 @@ def test_racing_committers_each_get_their_own_parent(store, settings) -> None:
     assert all(newer.parent == older.id == newer.basis for newer, older in itertools.pairwise(log))
     assert Counter(v.author for v in log[:-1]) == {f"r{r}": COMMITS for r in range(RACERS)}
 
-    values = store.materialize("race")[TARGET].view(-1)
+    values = store.fetch("race")[TARGET].view(-1)
     assert torch.equal(values[: RACERS * COMMITS], torch.ones(RACERS * COMMITS)), "an update was lost"
     assert not values[RACERS * COMMITS :].any()
     assert_every_reference_verifies(open_store(settings))
@@ -142,4 +142,4 @@ def test_a_commit_redelivered_concurrently_is_stored_once(store, settings) -> No
     assert [p.exitcode for p in senders] == [0] * len(senders)
     assert len(set(ids)) == 1, f"one commit became versions {sorted(set(ids))}"
     assert [v.id for v in store.catalog.versions("race")] == [root, ids[0]]
-    assert store.materialize("race")[TARGET][0, 0] == 1.0, "the change was applied once"
+    assert store.fetch("race")[TARGET][0, 0] == 1.0, "the change was applied once"

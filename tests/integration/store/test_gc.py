@@ -55,7 +55,7 @@ def test_unreferenced_files_go_only_after_the_grace_period(tiny) -> None:
     fresh = open_store(tiny.settings)  # verifies from disk, not from this process's memory
     for sha in referenced:
         fresh.objects.verify(sha)
-    assert torch.equal(fresh.materialize(model, str(v2.id))["model.norm.weight"][0], torch.tensor(2.0))
+    assert torch.equal(fresh.fetch(model, str(v2.id))["model.norm.weight"][0], torch.tensor(2.0))
     assert fresh.file(model, "config.json") == tiny.store.file(model, "config.json")
     fresh.catalog.engine.dispose()
 
@@ -67,7 +67,7 @@ def test_with_no_grace_period_every_referenced_file_survives(tiny) -> None:
         head = tiny.version
         for i in range(3):
             head = store.commit(model, {"model.layers.0.mlp.up_proj.weight": sparse(i)}, "main", head).id
-        expected = store.materialize(model)  # also caches a snapshot of the chain
+        expected = store.fetch(model)  # also caches a snapshot of the chain
         assert store.catalog.chain(model, head)[1] is not None
         store.tag(model, "pinned", str(head))
         squashed = store.squash(model)
@@ -81,10 +81,8 @@ def test_with_no_grace_period_every_referenced_file_survives(tiny) -> None:
         assert {sha for sha, _ in store.objects.list()} == store.catalog.referenced_objects()
         fresh = open_store(settings)
         for ref in ("pinned", str(squashed.id), str(head)):
-            assert all(torch.equal(fresh.materialize(model, ref)[n], t) for n, t in expected.items())
-        assert all(
-            torch.equal(fresh.materialize(model, str(rollback.id))[n], t) for n, t in tiny.tensors.items()
-        )
+            assert all(torch.equal(fresh.fetch(model, ref)[n], t) for n, t in expected.items())
+        assert all(torch.equal(fresh.fetch(model, str(rollback.id))[n], t) for n, t in tiny.tensors.items())
         assert fresh.gc() == []
         fresh.catalog.engine.dispose()
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmk.client import LocalStoreClient
+from llmk.app.store import Store
 from llmk.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted
 from llmk.wiring import open_events, open_store
 from services.inference.engine.classifier import classify
@@ -26,12 +26,12 @@ from .hosting import LABELS, TEMPLATE, TEXTS, create_tiny, perturbed, settings_f
 @dataclass
 class Served:
     host: Host
-    client: LocalStoreClient
+    client: Store
 
 
 def start(home: Path, **overrides: Any) -> Served:
     settings = settings_for(home, **overrides)
-    client = LocalStoreClient(open_store(settings))
+    client = open_store(settings)
     if not client.models():
         create_tiny(client)
     return Served(Host(settings, client, open_events(settings)), client)

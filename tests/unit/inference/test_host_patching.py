@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llmk.app.reading import Step
-from llmk.client import LocalStoreClient
+from llmk.app.store import Store
 from llmk.domain.deltas import Delta, Kind
 from llmk.wiring import open_events, open_store
 from services.inference.engine.compress import apply_options
@@ -30,21 +30,24 @@ EMBED = "model.embed_tokens.weight"
 NORM = "model.norm.weight"  # [64]
 
 
-class CountingStore(LocalStoreClient):
+class CountingStore:
     """The real embedded client, noting the names of each whole-value fetch and each steps call."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.fetched: list[list[str] | None] = []
         self.stepped: list[tuple[int, int]] = []
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
     def fetch(self, model: str, ref: str | None = None, selector: str = "", names: Any = None) -> Any:
         self.fetched.append(names)
-        return super().fetch(model, ref, selector, names)
+        return self.store.fetch(model, ref, selector, names)
 
     def steps(self, model: str, a: int, b: int) -> list[Step] | None:
         self.stepped.append((a, b))
-        return super().steps(model, a, b)
+        return self.store.steps(model, a, b)
 
 
 @pytest.fixture

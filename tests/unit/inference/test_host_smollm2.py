@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from llmk.app.store import CommitInfo
-from llmk.client import LocalStoreClient
 from llmk.v1 import inference_pb2 as pb
 from llmk.v1 import inference_pb2_grpc
 from llmk.wiring import open_store
@@ -43,7 +42,7 @@ def worker(smollm2: SmolLM2, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         smollm2.tokenizer.save_pretrained(tmp)
         files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
     files["config.json"] = json.dumps(config, default=str).encode()
-    LocalStoreClient(open_store(settings)).create_model("smollm2", tensors, config, files, CommitInfo())
+    open_store(settings).create_model("smollm2", tensors, config, files, CommitInfo())
     running = build(settings)
     running.server.start()
     yield running

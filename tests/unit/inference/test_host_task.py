@@ -13,8 +13,7 @@ import torch
 from llmk.app.feedback import load_trainer
 from llmk.app.job_records import Example, TaskSpec
 from llmk.app.model_task import require_task, set_task, task_of
-from llmk.app.store import CommitInfo
-from llmk.client import LocalStoreClient
+from llmk.app.store import CommitInfo, Store
 from llmk.errors import InvalidInput, NotFound
 from llmk.wiring import open_events, open_store
 from services.inference.host import Host
@@ -26,9 +25,9 @@ TEXTS = ["Shares jump after record quarter and a raised outlook", "Profit warnin
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Host, LocalStoreClient]]:
+def served(tmp_path: Path) -> Iterator[tuple[Host, Store]]:
     settings = settings_for(tmp_path / "home")
-    client = LocalStoreClient(open_store(settings))
+    client = open_store(settings)
     create_tiny(client)
     set_task(client, "tiny", TASK)
     host = Host(settings, client, open_events(settings))
@@ -38,7 +37,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Host, LocalStoreClient]]:
 
 
 def test_classify_without_labels_scores_the_stored_task_as_the_trainer_does(
-    served: tuple[Host, LocalStoreClient],
+    served: tuple[Host, Store],
 ) -> None:
     host, client = served
     answer = host.classify(TEXTS)
@@ -50,7 +49,7 @@ def test_classify_without_labels_scores_the_stored_task_as_the_trainer_does(
     torch.testing.assert_close(served_probs, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_a_new_task_version_is_served_without_a_restart(served: tuple[Host, LocalStoreClient]) -> None:
+def test_a_new_task_version_is_served_without_a_restart(served: tuple[Host, Store]) -> None:
     host, client = served
     version = set_task(client, "tiny", TaskSpec(labels=("bull", "bear"), template="{text} ->"))
     deadline = time.monotonic() + 10
@@ -64,7 +63,7 @@ def test_a_new_task_version_is_served_without_a_restart(served: tuple[Host, Loca
 
 
 def test_bad_tasks_are_refused_and_a_model_without_one_says_how_to_set_it(tmp_path: Path) -> None:
-    client = LocalStoreClient(open_store(settings_for(tmp_path / "home")))
+    client = open_store(settings_for(tmp_path / "home"))
     create_tiny(client)
     with pytest.raises(NotFound, match="llmk task set"):
         require_task(client, "tiny")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from llmk.client import LocalStoreClient
+from llmk.app.store import Store
 from llmk.errors import FailedPrecondition
 from llmk.wiring import open_events, open_store
 from services.inference.engine.classifier import classify
@@ -33,23 +33,26 @@ CHANGING = [
 PROMPT = "hello"
 
 
-class RecordingStore(LocalStoreClient):
+class RecordingStore:
     """The real embedded client, noting which tensors each fetch asked for and which steps were read."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.fetched: list[list[str] | None] = []
         self.stepped: list[tuple[int, int]] = []
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
     def steps(self, model: str, a: int, b: int) -> Any:
         self.stepped.append((a, b))
-        return super().steps(model, a, b)
+        return self.store.steps(model, a, b)
 
     def fetch(
         self, model: str, ref: str | None = None, selector: str = "", names: list[str] | None = None
     ) -> Any:
         self.fetched.append(names)
-        return super().fetch(model, ref, selector, names)
+        return self.store.fetch(model, ref, selector, names)
 
 
 def flat(rows: list[dict[str, float]]) -> list[float]:
@@ -80,7 +83,7 @@ def host(tmp_path: Path, client: RecordingStore) -> Iterator[Host]:
     h.close()
 
 
-def expected_answers(client: LocalStoreClient, version: str) -> tuple[list[dict[str, float]], list[int]]:
+def expected_answers(client: Store, version: str) -> tuple[list[dict[str, float]], list[int]]:
     """What `version` answers, from a model built afresh from the store: probabilities and greedy tokens."""
     model = build_model(json.loads(client.file("tiny", "config.json")), client.fetch("tiny", version))
     tokenizer = load_tokenizer(client, "tiny", list(client.model("tiny").files), 258)

@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import pytest
 
-from llmk.client import LocalStoreClient
 from llmk.v1 import inference_pb2 as pb
 from llmk.v1 import inference_pb2_grpc
 from llmk.wiring import open_store
@@ -36,7 +35,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
     def start(**overrides: Any) -> Running:
         settings = settings_for(tmp_path / "home", serve_model="tiny", **overrides)
-        create_tiny(LocalStoreClient(open_store(settings)))
+        create_tiny(open_store(settings))
         worker = build(settings)
         worker.server.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{worker.port}")

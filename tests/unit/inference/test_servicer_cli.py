@@ -12,7 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from llmk.cli.main import app
-from llmk.client import LocalStoreClient
 from llmk.wiring import open_store
 from services.compose import Tiers, run
 from services.inference.main import build
@@ -23,7 +22,7 @@ from .hosting import LABELS, TEMPLATE, create_tiny, settings_for
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
-    create_tiny(LocalStoreClient(open_store(settings_for(home))))
+    create_tiny(open_store(settings_for(home)))
     for name, value in dict(
         LLMK_HOME=str(home), LLMK_DEVICE="cpu", LLMK_CLASSIFY_TEMPLATE=TEMPLATE, LLMK_MAX_CONTEXT_TOKENS="256"
     ).items():

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from llmk.client import LocalStoreClient
 from llmk.wiring import open_store
 from services.inference.main import Worker, build
 
@@ -24,7 +23,7 @@ SCRIPT = Path(__file__).with_name("triton_client.py")
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     settings = settings_for(tmp_path_factory.mktemp("oip") / "home", serve_model="tiny@1")
-    store = LocalStoreClient(open_store(settings))
+    store = open_store(settings)
     create_tiny(store)
     norm = store.fetch("tiny", "1", names=["model.norm.weight"])["model.norm.weight"]
     store.commit_full("tiny", {"model.norm.weight": norm * 2})  # version 2 exists; the worker serves 1

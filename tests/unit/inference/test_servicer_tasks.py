@@ -12,7 +12,6 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from llmk.client import LocalStoreClient
 from llmk.errors import FailedPrecondition, InvalidInput, NotFound
 from llmk.wiring import open_store
 from services.inference import tasks
@@ -33,7 +32,7 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
     """One worker for the module: starting and stopping a Celery worker takes seconds."""
     home = tmp_path_factory.mktemp("tasks") / "home"
     settings = settings_for(home, inference_queue=f"inference-{uuid.uuid4().hex[:8]}", max_wait_ms=30.0)
-    store = LocalStoreClient(open_store(settings))
+    store = open_store(settings)
     create_tiny(store)
     host = Host(settings, store)
     host.load("tiny")

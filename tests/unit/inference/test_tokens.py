@@ -22,7 +22,6 @@ from llmk.app.causal_lm import ByteTokenizer
 from llmk.app.causal_lm import load_tokenizer as optimizer_tokenizer
 from llmk.app.job_records import TASKS
 from llmk.app.store import CommitInfo
-from llmk.client import LocalStoreClient
 from llmk.errors import FailedPrecondition, InvalidInput
 from llmk.wiring import open_store
 from services.inference.engine import tokens
@@ -103,7 +102,7 @@ def test_smollm2_served_tokens_equal_the_optimizers(smollm2: SmolLM2) -> None:
 
 
 def test_a_byte_level_model_with_tokenizer_files_is_served_like_autotokenizer(tmp_path: Path) -> None:
-    client = LocalStoreClient(open_store(settings_for(tmp_path / "home")))
+    client = open_store(settings_for(tmp_path / "home"))
     create_tiny(client)
     files = client.model("tiny").files
     ours = load_tokenizer(client, "tiny", list(files), 258)
@@ -150,7 +149,7 @@ def test_tokenizers_transformers_would_change_are_left_to_it(tmp_path: Path, cha
     config = {**json.loads(files["tokenizer_config.json"]), "bos_token": "<pad>", **change}
     files["tokenizer_config.json"] = json.dumps(config).encode()
     assert tokens.from_files(files) is None
-    client = LocalStoreClient(open_store(settings_for(tmp_path / "home")))
+    client = open_store(settings_for(tmp_path / "home"))
     config, tensors = tiny_model()
     client.create_model("changed", tensors, config, files, CommitInfo())
     served = load_tokenizer(client, "changed", list(client.model("changed").files), 258)
@@ -186,16 +185,15 @@ def test_init_is_skipped_only_on_the_meta_device() -> None:
 
 def test_a_worker_is_built_without_importing_transformers_or_dynamo(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "home")
-    create_tiny(LocalStoreClient(open_store(settings)))
+    create_tiny(open_store(settings))
     script = f"""
 import sys
-from llmk.client import LocalStoreClient
 from llmk.config import Settings
 from llmk.wiring import open_store
 from services.inference.loading import build_served
 settings = Settings(_env_file=None, home={str(tmp_path / "home")!r}, database_url="", object_dir=None,
                     device="cpu", version_poll_seconds=0)
-served = build_served(LocalStoreClient(open_store(settings)), settings, "tiny", None, ())
+served = build_served(open_store(settings), settings, "tiny", None, ())
 assert served.tokenizer.encode("hi") == [104, 105]
 served.close()
 print(sorted(m for m in ("transformers", "torch._dynamo") if m in sys.modules))

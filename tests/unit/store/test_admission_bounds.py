@@ -68,7 +68,7 @@ def test_a_commit_above_a_snapshot_reads_no_stored_tensor(tmp_path: Path) -> Non
     store.create_model("m", {W: torch.randn(64, 64)}, {}, {}, CommitInfo())
     for step in range(3):
         v = store.commit("m", sparse([0.1 * step]))
-    store.materialize("m", str(v.id))  # a long chain: the read caches a snapshot
+    store.fetch("m", str(v.id))  # a long chain: the read caches a snapshot
     assert store.catalog.chain("m", v.id)[1] is not None
     reads = CountingReads(store)
     store.commit("m", sparse([0.3]))
@@ -92,6 +92,6 @@ def test_a_result_near_overflow_is_checked_exactly(settings: Settings) -> None:
     store = open_store(settings)
     store.create_model("m", {W: torch.full((4,), 3e38)}, {}, {}, CommitInfo())
     v = store.commit("m", sparse([-3e38, -3e38]))  # bound says maybe; the value (0, 0, 3e38, 3e38) is finite
-    assert store.materialize("m", str(v.id))[W].tolist()[:2] == [0.0, 0.0]
+    assert store.fetch("m", str(v.id))[W].tolist()[:2] == [0.0, 0.0]
     with pytest.raises(InvalidDelta, match="NaN or Inf"):
         store.commit("m", sparse([0.0, 0.0, 3e38]))

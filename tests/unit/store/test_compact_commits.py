@@ -41,7 +41,7 @@ def test_a_one_percent_change_to_a_16_bit_tensor_stores_in_2_5_percent(store: St
     stored = store.objects.verify(v.entries[0].object).stat().st_size
     assert stored <= 0.025 * base.numel() * base.element_size()
     expected = deltas.apply(base.clone(), change)
-    assert torch.equal(bits(store.materialize("m")[W]), bits(expected))
+    assert torch.equal(bits(store.fetch("m")[W]), bits(expected))
     steps = store.steps("m", first, v.id)
     assert steps is not None
     back = steps[0].entries[W]
@@ -63,7 +63,7 @@ def test_unsorted_additions_with_repeats_materialize_to_the_same_bits(store: Sto
         },
     )
     store.commit("m", {W: change})
-    assert torch.equal(bits(store.materialize("m")[W]), bits(deltas.apply(base.clone(), change)))
+    assert torch.equal(bits(store.fetch("m")[W]), bits(deltas.apply(base.clone(), change)))
 
 
 def test_positions_too_far_apart_to_code_are_stored_flat_and_read_back(store: Store) -> None:
@@ -71,7 +71,7 @@ def test_positions_too_far_apart_to_code_are_stored_flat_and_read_back(store: St
     store.create_model("m", {W: base}, {}, {}, CommitInfo())
     change = Delta(Kind.SPARSE_SET, {"indices": torch.tensor([0, base.numel() - 1]), "values": torch.ones(2)})
     store.commit("m", {W: change})
-    got = store.materialize("m")[W].view(-1)
+    got = store.fetch("m")[W].view(-1)
     assert got[0] == 1
     assert got[-1] == 1
     assert torch.equal(got[1:-1], base.view(-1)[1:-1])

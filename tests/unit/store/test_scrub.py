@@ -28,7 +28,7 @@ def store(tmp_path: Path) -> Store:
     s = open_store(make_settings(tmp_path / "home"))
     tiny = load_source("synthetic:llama-tiny")
     s.create_model("tiny", tiny.tensors, tiny.config, tiny.files, CommitInfo())
-    s.materialize("tiny", "main")  # verified once: the cache would answer next time
+    s.fetch("tiny", "main")  # verified once: the cache would answer next time
     return s
 
 
@@ -36,7 +36,7 @@ def test_a_byte_flipped_in_place_with_its_mtime_restored_is_refused(store: Store
     [sha] = {e.object for e in store.version("tiny", "main").entries}
     flip_in_place(store.objects.verify(sha))
     with pytest.raises(Corrupt, match="failed its checksum"):
-        store.materialize("tiny", "main")
+        store.fetch("tiny", "main")
 
 
 def test_scrub_quarantines_damaged_objects_and_exits_non_zero(store: Store, tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_scrub_quarantines_damaged_objects_and_exits_non_zero(store: Store, tmp_
     assert done.stderr.strip().startswith("llmk: error: 1 damaged object(s)")
     assert (tmp_path / "home" / "objects" / "quarantine" / sha).exists()
     with pytest.raises(Corrupt, match="missing"):
-        store.materialize("tiny", "main")
+        store.fetch("tiny", "main")
 
 
 @pytest.mark.parametrize("operation", ["commit", "freeze", "diff", "rollback"])
@@ -61,13 +61,13 @@ def test_a_damaged_cached_snapshot_is_read_around_by_every_operation(tmp_path: P
     s = open_store(make_settings(tmp_path / "home", cache_chain_length=1))
     first = s.create_model("m", {"w": torch.zeros(4), "n": torch.zeros(4)}, {}, {}, CommitInfo())
     s.commit("m", {"w": Delta(Kind.DENSE, {"diff": torch.ones(4)})})
-    s.materialize("m")  # caches main's values
+    s.fetch("m")  # caches main's values
     [snapshot] = s.catalog.snapshots()
     flip_in_place(s.objects.path(snapshot.object))
     one = Delta(Kind.DENSE, {"diff": torch.ones(4)})
     if operation == "commit":
         s.commit("m", {"n": one})
-        assert torch.equal(s.materialize("m")["n"], torch.ones(4))
+        assert torch.equal(s.fetch("m")["n"], torch.ones(4))
     elif operation == "freeze":
         assert s.freeze("m", ["n"]).frozen == ["n"]
     elif operation == "diff":
@@ -75,6 +75,6 @@ def test_a_damaged_cached_snapshot_is_read_around_by_every_operation(tmp_path: P
     else:
         s.freeze("m", ["n"])  # a rollback then compares the frozen values of both versions
         s.rollback("m", str(first.id))
-        assert torch.equal(s.materialize("m")["w"], torch.zeros(4))
+        assert torch.equal(s.fetch("m")["w"], torch.zeros(4))
     assert s.catalog.snapshots() == [] or snapshot.object not in {x.object for x in s.catalog.snapshots()}
     s.catalog.engine.dispose()
