@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -137,10 +139,18 @@ def make_engine(url: str) -> Engine:
 
 
 class Catalog:
-    """Every metadata read and write the store makes; each public method is one transaction."""
+    """Every metadata read and write the store makes; each public method is one transaction.
 
-    def __init__(self, engine: Engine):
+    A version's entries never change once it is committed (versions are never deleted or edited), so the
+    entries of recently read or written versions are kept here: a commit or a read then fetches from the
+    database only the chain's version ids, not thousands of entry rows.
+    """
+
+    def __init__(self, engine: Engine, cached_versions: int = 256):
         self.engine = engine
+        self.cached_versions = cached_versions
+        self._cached: OrderedDict[int, tuple[Entry, ...]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _tx(self) -> AbstractContextManager[Session]:
         return transaction(self.engine)
@@ -201,7 +211,9 @@ class Catalog:
                 if version.entries:  # one multi-row INSERT, not a unit of work per row
                     s.execute(insert(EntryRow), _entry_rows(row.id, version.entries))
                 self._move(s, m.id, branch, expected, row.id, create_branch)
-                return _version(row, model, version.entries)
+                added = _version(row, model, version.entries)
+            self._remember({added.id: added.entries})  # committed: the next commit's chain starts here
+            return added
         except IntegrityError as e:
             if version.idempotency_key and (first := self.by_idempotency_key(model, version.idempotency_key)):
                 return self.version(model, first.id)  # a redelivered commit: the first one stands
@@ -284,17 +296,28 @@ class Catalog:
             entries = self._entries(s, ids)
             return [_version(rows[i], model, entries.get(i, [])) for i in ids]
 
-    @staticmethod
-    def _entries(s: Session, ids: list[int]) -> dict[int, list[Entry]]:
-        out: dict[int, list[Entry]] = {}
+    def _entries(self, s: Session, ids: list[int]) -> dict[int, list[Entry]]:
+        with self._lock:
+            out = {i: list(self._cached[i]) for i in ids if i in self._cached}
+        missing = [i for i in ids if i not in out]
+        read: dict[int, list[Entry]] = {i: [] for i in missing}
         t = EntryRow
         columns = (t.version_id, t.name, t.kind, t.object, t.shape, t.dtype, t.nnz, t.nbytes)
-        for i in range(0, len(ids), 500):  # plain rows, not ORM objects: a chain holds thousands
+        for i in range(0, len(missing), 500):  # plain rows, not ORM objects: a chain holds thousands
             for vid, name, kind, obj, shape, dtype, nnz, nbytes in s.execute(
-                select(*columns).where(t.version_id.in_(ids[i : i + 500]))
+                select(*columns).where(t.version_id.in_(missing[i : i + 500]))
             ):
-                out.setdefault(vid, []).append(Entry(name, kind, obj, tuple(shape), dtype, nnz, nbytes))
-        return out
+                read[vid].append(Entry(name, kind, obj, tuple(shape), dtype, nnz, nbytes))
+        self._remember(read)
+        return {**out, **read}
+
+    def _remember(self, entries: dict[int, list[Entry]]) -> None:
+        with self._lock:
+            for vid, found in entries.items():
+                self._cached[vid] = tuple(found)
+                self._cached.move_to_end(vid)
+            while len(self._cached) > self.cached_versions:
+                self._cached.popitem(last=False)
 
     # refs ---------------------------------------------------------------------
     def refs(self, model: str) -> list[Ref]:
