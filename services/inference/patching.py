@@ -54,6 +54,9 @@ def apply_in_place(model: nn.Module, name: str, delta: Delta) -> None:
     """Apply one entry to the held weight and check the positions it wrote; InvalidDelta if they differ."""
     weight = model.get_parameter(name).data  # [*shape], plain and contiguous (see plan)
     parts = {k: p.to(weight.device) for k, p in delta.parts.items()}
+    for ids in ("indices", "rows"):  # widened once here, not in each of the three index operations below
+        if ids in parts:
+            parts[ids] = parts[ids].long()
     if delta.kind in EXACT_ANYWHERE:
         parts["values"] = parts["values"].to(weight.dtype)
     delta = Delta(delta.kind, parts)

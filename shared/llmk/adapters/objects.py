@@ -147,6 +147,7 @@ class ObjectStore:
         final.parent.mkdir(exist_ok=True)
         try:
             os.link(tmp, final)  # exclusive: only the first writer of this content creates it
+            tmp.unlink()  # now, not later: dropping a link changes the file's ctime, hence its state
             created = True
         except FileExistsError:
             os.replace(tmp, final)  # fresh mtime for GC's grace, fresh inode for a concurrent discard

@@ -127,18 +127,19 @@ class Bounds:
         lineage = p.lineage.get(name, [])
         bound = 0.0
         if p.snapshot and name in p.snapshot_names and not (lineage and lineage[-1].kind == deltas.Kind.FULL):
-            bound = self._entry(p.snapshot, name, deltas.Kind.FULL, {"tensor": name})
+            bound = self._entry(p.snapshot, name, deltas.Kind.FULL, stored_as=name)
         for e in reversed(lineage):  # oldest first
             kind = deltas.Kind(e.kind)
-            keys = {k: part_key(e.name, k) for k in deltas.PARTS[kind]}
-            bound = deltas.bound_after(bound, kind, self._entry(e.object, e.name, kind, keys))
+            bound = deltas.bound_after(bound, kind, self._entry(e.object, e.name, kind))
         return bound
 
-    def _entry(self, sha: str, name: str, kind: deltas.Kind, keys: dict[str, str]) -> float:
+    def _entry(self, sha: str, name: str, kind: deltas.Kind, stored_as: str = "") -> float:
+        """The reach of entry `name` in object `sha` (a snapshot stores each tensor under its own name)."""
         with self._lock:
             if (known := self._reach.get((sha, name))) is not None:
                 self._reach.move_to_end((sha, name))
                 return known
+        keys = {"tensor": stored_as} if stored_as else {k: part_key(name, k) for k in deltas.PARTS[kind]}
         with self.objects.open_tensors(sha) as f:
             parts = {k: f.get_tensor(key) for k, key in keys.items()}
         return self._keep((sha, name), deltas.reach(deltas.Delta(kind, parts)))

@@ -121,8 +121,11 @@ def _check_low_rank(name: str, a: Tensor, b: Tensor, shape: tuple[int, ...], dty
 def _check_index(name: str, idx: Tensor, bound: int, what: str) -> None:
     if idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
         raise InvalidDelta(f"{name}: {what} ids must be a 1-D int32/int64 tensor")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bound):
-        raise InvalidDelta(f"{name}: {what} out of range [0, {bound}): {int(idx.min())}..{int(idx.max())}")
+    if not idx.numel():
+        return
+    low, high = (int(x) for x in torch.aminmax(idx))
+    if low < 0 or high >= bound:
+        raise InvalidDelta(f"{name}: {what} out of range [0, {bound}): {low}..{high}")
 
 
 def apply(base: Tensor | None, delta: Delta) -> Tensor:

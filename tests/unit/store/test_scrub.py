@@ -78,3 +78,23 @@ def test_a_damaged_cached_snapshot_is_read_around_by_every_operation(tmp_path: P
         assert torch.equal(s.fetch("m")["w"], torch.zeros(4))
     assert s.catalog.snapshots() == [] or snapshot.object not in {x.object for x in s.catalog.snapshots()}
     s.catalog.engine.dispose()
+
+
+def test_an_object_this_process_wrote_is_read_without_hashing_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer hashed the bytes to name the file; hashing them again on the first read (a commit's
+    own announcement, the worker's steps) only added latency. A later change is still caught."""
+    from llmk.adapters import objects
+
+    s = open_store(make_settings(tmp_path / "home"))
+    sha, _ = s.objects.put_tensors({"w": torch.arange(1000.0)})
+    hashed: list[Path] = []
+    real = objects.sha256_file
+    monkeypatch.setattr(objects, "sha256_file", lambda p: hashed.append(p) or real(p))
+    with s.objects.open_tensors(sha) as f:
+        assert torch.equal(f.get_tensor("w"), torch.arange(1000.0))
+    assert hashed == []
+    flip_in_place(s.objects.path(sha))
+    with pytest.raises(Corrupt, match="failed its checksum"):
+        s.objects.open_tensors(sha)
