@@ -11,7 +11,7 @@ from llmk.domain import deltas
 from llmk.domain.versions import Version, part_key
 from llmk.errors import InvalidInput
 from llmk.rpc.codec import entry_from_pb, entry_to_pb, version_from_pb, version_to_pb
-from llmk.rpc.tensors import chunks_in, from_chunks, packed, to_chunks
+from llmk.rpc.tensors import chunks_in, from_chunks, packed
 from llmk.v1 import store_pb2 as pb
 
 
@@ -43,8 +43,7 @@ def steps_to_chunks(steps: list[Step] | None, chunk_bytes: int) -> Iterator[pb.S
         parts = {
             f"{step.version}:{part_key(n, k)}": t for n, d in step.entries.items() for k, t in d.parts.items()
         }
-        for batch in packed(to_chunks(parts, chunk_bytes), chunk_bytes):
-            yield pb.StepsChunk(chunks=batch)
+        yield from packed(parts, chunk_bytes, pb.StepsChunk)
 
 
 def steps_from_chunks(stream: Iterable[pb.StepsChunk]) -> list[Step] | None:

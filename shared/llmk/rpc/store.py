@@ -27,7 +27,7 @@ from llmk.rpc import codec, reads
 from llmk.rpc.errors import translate
 from llmk.rpc.history import GrpcHistoryClient
 from llmk.rpc.security import Tls
-from llmk.rpc.tensors import from_chunks, packed, to_chunks
+from llmk.rpc.tensors import from_chunks, packed
 from llmk.v1 import store_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class GrpcStoreClient(GrpcHistoryClient):
         self, header: pb.CommitHeader, tensors: Mapping[str, torch.Tensor]
     ) -> Iterator[pb.CommitRequest]:
         yield pb.CommitRequest(header=header)
-        for batch in packed(to_chunks(tensors, self.chunk_bytes), self.chunk_bytes):
-            yield pb.CommitRequest(chunks=batch)
+        yield from packed(tensors, self.chunk_bytes, pb.CommitRequest)
 
     @staticmethod
     def _header(

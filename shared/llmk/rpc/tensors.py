@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,44 +30,53 @@ DTYPES = {
 
 
 MAX_DIMS = 32
+M = TypeVar("M")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def to_chunks(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator[common_pb2.TensorChunk]:
+def _pieces(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator[dict[str, Any]]:
+    """The fields of each chunk: a tensor's bytes in order, at most `chunk_bytes` each; the first chunk of a
+    tensor declares its shape."""
     for name, t in tensors.items():
         raw = t.detach().contiguous().view(-1).view(torch.uint8).numpy()  # bytes view, no copy
-        total = raw.nbytes
-        offset = 0
+        total, dtype, offset = raw.nbytes, dtype_name(t.dtype), 0
         while True:
             end = min(offset + chunk_bytes, total)
-            yield common_pb2.TensorChunk(
-                name=name,
-                dtype=dtype_name(t.dtype),
-                shape=list(t.shape) if offset == 0 else [],
-                offset=offset,
-                total_bytes=total,
-                data=raw[offset:end].tobytes(),
-            )
+            yield {
+                "name": name,
+                "dtype": dtype,
+                "shape": list(t.shape) if offset == 0 else [],
+                "offset": offset,
+                "total_bytes": total,
+                "data": raw[offset:end].tobytes(),
+            }
             offset = end
             if offset >= total:
                 break
 
 
-def packed(chunks: Iterable[common_pb2.TensorChunk], chunk_bytes: int) -> Iterator[common_pb2.TensorChunks]:
-    """Consecutive chunks grouped into messages of at most `chunk_bytes` of data (a bigger chunk alone)."""
-    batch: list[common_pb2.TensorChunk] = []
-    size = 0
-    for c in chunks:
-        if batch and size + len(c.data) > chunk_bytes:
-            yield common_pb2.TensorChunks(chunks=batch)
-            batch, size = [], 0
-        batch.append(c)
-        size += len(c.data)
-    if batch:
-        yield common_pb2.TensorChunks(chunks=batch)
+def to_chunks(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator[common_pb2.TensorChunk]:
+    """One chunk per message (downloads, and streams of older clients)."""
+    for fields in _pieces(tensors, chunk_bytes):
+        yield common_pb2.TensorChunk(**fields)
+
+
+def packed(tensors: Mapping[str, torch.Tensor], chunk_bytes: int, message: Callable[[], M]) -> Iterator[M]:
+    """`message()`s (CommitRequest, StepsChunk) whose `chunks` hold consecutive chunks of the tensors, at most
+    `chunk_bytes` of data per message (a bigger chunk alone). Chunks are added to the message in place:
+    protobuf copies a sub-message assigned to a field, which cost more than the bytes' own transfer."""
+    out, size, count = message(), 0, 0
+    for fields in _pieces(tensors, chunk_bytes):
+        if count and size + len(fields["data"]) > chunk_bytes:
+            yield out
+            out, size, count = message(), 0, 0
+        out.chunks.chunks.add(**fields)  # type: ignore[attr-defined]
+        size, count = size + len(fields["data"]), count + 1
+    if count:
+        yield out
 
 
 def chunks_in(messages: Iterable[Any], stream: str) -> Iterator[common_pb2.TensorChunk]:
@@ -131,7 +140,7 @@ def _declared(c: common_pb2.TensorChunk) -> tuple[torch.dtype, list[int], int]:
         raise InvalidInput(f"{c.name}: negative dimension in shape {shape}")
     if len(shape) > MAX_DIMS or math.prod(d for d in shape if d) >= 2**63:  # torch's own limits
         raise InvalidInput(f"{c.name}: shape {shape[: MAX_DIMS + 1]} has too many dimensions or elements")
-    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    size = math.prod(shape) * dtype.itemsize
     if c.offset != 0 or c.total_bytes != size:
         raise InvalidInput(f"{c.name}: first chunk must start at 0 and size {shape} {c.dtype}")
     return dtype, shape, size
