@@ -109,12 +109,15 @@ class ObjectStore:
     def path(self, sha: str) -> Path:
         return self.root / sha[:2] / sha[2:]
 
-    def put_tensors(self, tensors: Mapping[str, torch.Tensor]) -> tuple[str, int]:
-        """Store a pack of tensors; returns (sha256, size in bytes)."""
-        pack, metadata = indices.compact(tensors)
+    def put_tensors(
+        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+    ) -> tuple[str, int]:
+        """Store a pack of tensors, with string `metadata` in its header; returns (sha256, size in bytes)."""
+        pack, coded = indices.compact(tensors)
+        header = {**(metadata or {}), **coded}
         with self._temp(".safetensors") as tmp:
             try:
-                save_file({k: t.contiguous() for k, t in pack.items()}, str(tmp), metadata=metadata or None)
+                save_file({k: t.contiguous() for k, t in pack.items()}, str(tmp), metadata=header or None)
             except SafetensorError as e:
                 raise _disk_full(self.root, e) or e from None
             return self._publish(tmp)

@@ -8,6 +8,7 @@ parts can still overflow (a low-rank 1e20 x 1e20, or +3e38 added twice).
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -103,6 +104,27 @@ def _stored_meta(objects: Objects, p: reading.Plan) -> dict[str, Meta]:
     return metas
 
 
+REACHES = "llmk.reaches"  # object metadata: JSON {tensor name: reach of its entry in this object}
+
+
+def reach_metadata(reaches: Mapping[str, float]) -> dict[str, str]:
+    """What a writer stores beside the entries, so a process that did not write them (a restarted store)
+    bounds them from the header instead of reading every value."""
+    return {REACHES: json.dumps(dict(reaches))}
+
+
+def stored_reaches(metadata: Mapping[str, str] | None) -> dict[str, float]:
+    """The reaches an object's writer stored; empty for objects written before they were stored (or with
+    anything unreadable there): those are read and their reach worked out again."""
+    try:
+        found = json.loads((metadata or {}).get(REACHES, "{}"))
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {n: float(r) for n, r in found.items() if isinstance(r, int | float) and not isinstance(r, bool)}
+
+
 class Bounds:
     """Upper bounds on |value| of stored tensors, so a commit can prove its result finite without reading it.
 
@@ -141,6 +163,11 @@ class Bounds:
                 return known
         keys = {"tensor": stored_as} if stored_as else {k: part_key(name, k) for k in deltas.PARTS[kind]}
         with self.objects.open_tensors(sha) as f:
+            written = stored_reaches(f.metadata())
+            for other, reach in written.items():
+                self._keep((sha, other), reach)
+            if name in written:
+                return written[name]
             parts = {k: f.get_tensor(key) for k, key in keys.items()}
         return self._keep((sha, name), deltas.reach(deltas.Delta(kind, parts)))
 

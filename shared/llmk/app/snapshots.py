@@ -16,7 +16,7 @@ from functools import partial
 import torch
 
 from llmk.app import reading
-from llmk.app.admission import Bounds
+from llmk.app.admission import Bounds, reach_metadata
 from llmk.app.ports import Catalog, Objects
 from llmk.domain import deltas
 from llmk.errors import Corrupt
@@ -78,8 +78,9 @@ class SnapshotCache:
         self._quietly("cache snapshot", self._add, version_id, tensors)
 
     def _add(self, version_id: int, tensors: Mapping[str, torch.Tensor]) -> None:
-        sha, size = self.objects.put_tensors(tensors)
-        self.bounds.remember(sha, {n: deltas.reach(deltas.full(t)) for n, t in tensors.items()})
+        reaches = {n: deltas.reach(deltas.full(t)) for n, t in tensors.items()}
+        sha, size = self.objects.put_tensors(tensors, reach_metadata(reaches))
+        self.bounds.remember(sha, reaches)
         self.catalog.add_snapshot(version_id, sha, size)
         self.evict()
 

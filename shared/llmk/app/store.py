@@ -20,6 +20,7 @@ from llmk.app.admission import (
     check_entries,
     dtype_name,
     frozen_changes,
+    reach_metadata,
 )
 from llmk.app.history import MAIN, History
 from llmk.app.model_task import TASK_KEY, decode_task
@@ -210,7 +211,8 @@ class Store(History):
         info: CommitInfo,
     ) -> Version:
         pack = {part_key(n, k): t for n, d in entries.items() for k, t in d.parts.items()}
-        sha = self.objects.put_tensors(pack)[0] if pack else ""  # the file lands before its rows
+        header = reach_metadata(admitted.reaches)
+        sha = self.objects.put_tensors(pack, header)[0] if pack else ""  # the file lands before its rows
         self.bounds.remember(sha, admitted.reaches)
         metas = admitted.metas
         rows = [
@@ -288,7 +290,9 @@ class Store(History):
         head_ref = self.catalog.ref(model, ref or MAIN)
         branch = head_ref.name if head_ref and head_ref.kind == "branch" else f"squash-{vid}"
         pack = {part_key(n, "tensor"): t for n, t in tensors.items()}
-        sha, _ = self.objects.put_tensors(pack)
+        reaches = {n: deltas.reach(deltas.full(t)) for n, t in tensors.items()}
+        sha, _ = self.objects.put_tensors(pack, reach_metadata(reaches))
+        self.bounds.remember(sha, reaches)
         rows = [
             Entry(
                 n, "full", sha, tuple(t.shape), dtype_name(t.dtype), t.numel(), t.numel() * t.element_size()
