@@ -1,7 +1,7 @@
 """A model's versions and refs: the part of the store that reads and moves metadata only.
 
 It never opens an object file and never imports torch, so the commands that only list, log, branch or tag
-start in well under a second. The Store extends it with everything that reads or writes tensors.
+skip torch's import (1.6 s of a 4 s start). The Store extends it with everything that reads or writes tensors.
 """
 
 from __future__ import annotations
