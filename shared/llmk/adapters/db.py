@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from llmk.adapters.entry_cache import EntryCache
 from llmk.adapters.sessions import now, transaction, utc
 from llmk.domain.versions import Entry, Model, Ref, Snapshot, Version
 from llmk.errors import AlreadyExists, Conflict, NotFound
@@ -139,18 +138,11 @@ def make_engine(url: str) -> Engine:
 
 
 class Catalog:
-    """Every metadata read and write the store makes; each public method is one transaction.
-
-    A version's entries never change once it is committed (versions are never deleted or edited), so the
-    entries of recently read or written versions are kept here: a commit or a read then fetches from the
-    database only the chain's version ids, not thousands of entry rows.
-    """
+    """Every metadata read and write the store makes; each public method is one transaction."""
 
     def __init__(self, engine: Engine, cached_versions: int = 256):
         self.engine = engine
-        self.cached_versions = cached_versions
-        self._cached: OrderedDict[int, tuple[Entry, ...]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entry_cache = EntryCache(cached_versions)  # entries of committed versions never change
 
     def _tx(self) -> AbstractContextManager[Session]:
         return transaction(self.engine)
@@ -212,7 +204,7 @@ class Catalog:
                     s.execute(insert(EntryRow), _entry_rows(row.id, version.entries))
                 self._move(s, m.id, branch, expected, row.id, create_branch)
                 added = _version(row, model, version.entries)
-            self._remember({added.id: added.entries})  # committed: the next commit's chain starts here
+            self._entry_cache.put({added.id: added.entries})  # committed: the next commit's chain starts here
             return added
         except IntegrityError as e:
             if version.idempotency_key and (first := self.by_idempotency_key(model, version.idempotency_key)):
@@ -297,8 +289,7 @@ class Catalog:
             return [_version(rows[i], model, entries.get(i, [])) for i in ids]
 
     def _entries(self, s: Session, ids: list[int]) -> dict[int, list[Entry]]:
-        with self._lock:
-            out = {i: list(self._cached[i]) for i in ids if i in self._cached}
+        out = self._entry_cache.get(ids)
         missing = [i for i in ids if i not in out]
         read: dict[int, list[Entry]] = {i: [] for i in missing}
         t = EntryRow
@@ -308,16 +299,8 @@ class Catalog:
                 select(*columns).where(t.version_id.in_(missing[i : i + 500]))
             ):
                 read[vid].append(Entry(name, kind, obj, tuple(shape), dtype, nnz, nbytes))
-        self._remember(read)
+        self._entry_cache.put(read)
         return {**out, **read}
-
-    def _remember(self, entries: dict[int, list[Entry]]) -> None:
-        with self._lock:
-            for vid, found in entries.items():
-                self._cached[vid] = tuple(found)
-                self._cached.move_to_end(vid)
-            while len(self._cached) > self.cached_versions:
-                self._cached.popitem(last=False)
 
     # refs ---------------------------------------------------------------------
     def refs(self, model: str) -> list[Ref]:
