@@ -7,6 +7,9 @@ the same prompts and the same thread count (2), interleaved, medians of 3 rounds
 - generate: 16 greedy streams of 64 tokens, and one stream alone; llmk's continuous batching, transformers
   `generate` on a left-padded batch, CTranslate2 `generate_batch`; greedy tokens compared with transformers.
 
+Every torch engine (llmk's and transformers') runs on llmk's compute thread (services/inference/engine/
+compute.py), so each works in the one OpenMP pool a serving worker uses; CTranslate2 has its own runtime.
+
 Peers: CTranslate2 fp32 and int8 (`pip install -e .[bench]`); llama.cpp when llama-cpp-python is installed
 (skipped with a note otherwise). The headline ratio of each workload is against its strongest fp32 peer
 (llmk runs fp32 here); int8 figures are listed beside it.
@@ -29,6 +32,7 @@ import torch
 
 from bench.common import write
 from llmk.adapters.importers import load_source
+from services.inference.engine import compute
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.classifier import classify
 from services.inference.engine.generator import Generator, Request
@@ -122,7 +126,7 @@ def llmk_classify(e: Engines, cached: bool) -> Callable[[], list[list[float]]]:
                 rows = batcher.submit(texts, LABELS, TEMPLATE).result()
             else:
                 with torch.no_grad():
-                    rows = classify(e.ours, e.tok, texts, LABELS, TEMPLATE)
+                    rows = compute.run(classify, e.ours, e.tok, texts, LABELS, TEMPLATE)
             probs += [[r[lab] for lab in LABELS] for r in rows]
         return probs
 
@@ -140,7 +144,8 @@ def hf_classify(e: Engines) -> Callable[[], list[list[float]]]:
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
             with torch.no_grad():
-                logits = e.hf(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
+                out = compute.run(e.hf, input_ids=ids, attention_mask=mask, logits_to_keep=1)
+            logits = out.logits[:, -1]
             probs += logits[:, e.label_ids].softmax(-1).tolist()
         return probs
 
@@ -161,9 +166,10 @@ def ct2_classify(e: Engines, kind: str, static: bool) -> Callable[[], list[list[
             results = generator.generate_batch(
                 rows, max_length=1, include_prompt_in_result=False, return_logits_vocab=True, **options
             )
-            first = [np.array(r.logits[0][0]) for r in results]  # each the next-token logits [V]
-            logits = torch.stack([torch.from_numpy(x).flatten() for x in first])  # [B, V]
-            probs += logits[:, e.label_ids].softmax(-1).tolist()
+            # each row's next-token logits at the labels, then softmax (numpy: torch work stays on one thread)
+            scores = np.stack([np.asarray(r.logits[0][0]).reshape(-1)[e.label_ids] for r in results])
+            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+            probs += (scores / scores.sum(axis=1, keepdims=True)).tolist()
         return probs
 
     return run
@@ -191,7 +197,8 @@ def hf_generate(e: Engines, n: int) -> Callable[[], list[list[int]]]:
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         with torch.no_grad():
-            out = e.hf.generate(
+            out = compute.run(
+                e.hf.generate,
                 input_ids=ids,
                 attention_mask=mask,
                 do_sample=False,
@@ -268,11 +275,11 @@ def headline(
 
 def main() -> None:
     torch.set_num_threads(THREADS)
-    imported = load_source("smollm2")
+    imported = compute.run(load_source, "smollm2")
     with tempfile.TemporaryDirectory(prefix="llmk-bench-peers-") as tmp:  # every engine loads into memory
         folder = Path(tmp) / "hf"
         folder.mkdir()
-        e = Engines(hf_folder(imported, folder), imported)
+        e = compute.run(lambda: Engines(hf_folder(imported, folder), imported))
     rows = []
     notes = "" if _has_llama_cpp() else "; llama.cpp not installed: skipped"
 

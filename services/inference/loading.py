@@ -22,7 +22,7 @@ from llmk.app.store import MAIN
 from llmk.config import Settings
 from llmk.domain.names import check_file_name
 from llmk.errors import FailedPrecondition
-from services.inference.engine import tokens
+from services.inference.engine import compute, tokens
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.generator import Generator
 from services.inference.engine.model import Model, build_model
@@ -78,11 +78,7 @@ def build_served(
     config = json.loads(store.file(name, "config.json")) if "config.json" in stored.files else stored.config
     tokenizer = load_tokenizer(store, name, list(stored.files), int(config.get("vocab_size", 0)))
     device, dtype = pick_device(s.device)
-    tensors = store.fetch(name, str(v.id))
-    with NoInitOnMeta():
-        model = build_model(config, tensors, "cpu" if s.weight_budget else device, dtype)
-    del tensors
-    prepare_weights(model, options, s.weight_budget, device)
+    model = compute.run(_build, store, name, v.id, config, options, s.weight_budget, device, dtype)
     version = v.id
     generator = Generator(
         model,
@@ -103,6 +99,25 @@ def build_served(
         on_batch=on_batch,
     )
     return Served(name, branch, options, model, tokenizer, generator, batcher, device)
+
+
+def _build(
+    store: StoreClient,
+    name: str,
+    version: int,
+    config: dict[str, Any],
+    options: tuple[str, ...],
+    budget: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Model:
+    """Read and build on the compute thread, where the model's every later computation runs."""
+    tensors = store.fetch(name, str(version))
+    with NoInitOnMeta():
+        model = build_model(config, tensors, "cpu" if budget else device, dtype)
+    del tensors
+    prepare_weights(model, options, budget, device)
+    return model
 
 
 class NoInitOnMeta(TorchFunctionMode):

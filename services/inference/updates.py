@@ -28,6 +28,7 @@ from llmk.app.clients import StoreClient
 from llmk.config import Settings
 from llmk.domain.versions import VersionEvent
 from llmk.errors import InvalidDelta, LlmkError
+from services.inference.engine import compute
 from services.inference.engine.weights import set_weight, verify_weight
 from services.inference.loading import Served
 from services.inference.metrics import Metrics
@@ -103,7 +104,7 @@ class Follower:
         try:
             patch, values = self._read(served, target, named)
             with served.generator.paused(self.settings.update_drain_seconds), served.batcher.lock:
-                self._apply(served, patch, values)
+                compute.run(self._apply, served, patch, values)
                 served.stamp(target)
         except Exception as e:
             self.error = f"could not apply version {target}; still serving {served.version}: {e}"
@@ -152,8 +153,8 @@ class Follower:
     def _restore(self, served: Served, names: list[str]) -> None:
         """Read the served values back from the store, whatever form (int8, offloaded) the weights take."""
         try:
-            for name, value in self.store.fetch(served.name, str(served.version), names=names).items():
-                set_weight(served.model, name, value)
+            values = self.store.fetch(served.name, str(served.version), names=names)
+            compute.run(_write_all, served.model, values)
         except Exception as e:
             served.broken = f"a failed update could not be undone ({e}); reload the model"
             log.exception("%s", served.broken)
@@ -172,3 +173,8 @@ def changed_since(served: int, target: int, events: list[VersionEvent]) -> list[
         names.update(e.changed)
         current = e.version
     return sorted(names) if current == target else None
+
+
+def _write_all(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> None:
+    for name, value in values.items():
+        set_weight(model, name, value)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmk.errors import ResourceExhausted, Unavailable
+from services.inference.engine import compute
 from services.inference.engine.attention import Prefix
 from services.inference.engine.classifier import classify, template_prefix, validate
 from services.inference.engine.model import Model
@@ -133,9 +134,16 @@ class ClassifyBatcher:
             try:
                 with self.lock:
                     version = self.version
-                    prefix = self._prefix(template)
-                    results = classify(
-                        self.model, self.tokenizer, prompts, labels, template, self.separator, prefix
+                    prefix = compute.run(self._prefix, template)
+                    results = compute.run(
+                        classify,
+                        self.model,
+                        self.tokenizer,
+                        prompts,
+                        labels,
+                        template,
+                        self.separator,
+                        prefix,
                     )
             except Exception as error:  # one bad group fails its own callers only
                 for job in group:

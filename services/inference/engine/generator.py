@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from llmk.errors import InvalidInput, ResourceExhausted, Unavailable
+from services.inference.engine import compute
 from services.inference.engine.model import Model
 from services.inference.engine.sampling import SamplingParams, make_rng, sample_batch
 
@@ -284,7 +285,7 @@ class Generator:
         with torch.no_grad():
             while self._take_work():
                 if self._active:
-                    self._run_step()
+                    compute.run(self._run_step)
                     continue
                 self._call_between_steps()
                 with self._cond:
