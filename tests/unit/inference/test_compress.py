@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from llmk.errors import InvalidDelta, InvalidInput
-from services.inference.engine.compress import Int8Linear, apply_options, quantize_int8
+from services.inference.engine.compress import PACKED_ROWS, Int8Linear, apply_options, quantize_int8
 from services.inference.engine.model import Conv1D, Model, build_model
 from services.inference.engine.offload import resident_bytes
 from services.inference.engine.weights import set_weight, verify_weight
@@ -87,6 +87,20 @@ def test_int8_rounds_each_weight_within_half_a_step() -> None:
     assert q.dtype == torch.int8
     assert scale.shape == (48,)
     assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("rows", [1, PACKED_ROWS, PACKED_ROWS + 1])
+def test_int8_layer_gives_the_rounded_weights_answer_for_few_rows_and_many(rows: int) -> None:
+    """Decode steps (few rows) take the int8 kernel with bfloat16 activations, prefill widens the weight:
+    both answer the float layer with the rounded weight, within bfloat16's rounding of the activations."""
+    g = torch.Generator().manual_seed(1)
+    q, scale = quantize_int8(torch.randn(96, 64, generator=g))
+    layer = Int8Linear(q, scale, None, dynamic=False)
+    x = torch.randn(rows, 64, generator=g)
+    expected = x @ (q.float() * scale[:, None]).t()
+    got = layer(x)
+    assert got.dtype == torch.float32
+    assert ((got - expected).norm() / expected.norm()).item() < (1e-2 if rows <= PACKED_ROWS else 1e-6)
 
 
 @FAMILIES
