@@ -19,15 +19,17 @@ python -m bench.bench_peers
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench.common import write
@@ -35,8 +37,9 @@ from llmk.adapters.importers import load_source
 from services.inference.engine import compute
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.classifier import classify
+from services.inference.engine.compress import apply_options
 from services.inference.engine.generator import Generator, Request
-from services.inference.engine.model import build_model
+from services.inference.engine.model import Model, build_model
 
 THREADS = 2
 ROUNDS = 3
@@ -59,6 +62,7 @@ ITEMS = [f"{h} ({i})" for i, h in enumerate(HEADLINES * 8)]  # 64 distinct texts
 TOPICS = ["bonds", "stocks", "gold", "tax", "banks", "oil", "rates", "housing"]
 PROMPTS = [f"Write a detailed essay about {t}." for t in TOPICS * 2]  # 16 streams
 NEW_TOKENS = 64
+CT2_KINDS = ("float32", "int8")
 
 
 class Engines:
@@ -70,8 +74,10 @@ class Engines:
         self.tok = AutoTokenizer.from_pretrained(folder)
         self.hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.ours = build_model(imported.config, imported.tensors)
+        self.ours_int8 = build_model(imported.config, imported.tensors)
+        apply_options(self.ours_int8, ["int8"])
         self.eos = self.tok.eos_token_id
-        self.ct2 = ct2_generators(folder)
+        self.ct2 = ct2_peer(folder)
         self.contexts = [self.tok.encode(TEMPLATE.replace("{prompt}", t)) for t in ITEMS]
         self.label_ids = [self.tok.encode(" " + lab, add_special_tokens=False)[0] for lab in LABELS]
         self.prompts = [
@@ -98,18 +104,52 @@ def hf_folder(imported: Any, out: Path) -> Path:
     return out
 
 
-def ct2_generators(folder: Path) -> dict[str, Any]:
-    try:
-        import ctranslate2
-    except ImportError:
+class Ct2:
+    """CTranslate2 float32 and int8 in their own process (bench/peer_ct2.py says why), asked over a pipe."""
+
+    def __init__(self, folder: Path):
+        for kind in ("float32", "int8"):  # converting needs torch: a process of its own as well
+            subprocess.run(
+                [sys.executable, "-c", CONVERT, str(folder), str(folder.parent / f"ct2-{kind}"), kind],
+                check=True,
+            )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.peer_ct2", str(folder.parent), str(THREADS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._answer()
+
+    def ask(self, kind: str, op: str, **request: Any) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"kind": kind, "op": op, **request}) + "\n")
+        self.process.stdin.flush()
+        return self._answer()["out"]
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        answer = json.loads(self.process.stdout.readline() or '{"error": "the CTranslate2 process ended"}')
+        if "error" in answer:
+            raise RuntimeError(f"CTranslate2: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+CONVERT = (
+    "import sys, ctranslate2; "
+    "ctranslate2.converters.TransformersConverter(sys.argv[1]).convert(sys.argv[2], quantization=sys.argv[3])"
+)
+
+
+def ct2_peer(folder: Path) -> Ct2 | None:
+    if importlib.util.find_spec("ctranslate2") is None:
         print("  CTranslate2 not installed (pip install -e .[bench]): skipped")
-        return {}
-    out = {}
-    for kind in ("float32", "int8"):
-        target = folder.parent / f"ct2-{kind}"
-        ctranslate2.converters.TransformersConverter(str(folder)).convert(str(target), quantization=kind)
-        out[kind] = ctranslate2.Generator(str(target), device="cpu", intra_threads=THREADS, inter_threads=1)
-    return out
+        return None
+    return Ct2(folder)
 
 
 # ---- classify: items per second over ITEMS, batches of BATCH
@@ -143,17 +183,23 @@ def hf_classify(e: Engines) -> Callable[[], list[list[float]]]:
             width = max(len(r) for r in rows)
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-            with torch.no_grad():
-                out = compute.run(e.hf, input_ids=ids, attention_mask=mask, logits_to_keep=1)
-            logits = out.logits[:, -1]
-            probs += logits[:, e.label_ids].softmax(-1).tolist()
+            probs += compute.run(label_probabilities, e, ids, mask)
         return probs
 
     return run
 
 
+def label_probabilities(e: Engines, ids: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
+    """transformers' next-token probabilities of the labels; all of it on the compute thread, since a
+    softmax on another thread starts a second OpenMP pool (see compute.py) and slows every engine after."""
+    with torch.no_grad():
+        logits = e.hf(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
+    return logits[:, e.label_ids].softmax(-1).tolist()
+
+
 def ct2_classify(e: Engines, kind: str, static: bool) -> Callable[[], list[list[float]]]:
-    generator = e.ct2[kind]
+    assert e.ct2 is not None
+    ct2 = e.ct2
     head = len(e.tok.encode(TEMPLATE.split("{prompt}")[0])) - 1  # the same prefix llmk caches
     tokens = [e.tok.convert_ids_to_tokens(c) for c in e.contexts]
 
@@ -161,15 +207,9 @@ def ct2_classify(e: Engines, kind: str, static: bool) -> Callable[[], list[list[
         probs: list[list[float]] = []
         for i in range(0, len(ITEMS), BATCH):
             batch = tokens[i : i + BATCH]
-            options: dict[str, Any] = {"static_prompt": batch[0][:head]} if static else {}
             rows = [t[head:] for t in batch] if static else batch
-            results = generator.generate_batch(
-                rows, max_length=1, include_prompt_in_result=False, return_logits_vocab=True, **options
-            )
-            # each row's next-token logits at the labels, then softmax (numpy: torch work stays on one thread)
-            scores = np.stack([np.asarray(r.logits[0][0]).reshape(-1)[e.label_ids] for r in results])
-            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            probs += (scores / scores.sum(axis=1, keepdims=True)).tolist()
+            static_prompt = batch[0][:head] if static else None
+            probs += ct2.ask(kind, "classify", rows=rows, static=static_prompt, label_ids=e.label_ids)
         return probs
 
     return run
@@ -178,8 +218,8 @@ def ct2_classify(e: Engines, kind: str, static: bool) -> Callable[[], list[list[
 # ---- generate: tokens per second, greedy, up to NEW_TOKENS each
 
 
-def llmk_generate(e: Engines, n: int) -> Callable[[], list[list[int]]]:
-    generator = Generator(e.ours, e.tok, max_active=BATCH, max_seq_len=256, eos_token_ids=[e.eos])
+def llmk_generate(e: Engines, n: int, model: Model) -> Callable[[], list[list[int]]]:
+    generator = Generator(model, e.tok, max_active=BATCH, max_seq_len=256, eos_token_ids=[e.eos])
 
     def run() -> list[list[int]]:
         streams = [generator.submit(Request(p, chat=True, max_tokens=NEW_TOKENS)) for p in PROMPTS[:n]]
@@ -211,19 +251,13 @@ def hf_generate(e: Engines, n: int) -> Callable[[], list[list[int]]]:
 
 
 def ct2_generate(e: Engines, kind: str, n: int) -> Callable[[], list[list[int]]]:
-    generator = e.ct2[kind]
+    assert e.ct2 is not None
+    ct2 = e.ct2
+    rows = [e.tok.convert_ids_to_tokens(p) for p in e.prompts[:n]]
 
     def run() -> list[list[int]]:
-        rows = [e.tok.convert_ids_to_tokens(p) for p in e.prompts[:n]]
-        results = generator.generate_batch(
-            rows,
-            max_length=NEW_TOKENS,
-            sampling_topk=1,
-            include_prompt_in_result=False,
-            end_token=[e.eos],
-            return_end_token=True,
-        )
-        return [list(r.sequences_ids[0]) for r in results]
+        out: list[list[int]] = ct2.ask(kind, "generate", rows=rows, max_length=NEW_TOKENS, eos=e.eos)
+        return out
 
     return run
 
@@ -288,7 +322,7 @@ def main() -> None:
         "llmk, no prefix cache": llmk_classify(e, cached=False),
         "transformers batched": hf_classify(e),
     }
-    for kind in e.ct2:
+    for kind in CT2_KINDS if e.ct2 else ():
         cls[f"CTranslate2 {kind}"] = ct2_classify(e, kind, static=False)
         cls[f"CTranslate2 {kind} static prompt"] = ct2_classify(e, kind, static=True)
     rates, outs = interleaved(cls, len)
@@ -321,8 +355,12 @@ def main() -> None:
     rows[-1]["baseline"] += f"; prefix cache gain {rates['llmk'] / rates['llmk, no prefix cache']:.2f}x"
 
     for n, goal in ((BATCH, 1.0), (1, 0.8)):
-        gen = {"llmk": llmk_generate(e, n), "transformers batched": hf_generate(e, n)}
-        for kind in e.ct2:
+        gen = {
+            "llmk": llmk_generate(e, n, e.ours),
+            "llmk int8": llmk_generate(e, n, e.ours_int8),
+            "transformers batched": hf_generate(e, n),
+        }
+        for kind in CT2_KINDS if e.ct2 else ():
             gen[f"CTranslate2 {kind}"] = ct2_generate(e, kind, n)
         rates, outs = interleaved(gen, lambda out: sum(len(t) for t in out))
         n = len(outs["llmk"])
@@ -340,12 +378,34 @@ def main() -> None:
                 f"; greedy equal to transformers {same}/{n}, to CTranslate2 fp32 {same_ct2}/{n}" + notes,
             )
         )
+        rows.append(int8_row(n, rates, outs))
+    if e.ct2:
+        e.ct2.close()
     write("peers", rows, "python -m bench.bench_peers")
 
 
-def _has_llama_cpp() -> bool:
-    import importlib.util
+def int8_row(n: int, rates: dict[str, float], outs: dict[str, Any]) -> dict[str, Any]:
+    """llmk with int8 weights against CTranslate2 int8; greedy tokens of each against its float32 self."""
+    ours, peer = rates["llmk int8"], rates.get("CTranslate2 int8")
 
+    def same(a: str, b: str) -> int:
+        return sum(x == y for x, y in zip(outs[a], outs.get(b, []), strict=False))
+
+    against = f"CTranslate2 int8 {peer:.3g}" if peer is not None else "CTranslate2 not installed"
+    return {
+        "metric": f"generate, {n} stream(s) x {NEW_TOKENS} tokens, greedy, int8 weights "
+        "(LLMK_LOAD_OPTIONS=int8)",
+        "value": ours,
+        "unit": "tokens/s",
+        "baseline": f"{against}; llmk float32 {rates['llmk']:.3g}; greedy equal to llmk float32 "
+        f"{same('llmk int8', 'llmk')}/{n}, CTranslate2 int8 to CTranslate2 float32 "
+        f"{same('CTranslate2 int8', 'CTranslate2 float32')}/{n}",
+        "ratio": round(ours / peer, 2) if peer else "",
+        "goal": f">= 1.0x CTranslate2 int8: {'met' if peer and ours >= peer else 'missed'}",
+    }
+
+
+def _has_llama_cpp() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
