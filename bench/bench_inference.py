@@ -9,6 +9,9 @@ the same run.
   p99), the change spread over the last 4 layers' MLPs (where fine-tuning lands) and over every tensor;
   store, worker and committer share one process here (embedded SQLite and in-process events).
 
+Every torch computation, the baselines' and the store's included, runs on the worker's compute thread
+(services/inference/engine/compute.py), as it does in a serving worker.
+
 python -m bench.bench_inference [--hot]   (--hot: only the hot-apply rows, the others kept from the last run)
 """
 
@@ -31,6 +34,7 @@ from llmk.app.store import CommitInfo, Store
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
 from llmk.wiring import open_events, open_store
+from services.inference.engine import compute
 from services.inference.engine.generator import Request
 from services.inference.host import Host
 
@@ -92,11 +96,11 @@ def concurrently(n_clients: int, per_client: int, call: Any) -> float:
 
 def classification(host: Host, model: Any, tokenizer: Any) -> dict[str, Any]:
     host.classify(HEADLINES[:2], LABELS)  # warm up both paths
-    hf_classify(model, tokenizer, HEADLINES[0])
+    compute.run(hf_classify, model, tokenizer, HEADLINES[0])
     n_base = 16
     start = time.perf_counter()
     for i in range(n_base):
-        hf_classify(model, tokenizer, HEADLINES[i % len(HEADLINES)])
+        compute.run(hf_classify, model, tokenizer, HEADLINES[i % len(HEADLINES)])
     baseline = n_base / (time.perf_counter() - start)
     per_client = 4
     seconds = concurrently(
@@ -121,7 +125,7 @@ def generation(host: Host, model: Any, tokenizer: Any) -> dict[str, Any]:
         )
         ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
         with torch.no_grad():
-            out = model.generate(ids, do_sample=False, max_new_tokens=NEW_TOKENS)
+            out = compute.run(model.generate, ids, do_sample=False, max_new_tokens=NEW_TOKENS)
         made += out.shape[1] - ids.shape[1]
     baseline = made / (time.perf_counter() - start)
     tokens = [0] * CLIENTS
@@ -164,9 +168,9 @@ def hot_apply(
     probe = Request("Hi", max_tokens=1)
     total, worker = [], []
     for i in range(HOT_RUNS):
-        change = sparse_version(tensors, names, i)
+        change = compute.run(sparse_version, tensors, names, i)
         start = time.perf_counter()
-        v = store.commit("smollm2", change, info=CommitInfo(message=f"1% sparse {i}"))
+        v = compute.run(store.commit, "smollm2", change, info=CommitInfo(message=f"1% sparse {i}"))
         committed = time.perf_counter()
         while host.generate(probe).result().version != v.id:
             pass
@@ -225,9 +229,11 @@ def main() -> None:
         classify_template=TEMPLATE,
         version_poll_seconds=0,
     )
-    imported = load_source("smollm2")
+    imported = compute.run(load_source, "smollm2")
     store = open_store(settings)
-    store.create_model("smollm2", imported.tensors, imported.config, imported.files, CommitInfo())
+    compute.run(
+        store.create_model, "smollm2", imported.tensors, imported.config, imported.files, CommitInfo()
+    )
     torch.set_num_threads(torch.get_num_threads())
     host = Host(settings, store, open_events(settings))
     host.load("smollm2")
@@ -236,7 +242,7 @@ def main() -> None:
             kept = json.loads((RESULTS / "inference.json").read_text())["rows"]
             rows = [r for r in kept if not r["metric"].startswith("hot apply")]
         else:
-            model, tokenizer = transformers_model()
+            model, tokenizer = compute.run(transformers_model)
             rows = [classification(host, model, tokenizer), generation(host, model, tokenizer)]
         rows += hot_rows(host, store, imported.tensors, imported.config["num_hidden_layers"])
     finally:

@@ -8,7 +8,9 @@ step took 45-49 ms on a thread that alone had run torch, and 63-101 ms (about 30
 same thread once the loading thread kept its pool. Work handed to this thread runs in that one pool.
 
 Calls are serialized: a classify batch and a decode step no longer share the cores at the same moment,
-which on a CPU only made both slower. A call made on the compute thread itself runs inline.
+which on a CPU only made both slower. A call made on the compute thread itself runs inline. Torch work left
+on any other thread still computes the same values, but a parallel op there (a softmax over a batch will
+do) starts a second pool and slows this one for the rest of the process: keep model work here.
 """
 
 from __future__ import annotations
