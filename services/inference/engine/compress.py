@@ -216,7 +216,7 @@ class Int8Linear(nn.Module):
         flat = x.flatten(0, -2)
         if self.dynamic:
             y = self._integer_matmul(flat) * self.scale
-        elif flat.shape[0] <= PACKED_ROWS and not flat.is_cuda:
+        elif flat.shape[0] <= PACKED_ROWS and self._packable(flat):
             y = torch.ops.aten._weight_int8pack_mm(
                 flat.to(torch.bfloat16), self.qweight, self.scale.to(torch.bfloat16)
             ).to(x.dtype)
@@ -225,6 +225,10 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], -1)
+
+    def _packable(self, x: Tensor) -> bool:
+        # the CPU kernel crashes the process (segfault, torch 2.13) unless `in` is a multiple of 16
+        return not x.is_cuda and x.shape[1] % 16 == 0 and self.qweight.is_contiguous()
 
     def _integer_matmul(self, x: Tensor) -> Tensor:
         # x: [M, in] ~= xq * row_scale, with xq int8 and one scale per row

@@ -90,17 +90,19 @@ def test_int8_rounds_each_weight_within_half_a_step() -> None:
 
 
 @pytest.mark.parametrize("rows", [1, PACKED_ROWS, PACKED_ROWS + 1])
-def test_int8_layer_gives_the_rounded_weights_answer_for_few_rows_and_many(rows: int) -> None:
+@pytest.mark.parametrize("features", [64, 50, 8])  # the int8 kernel takes multiples of 16 only
+def test_int8_layer_gives_the_rounded_weights_answer_for_few_rows_and_many(rows: int, features: int) -> None:
     """Decode steps (few rows) take the int8 kernel with bfloat16 activations, prefill widens the weight:
     both answer the float layer with the rounded weight, within bfloat16's rounding of the activations."""
     g = torch.Generator().manual_seed(1)
-    q, scale = quantize_int8(torch.randn(96, 64, generator=g))
+    q, scale = quantize_int8(torch.randn(96, features, generator=g))
     layer = Int8Linear(q, scale, None, dynamic=False)
-    x = torch.randn(rows, 64, generator=g)
+    x = torch.randn(rows, features, generator=g)
     expected = x @ (q.float() * scale[:, None]).t()
     got = layer(x)
     assert got.dtype == torch.float32
-    assert ((got - expected).norm() / expected.norm()).item() < (1e-2 if rows <= PACKED_ROWS else 1e-6)
+    packed = rows <= PACKED_ROWS and features % 16 == 0
+    assert ((got - expected).norm() / expected.norm()).item() < (1e-2 if packed else 1e-6)
 
 
 @FAMILIES
