@@ -108,7 +108,7 @@ class Ct2:
     """CTranslate2 float32 and int8 in their own process (bench/peer_ct2.py says why), asked over a pipe."""
 
     def __init__(self, folder: Path):
-        for kind in ("float32", "int8"):  # converting needs torch: a process of its own as well
+        for kind in CT2_KINDS:  # converting needs torch: a process of its own as well
             subprocess.run(
                 [sys.executable, "-c", CONVERT, str(folder), str(folder.parent / f"ct2-{kind}"), kind],
                 check=True,
