@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 
@@ -23,6 +24,8 @@ from llmk.errors import Corrupt
 
 log = logging.getLogger(__name__)
 
+TOUCH_EVERY_S = 60.0  # how stale a snapshot's last-used time may get: eviction order needs no finer grain
+
 
 class SnapshotCache:
     def __init__(
@@ -33,6 +36,7 @@ class SnapshotCache:
         self.bounds = bounds  # told each snapshot's values, so commits above it need not read them
         self.budget_bytes = budget_bytes
         self.chain_length = chain_length
+        self._touched: dict[str, float] = {}  # snapshot -> when this process last marked it used
 
     def read(
         self, model: str, version_id: int, want: Callable[[str], bool]
@@ -52,7 +56,7 @@ class SnapshotCache:
             p = reading.plan(self.catalog, self.objects, model, version_id, want)
             return p, reading.load(self.objects, p)
         if p.snapshot:
-            self._quietly("mark a snapshot used", self.catalog.touch_snapshot, p.snapshot)
+            self._mark_used(p.snapshot)
         return p, tensors
 
     def locate(
@@ -67,13 +71,23 @@ class SnapshotCache:
             del tensors
             located = reading.locate(self.catalog, self.objects, model, version_id, want)
         elif located.plan.snapshot:
-            self._quietly("mark a snapshot used", self.catalog.touch_snapshot, located.plan.snapshot)
+            self._mark_used(located.plan.snapshot)
         return located
+
+    def _mark_used(self, sha: str) -> None:
+        """Record a snapshot's use, at most once a minute per process: a write per read of a hot
+        snapshot cost about a quarter of serving it from the cache."""
+        now = time.monotonic()
+        if now - self._touched.get(sha, -math.inf) < TOUCH_EVERY_S:
+            return
+        self._touched[sha] = now
+        self._quietly("mark a snapshot used", self.catalog.touch_snapshot, sha)
 
     def offer(self, version_id: int, depth: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """Cache a full read of a long chain, if the budget allows; never fails the read."""
-        size = sum(t.numel() * t.element_size() for t in tensors.values())
-        if depth < self.chain_length or not tensors or size > self.budget_bytes:
+        if depth < self.chain_length or not tensors:
+            return  # before the size: summing every tensor's bytes on each short read is not free
+        if sum(t.numel() * t.element_size() for t in tensors.values()) > self.budget_bytes:
             return
         self._quietly("cache snapshot", self._add, version_id, tensors)
 
@@ -99,6 +113,7 @@ class SnapshotCache:
         return dropped
 
     def _forget(self, sha: str) -> None:
+        self._touched.pop(sha, None)
         self.catalog.drop_snapshots(sha)
         self.objects.remove(sha, partial(self.catalog.is_referenced, sha))
 
