@@ -208,6 +208,43 @@ def full_commit(store: Store, full: int) -> list[dict[str, Any]]:
     ]
 
 
+SENDER = """
+import socket, sys
+data = memoryview(bytearray(int(sys.argv[1])))
+with socket.create_server(("127.0.0.1", 0)) as s:
+    print(s.getsockname()[1], flush=True)
+    while True:
+        c, _ = s.accept()
+        with c:
+            c.sendall(data)
+"""
+
+
+def line_rate(nbytes: int) -> float:
+    """Seconds to move `nbytes` over a plain loopback TCP socket from another process into one buffer: what
+    this link carries with no protocol at all, the "line rate" a gRPC fetch is held to."""
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, str(nbytes)], stdout=subprocess.PIPE, text=True)
+    buffer = memoryview(bytearray(nbytes))
+
+    def receive() -> None:
+        with socket.create_connection(("127.0.0.1", int(port))) as c:
+            got = 0
+            while got < nbytes:
+                n = c.recv_into(buffer[got : got + (4 << 20)])
+                if not n:
+                    raise ConnectionError("sender closed early")
+                got += n
+
+    try:
+        assert sender.stdout is not None
+        port = sender.stdout.readline()
+        receive()  # faults the buffer in
+        return best_of(receive)
+    finally:
+        sender.kill()
+        sender.wait(10)
+
+
 def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, Any]]:
     """The service runs in its own process, as deployed: client and server do not share a GIL."""
     port = free_port()
@@ -224,6 +261,7 @@ def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, 
         local = best_of(lambda: touch_all(store.fetch("m")))
         remote = best_of(lambda: touch_all(client.fetch("m")))
         files = best_of(lambda: touch_all(beside.fetch("m")))
+        wire = line_rate(nbytes)
     finally:
         client.close()
         beside.close()
@@ -243,9 +281,10 @@ def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, 
             "metric": "fetch over gRPC (loopback, server process), throughput",
             "value": nbytes / remote / 1e6,
             "unit": "MB/s",
-            "baseline": f"local materialize from cache {nbytes / local / 1e6:.0f} MB/s",
-            "ratio": round(local / remote, 3),
-            "goal": ">= 0.5x",
+            "baseline": f"the same bytes over a plain TCP socket {nbytes / wire / 1e6:.0f} MB/s "
+            f"(local materialize from cache {nbytes / local / 1e6:.0f} MB/s)",
+            "ratio": round(wire / remote, 3),
+            "goal": ">= 0.5x",  # issue 10: over the network gRPC stays, at line rate
         },
     ]
 

@@ -1,21 +1,19 @@
-"""The composition root: the one module that imports every tier, and where the CLI's deployment mode
-is chosen.
+"""The composition root: the one module that imports every tier.
 
 The shared package never imports a service, so the CLI cannot reach the tiers on its own; this module hands
-it a `Tiers` object (see llmk.cli.context) whose factories choose each tier's client from the Settings: the
-gRPC client when the settings name the tier's address, else the tier in this process (llmk.app.clients
-lists both sides of every tier). The store's factory is llmk.client.connect, below the services, because
-the inference and optimizer services hold store clients too.
+it a `Tiers` object (see llmk.cli.context). The deployment mode (each tier over gRPC, or in this process) is
+chosen in one place, llmk.client, from the Settings; this module gives it the in-process inference and
+optimizer tiers, and starts the services (`llmk serve TIER`).
 
 Each tier is imported only when a command asks for it, so `llmk --help` and the store commands stay fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from llmk import client
 from llmk.cli import main as cli
 from llmk.config import Settings
 
@@ -26,43 +24,27 @@ if TYPE_CHECKING:
 
 
 class Tiers:
-    """The tiers as the CLI reaches them: their clients, and their service entry points."""
+    """The tiers as the CLI reaches them: their clients, and their service entry points. llmk.client
+    chooses gRPC or in-process; this class hands it the in-process side, imported only when chosen."""
 
     def inference(self, settings: Settings, model: str, ref: str | None) -> InferenceClient:
-        """`model` at `ref`: the worker at LLMK_INFERENCE_ADDRESS, else served in this process."""
-        if settings.inference_address:
-            from llmk.rpc.inference import GrpcInferenceClient
-            from llmk.rpc.security import Tls
+        def in_process() -> InferenceClient:
+            from services.inference.client import LocalInferenceClient
 
-            s = settings
-            return GrpcInferenceClient(
-                s.inference_address, model, ref, s.auth_token, s.max_message_bytes, Tls.of(s)
-            )
-        from services.inference.client import LocalInferenceClient
+            return LocalInferenceClient(settings, model, ref)
 
-        return LocalInferenceClient(settings, model, ref)
+        return client.inference(settings, model, ref, in_process)
 
-    @contextmanager
-    def jobs(self, settings: Settings, worker: bool = True) -> Iterator[JobsClient]:
-        """The optimizer at LLMK_OPTIMIZER_ADDRESS, else its use cases in this process, with a job worker
-        on a thread when `worker` (jobs then run only while the command does)."""
-        if settings.optimizer_address:
-            from llmk.rpc.jobs import GrpcOptimizerClient
-            from llmk.rpc.security import Tls
+    def jobs(self, settings: Settings, worker: bool = True) -> AbstractContextManager[JobsClient]:
+        """With a job worker on a thread when `worker`, in process (jobs then run only while the command
+        does)."""
 
-            s = settings
-            client = GrpcOptimizerClient(
-                s.optimizer_address, s.auth_token, s.max_message_bytes, s.chunk_bytes, Tls.of(s)
-            )
-            try:
-                yield client
-            finally:
-                client.close()
-            return
-        from services.optimizer.main import embedded
+        def in_process() -> AbstractContextManager[JobsClient]:
+            from services.optimizer.main import embedded
 
-        with embedded(settings, worker) as jobs:
-            yield jobs
+            return embedded(settings, worker)
+
+        return client.jobs(settings, in_process)
 
     def inference_worker(
         self, settings: Settings, app: Celery, name: str, ref: str | None

@@ -103,9 +103,12 @@ class Follower:
         start = time.perf_counter()
         try:
             patch, values = self._read(served, target, named)
+            read = time.perf_counter()
             with served.generator.paused(self.settings.update_drain_seconds), served.batcher.lock:
+                drained = time.perf_counter()
                 compute.run(self._apply, served, patch, values)
                 served.stamp(target)
+            applied = time.perf_counter()
         except Exception as e:
             self.error = f"could not apply version {target}; still serving {served.version}: {e}"
             self.metrics.updates.labels("failed").inc()
@@ -113,10 +116,14 @@ class Follower:
             return
         self.error = ""
         self.metrics.updates.labels("applied").inc()
-        self.metrics.update_seconds.observe(time.perf_counter() - start)
+        self.metrics.update_seconds.observe(applied - start)
         self.applied()
         changed = len({n for n, _ in patch.in_place} | patch.whole)
-        log.info("%s: now serving version %s (%d tensors changed)", served.name, target, changed)
+        log.info(
+            "%s: now serving version %s (%d tensors changed; read %.0f ms, drain %.0f ms, apply %.0f ms)",
+            *(served.name, target, changed),
+            *((read - start) * 1000, (drained - read) * 1000, (applied - drained) * 1000),
+        )
 
     def _read(
         self, served: Served, target: int, named: list[str] | None

@@ -2,8 +2,8 @@
 
 Each has an in-process implementation and a gRPC one that raise the same llmk errors and return the same
 records; tests/contract runs one suite per tier against both. Which one a caller gets is chosen from the
-Settings by one factory per tier: the store's are llmk.client.connect and connect_history (the inference
-and optimizer services hold store clients too), the inference and jobs factories are in services/compose.py.
+Settings in one module, llmk.client: connect and connect_history for the store, inference and jobs for the
+other tiers (whose in-process side services/compose.py hands in, as this package never imports a service).
 
   tier       interface        in-process                                   gRPC
   store      StoreClient      llmk.app.store.Store                         llmk.rpc.store.GrpcStoreClient
