@@ -120,8 +120,8 @@ def classify_rate(model: Model, tokenizer: Any, batch: int, items: int) -> float
     texts = [f"{NEWS[i % len(NEWS)]} ({i})" for i in range(items)]
     batcher = ClassifyBatcher(model, tokenizer, max_batch_size=batch, max_wait_ms=0)
     try:
-        for i in range(0, 2 * batch, batch):  # warm-up, and the template's prefix computed once
-            batcher.submit(texts[i : i + batch], LABELS, TEMPLATE).result()
+        for _ in range(2):  # warm-up, and the template's prefix computed once
+            batcher.submit(texts[:batch], LABELS, TEMPLATE).result()
         start = time.perf_counter()
         futures = [batcher.submit(texts[i : i + batch], LABELS, TEMPLATE) for i in range(0, items, batch)]
         for f in futures:
