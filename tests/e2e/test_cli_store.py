@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -221,3 +222,32 @@ def test_frozen_means_no_version_changes_it(tmp_path: Path) -> None:
     forced = ok(env, "store", "rollback", "tiny", "--to", "1", "--force-frozen")
     assert (forced["version"], forced["restores"]) == (3, 1)
     assert ok(env, "store", "unfreeze", "tiny", "model.layers.0.mlp")["frozen"] == []
+
+
+def test_long_store_commands_say_what_they_do_on_a_terminal_only(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home")
+    argv = [*COMMAND, "store", "import", "synthetic:llama-tiny", "-m", "seen", "--json"]
+    master, terminal = pty.openpty()  # standard error on a terminal, as a person runs it
+    try:
+        p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other end is closed: all of it was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert p.returncode == OK
+    assert json.loads(p.stdout)["model"] == "seen", "the result on standard output stays plain JSON"
+    assert b"reading synthetic:llama-tiny" in shown
+    assert b"storing" in shown
+    piped = subprocess.run(
+        [*argv[:-2], "quiet", "--json"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
+    assert piped.returncode == OK
+    assert piped.stderr == "", "no spinner or progress text when standard error is not a terminal"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +45,17 @@ def emit(as_json: bool, data: Any, rows: list[dict[str, Any]] | None = None, tit
     for r in rows:
         table.add_row(*(_cell(v) for v in r.values()))
     console.print(table)
+
+
+@contextmanager
+def stage(text: str) -> Iterator[None]:
+    """A spinner saying what a long step is doing, on standard error when it is a terminal; nothing when
+    it is not, so logs and scripts that read the output see only the result."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    with Console(stderr=True).status(text):
+        yield
 
 
 def _cell(v: Any) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from llmk.cli.context import Json, client, history, split_ref
-from llmk.cli.output import emit, human_bytes
+from llmk.cli.output import emit, human_bytes, stage
 from llmk.errors import InvalidInput
 
 app = typer.Typer(
@@ -41,12 +41,15 @@ def import_(
         if if_missing and any(m.name == model for m in c.store.models()):
             emit(json_, {"model": model, "imported": False})
             return
-        imported = load_source(source, c.settings.max_header_bytes)
+        with stage(f"reading {source} (a GGUF file is dequantized: 10-20 s for SmolLM2)"):
+            imported = load_source(source, c.settings.max_header_bytes)
         info = CommitInfo(
             message=message or f"import {imported.source}",
             metadata={"source": imported.source, **metadata},
         )
-        v = c.store.create_model(model, imported.tensors, imported.config, imported.files, info)
+        size = human_bytes(sum(t.numel() * t.element_size() for t in imported.tensors.values()))
+        with stage(f"storing {len(imported.tensors)} tensors ({size}) as version 1 of {model!r}"):
+            v = c.store.create_model(model, imported.tensors, imported.config, imported.files, info)
     emit(
         json_,
         {
@@ -73,7 +76,8 @@ def commit(
 
     with client() as c:
         tensors = read_safetensors(from_, c.settings.max_header_bytes)
-        v = c.store.commit_full(model, tensors, branch, parent, CommitInfo(message=message))
+        with stage(f"comparing {len(tensors)} tensors with {model}@{branch} and committing what changed"):
+            v = c.store.commit_full(model, tensors, branch, parent, CommitInfo(message=message))
     emit(
         json_,
         {
@@ -96,7 +100,7 @@ def export(
 ) -> None:
     """Write one version (or part of it) as a safetensors file."""
     model, version = split_ref(ref)
-    with client() as c:
+    with client() as c, stage(f"writing {model}@{version or 'main'} to {out}"):
         n = c.store.export(model, version, out, prefix)
     emit(json_, {"model": model, "ref": version or "main", "out": str(out), "tensors": n})
 
