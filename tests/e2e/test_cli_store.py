@@ -228,22 +228,24 @@ def test_long_store_commands_say_what_they_do_on_a_terminal_only(tmp_path: Path)
     env = cli_env(tmp_path / "home")
     argv = [*COMMAND, "store", "import", "synthetic:llama-tiny", "-m", "seen", "--json"]
     master, terminal = pty.openpty()  # standard error on a terminal, as a person runs it
+    out = tmp_path / "stdout"
+    with out.open("wb") as stdout:
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=terminal)
+    os.close(terminal)  # the child holds the only other end now: reading ends when it exits
+    shown = b""
     try:
-        p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal)
-        os.close(terminal)
-        shown = b""
-        while True:
+        while True:  # read while it runs, so a full terminal buffer never blocks the command
             try:
                 chunk = os.read(master, 65536)
-            except OSError:  # the terminal's other end is closed: all of it was read
+            except OSError:  # the other end is closed: all of it was read
                 break
             if not chunk:
                 break
             shown += chunk
     finally:
         os.close(master)
-    assert p.returncode == OK
-    assert json.loads(p.stdout)["model"] == "seen", "the result on standard output stays plain JSON"
+    assert p.wait(300) == OK
+    assert json.loads(out.read_text())["model"] == "seen", "the result on standard output stays plain JSON"
     assert b"reading synthetic:llama-tiny" in shown
     assert b"storing" in shown
     piped = subprocess.run(
