@@ -27,6 +27,7 @@ from llmk.data import FINANCE_NEWS
 from llmk.domain.alerts import AlertRules
 from llmk.wiring import open_store
 from services.inference.host import Host
+from tests.unit.monitor.answers import Answered
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.slow, pytest.mark.timeout(900)]
 TASK = TaskSpec(
@@ -44,17 +45,6 @@ GOOD = [
     "$ACME rallies to all-time high on blowout quarter",
     "$ACME jumps after announcing big buyback and dividend hike",
 ]
-
-
-class Answered:
-    def __init__(self, answer: dict[str, Any]):
-        self.answer = answer
-
-    def result(self, timeout: float | None = None) -> dict[str, Any]:
-        return self.answer
-
-    def ready(self) -> bool:
-        return True
 
 
 class HostScoring:

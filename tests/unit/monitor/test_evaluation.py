@@ -4,22 +4,11 @@ update mid-pass costs only the chunks the older version answered."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from llmk.app.evaluation import CHUNK, ROUNDS, evaluate
+from tests.unit.monitor.answers import Answered
 
 LABELS = ["negative", "positive", "neutral"]
-
-
-class Answered:
-    def __init__(self, answer: dict[str, Any]):
-        self.answer = answer
-
-    def result(self, timeout: float | None = None) -> dict[str, Any]:
-        return self.answer
-
-    def ready(self) -> bool:
-        return True
 
 
 class Worker:
