@@ -41,7 +41,8 @@ def import_(
         if if_missing and any(m.name == model for m in c.store.models()):
             emit(json_, {"model": model, "imported": False})
             return
-        with stage(f"reading {source} (a GGUF file is dequantized: 10-20 s for SmolLM2)"):
+        gguf = source == "smollm2" or source.endswith(".gguf")
+        with stage(f"reading {source}" + (" (dequantizing GGUF: 10-20 s for SmolLM2)" if gguf else "")):
             imported = load_source(source, c.settings.max_header_bytes)
         info = CommitInfo(
             message=message or f"import {imported.source}",
