@@ -19,10 +19,10 @@ import uuid
 from pathlib import Path
 
 from bench.common import write
-from llmk.adapters.db import make_engine
 from llmk.adapters.importers import load_source
 from llmk.adapters.migrate import upgrade
 from llmk.adapters.monitor_db import MonitorDb
+from llmk.adapters.schema import make_engine
 from llmk.app.model_task import TASK_KEY, encode_task, packaged
 from llmk.app.monitor import Monitor, MonitorConfig
 from llmk.app.store import CommitInfo

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import grpc
 from celery import Celery
 
-from llmk.adapters.db import make_engine
 from llmk.adapters.jobs_db import JobsDb
 from llmk.adapters.migrate import upgrade
 from llmk.adapters.objects import ObjectStore
+from llmk.adapters.schema import make_engine
 from llmk.app.clients import StoreClient
 from llmk.app.jobs import JobService
 from llmk.app.training import JobRunner

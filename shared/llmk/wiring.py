@@ -33,8 +33,8 @@ def open_events(settings: Settings) -> LocalEvents | AmqpEvents:
 
 def open_catalog_engine(settings: Settings) -> Engine:
     """The catalog's database, migrated to the current schema when auto_migrate is on."""
-    from llmk.adapters.db import make_engine
     from llmk.adapters.migrate import upgrade
+    from llmk.adapters.schema import make_engine
 
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)

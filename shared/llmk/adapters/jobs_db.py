@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llmk.adapters.db import Base
+from llmk.adapters.schema import Base
 from llmk.adapters.sessions import transaction, utc
 from llmk.app.job_records import TERMINAL, Job, JobInput, JobSpec, StepRecord, step_records, tensor_meta
 from llmk.errors import Conflict, FailedPrecondition, NotFound

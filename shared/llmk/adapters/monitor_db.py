@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llmk.adapters.db import Base
+from llmk.adapters.schema import Base
 from llmk.adapters.sessions import now, transaction, utc
 from llmk.app.monitor_records import AlertRecord, Evidence, RejectRecord, ScoreRecord
 from llmk.errors import NotFound

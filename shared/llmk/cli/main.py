@@ -39,9 +39,9 @@ TIERS = ("store", "inference", "optimizer")
 @db.command()
 def upgrade() -> None:
     """Apply Alembic migrations to LLMK_DATABASE_URL (SQLite under .llmk/ by default)."""
-    from llmk.adapters.db import make_engine
     from llmk.adapters.migrate import current
     from llmk.adapters.migrate import upgrade as run_upgrade
+    from llmk.adapters.schema import make_engine
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)

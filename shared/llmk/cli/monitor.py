@@ -125,9 +125,9 @@ def inference_workers(
 
 
 def monitor_repo(settings: Settings) -> MonitorDb:
-    from llmk.adapters.db import make_engine
     from llmk.adapters.migrate import upgrade
     from llmk.adapters.monitor_db import MonitorDb
+    from llmk.adapters.schema import make_engine
 
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from llmk.adapters.db import make_engine
 from llmk.adapters.migrate import upgrade
 from llmk.adapters.monitor_db import MonitorDb
+from llmk.adapters.schema import make_engine
 from llmk.app.job_records import TaskSpec
 from llmk.app.model_task import set_task
 from llmk.app.monitor import Monitor, MonitorConfig, Summary

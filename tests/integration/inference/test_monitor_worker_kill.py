@@ -12,9 +12,9 @@ import pytest
 from inference_processes import ServiceProcess
 from sqlalchemy import text
 
-from llmk.adapters.db import make_engine
 from llmk.adapters.migrate import upgrade
 from llmk.adapters.monitor_db import MonitorDb
+from llmk.adapters.schema import make_engine
 from llmk.app.monitor import Monitor, MonitorConfig, Summary
 from llmk.app.stream import Item
 from llmk.bus.inference_queue import QueuedClassifier, make_app

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from llmk.adapters.db import make_engine
 from llmk.adapters.importers import load_source
 from llmk.adapters.monitor_db import MonitorDb
+from llmk.adapters.schema import make_engine
 from llmk.app.explain import explain, without
 from llmk.app.job_records import TaskSpec
 from llmk.app.model_task import set_task

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmk.adapters.db import make_engine
 from llmk.adapters.migrate import upgrade
 from llmk.adapters.monitor_db import MonitorDb
+from llmk.adapters.schema import make_engine
 from llmk.app.monitor import Monitor, MonitorConfig
 from llmk.app.stream import Item
 from llmk.domain.alerts import AlertRules

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from llmk.adapters.db import Base
+from llmk.adapters.schema import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
