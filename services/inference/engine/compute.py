@@ -9,8 +9,9 @@ same thread once the loading thread kept its pool. Work handed to this thread ru
 
 Calls are serialized: a classify batch and a decode step no longer share the cores at the same moment,
 which on a CPU only made both slower. A call made on the compute thread itself runs inline. Torch work left
-on any other thread still computes the same values, but a parallel op there (a softmax over a batch will
-do) starts a second pool and slows this one for the rest of the process: keep model work here.
+on any other thread still computes the same values but starts a second pool: in one bench a softmax on the
+main thread halved batch-1 decode here for the rest of the process, while a training step on a thread of
+its own measured no slowdown afterwards. Why the two differ is not known: keep model work here.
 """
 
 from __future__ import annotations
