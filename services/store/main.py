@@ -12,11 +12,10 @@ from llmk.app.store import Store
 from llmk.config import Settings
 from llmk.rpc.security import Tls
 from llmk.rpc.server import make_server
-from llmk.v1 import store_pb2_grpc
 from llmk.wiring import open_store
 from services.store.metrics import Metrics
 from services.store.scrubber import Scrubber
-from services.store.servicer import MUTATING, SERVICE, StoreServicer
+from services.store.servicer import MUTATING, SERVICE, StoreServicer, register
 
 log = logging.getLogger("llmk.store")
 
@@ -27,7 +26,7 @@ def build(
     """The store service, over `store` when the caller keeps one (to scrub it, to close it), else its own."""
     servicer = StoreServicer(store or open_store(settings), settings, metrics)
     return make_server(
-        [lambda s: store_pb2_grpc.add_ParameterStoreServicer_to_server(servicer, s)],
+        [lambda s: register(servicer, s)],
         [SERVICE],
         settings.listen,
         settings.auth_token,

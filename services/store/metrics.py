@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from llmk.domain.versions import Version
 from llmk.errors import Conflict, Corrupt, LlmkError
-from llmk.v1 import common_pb2
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -43,7 +42,9 @@ class Metrics:
             registry=r,
         )
         self.fetched_bytes = Counter(
-            "llmk_store_fetched_bytes", "Tensor bytes streamed to readers (FetchTensors)", registry=r
+            "llmk_store_fetched_bytes",
+            "Bytes of tensor chunks streamed to readers (FetchTensors)",
+            registry=r,
         )
         self.fetch_seconds = Counter(
             "llmk_store_fetch_seconds", "Time spent streaming tensors; fetched_bytes / this = throughput",
@@ -84,15 +85,14 @@ class Metrics:
         self.scrubs.inc()
         self.scrub_damaged.inc(len(damaged))
 
-    def streamed(
-        self, method: str, chunks: Iterator[common_pb2.TensorChunk]
-    ) -> Iterator[common_pb2.TensorChunk]:
-        """Pass a tensor stream through, counting its bytes and the time spent producing it."""
+    def streamed(self, method: str, messages: Iterator[bytes]) -> Iterator[bytes]:
+        """Pass a stream of serialized tensor chunks through, counting its bytes and the time spent
+        producing it."""
         with self.track(method):
             last = time.perf_counter()
-            for chunk in chunks:  # reading, checking and sending each chunk counts
-                self.fetched_bytes.inc(len(chunk.data))
-                yield chunk
+            for message in messages:  # reading, checking and sending each chunk counts
+                self.fetched_bytes.inc(len(message))
+                yield message
                 now = time.perf_counter()
                 self.fetch_seconds.inc(now - last)
                 last = now

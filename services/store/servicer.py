@@ -13,7 +13,7 @@ from llmk.domain.deltas import PARTS, Delta, parse_kind
 from llmk.domain.versions import part_key
 from llmk.errors import InvalidInput
 from llmk.rpc import codec, reads
-from llmk.rpc.tensors import chunks_in, from_chunks, to_chunks
+from llmk.rpc.tensors import chunks_in, encoded_chunks, from_chunks
 from llmk.v1 import common_pb2, store_pb2_grpc
 from llmk.v1 import store_pb2 as pb
 from services.store.metrics import Metrics
@@ -23,6 +23,34 @@ MUTATING = {
     f"/{SERVICE}/{m}"
     for m in ("CreateModel", "Commit", "CreateRef", "Rollback", "Freeze", "Unfreeze", "Squash", "Gc")
 }
+
+
+def register(servicer: StoreServicer, server: grpc.Server) -> None:
+    """The generated registration, except that FetchTensors' responses, serialized by hand, go out as
+    they are (a response serializer of None)."""
+    generated = _Registration()
+    store_pb2_grpc.add_ParameterStoreServicer_to_server(servicer, generated)
+    handlers = generated.handlers | {
+        "FetchTensors": grpc.unary_stream_rpc_method_handler(
+            servicer.FetchTensors, request_deserializer=pb.FetchRequest.FromString, response_serializer=None
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class _Registration:
+    """Stands in for the server to catch the method handlers the generated code registers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = handlers
 
 
 class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
@@ -78,16 +106,15 @@ class StoreServicer(store_pb2_grpc.ParameterStoreServicer):
         versions = self.store.log(request.model, request.ref or None, request.limit or 100)
         return pb.VersionList(versions=[codec.version_to_pb(v) for v in versions])
 
-    def FetchTensors(
-        self, request: pb.FetchRequest, context: grpc.ServicerContext
-    ) -> Iterator[common_pb2.TensorChunk]:
+    def FetchTensors(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Serialized TensorChunks: `register` sends them as they are."""
         return self.metrics.streamed("FetchTensors", self._chunks(request))
 
-    def _chunks(self, request: pb.FetchRequest) -> Iterator[common_pb2.TensorChunk]:
+    def _chunks(self, request: pb.FetchRequest) -> Iterator[bytes]:
         tensors = self.store.fetch(
             request.model, request.ref or None, request.selector, list(request.names) or None
         )
-        yield from to_chunks(tensors, self.chunk_bytes)
+        yield from encoded_chunks(tensors, self.chunk_bytes)
 
     def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext) -> pb.DiffReply:
         changes = self.store.diff(request.model, request.a, request.b)

@@ -17,7 +17,7 @@ from llmk.domain.versions import part_key
 from llmk.errors import Unauthenticated
 from llmk.rpc.security import message_options
 from llmk.rpc.store import GrpcStoreClient
-from llmk.rpc.tensors import to_chunks
+from llmk.rpc.tensors import from_chunks, to_chunks
 from llmk.v1 import common_pb2, store_pb2_grpc
 from llmk.v1 import store_pb2 as pb
 from llmk.wiring import open_store
@@ -63,6 +63,13 @@ def call_to_the_end(call: Callable[[], object]) -> None:
 
 def history(inspect: Store) -> list[tuple[int, int | None]]:
     return [(v.id, v.parent) for v in inspect.catalog.versions(MODEL)]
+
+
+def test_a_plain_protobuf_client_reads_the_fetch_stream_the_store_writes_by_hand(served, llama_tiny) -> None:
+    _, stub, _ = served
+    got = from_chunks(stub.FetchTensors(pb.FetchRequest(model=MODEL)))  # the generated stub's own parsing
+    assert sorted(got) == sorted(llama_tiny.tensors)
+    assert all(torch.equal(got[n], t) for n, t in llama_tiny.tensors.items())
 
 
 def test_each_error_class_has_its_status_code(served) -> None:

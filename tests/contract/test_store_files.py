@@ -36,8 +36,8 @@ def beside(settings: Settings, grpc_server: Callable, llama_tiny) -> tuple[GrpcS
     assert isinstance(client, GrpcStoreClient)
     client.create_model(MODEL, llama_tiny.tensors, llama_tiny.config, llama_tiny.files, CommitInfo())
     streamed: list[object] = []
-    stream = client.stub.FetchTensors
-    client.stub.FetchTensors = lambda request, **kw: streamed.append(request) or stream(request, **kw)
+    stream = client._fetch_stream
+    client._fetch_stream = lambda request, **kw: streamed.append(request) or stream(request, **kw)  # type: ignore[method-assign]
     yield client, dict(llama_tiny.tensors), streamed
     client.close()
 

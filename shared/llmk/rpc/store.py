@@ -27,7 +27,7 @@ from llmk.rpc import codec, reads
 from llmk.rpc.errors import translate
 from llmk.rpc.history import GrpcHistoryClient
 from llmk.rpc.security import Tls
-from llmk.rpc.tensors import from_chunks, packed
+from llmk.rpc.tensors import decode_chunk, from_chunks, packed
 from llmk.v1 import store_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ class GrpcStoreClient(GrpcHistoryClient):
         super().__init__(address, token, max_message_bytes, tls)
         self.chunk_bytes = chunk_bytes
         self.objects = objects
+        self._fetch_stream = self.channel.unary_stream(  # the stub's method, with chunks read in place
+            "/llmk.v1.ParameterStore/FetchTensors",
+            request_serializer=pb.FetchRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+        )
 
     def _commit_stream(
         self, header: pb.CommitHeader, tensors: Mapping[str, torch.Tensor]
@@ -136,7 +141,7 @@ class GrpcStoreClient(GrpcHistoryClient):
             except (Corrupt, OSError) as e:  # a file evicted or changed since the store checked it
                 log.warning("reading %s from the object files failed (%s); streaming it instead", model, e)
         request = pb.FetchRequest(model=model, ref=ref or "", selector=selector, names=names or [])
-        return from_chunks(self.stub.FetchTensors(request))
+        return from_chunks(self._fetch_stream(request))
 
     @translate
     def locate(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
+from google.protobuf.message import DecodeError
 
-from llmk.errors import InvalidInput, ResourceExhausted
+from llmk.errors import Corrupt, InvalidInput, ResourceExhausted
 from llmk.v1 import common_pb2
 
 DTYPES = {
@@ -30,6 +31,10 @@ DTYPES = {
 
 
 MAX_DIMS = 32
+DATA_FIELD = 6  # TensorChunk.data
+DATA_KEY = bytes([DATA_FIELD << 3 | 2])  # its key: field number, wire type 2 (length-delimited)
+FIXED = {1: 8, 5: 4}  # sizes of the fixed-width wire types
+GROUP = {3: 1, 4: -1}  # start and end of a group
 M = TypeVar("M")
 
 
@@ -37,22 +42,24 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _pieces(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator[dict[str, Any]]:
-    """The fields of each chunk: a tensor's bytes in order, at most `chunk_bytes` each; the first chunk of a
-    tensor declares its shape."""
+def _pieces(
+    tensors: Mapping[str, torch.Tensor], chunk_bytes: int
+) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """The fields of each chunk and a view of its data: a tensor's bytes in order, at most `chunk_bytes` each;
+    the first chunk of a tensor declares its shape."""
     for name, t in tensors.items():
         raw = t.detach().contiguous().view(-1).view(torch.uint8).numpy()  # bytes view, no copy
         total, dtype, offset = raw.nbytes, dtype_name(t.dtype), 0
         while True:
             end = min(offset + chunk_bytes, total)
-            yield {
+            fields = {
                 "name": name,
                 "dtype": dtype,
                 "shape": list(t.shape) if offset == 0 else [],
                 "offset": offset,
                 "total_bytes": total,
-                "data": raw[offset:end].tobytes(),
             }
+            yield fields, raw[offset:end]
             offset = end
             if offset >= total:
                 break
@@ -60,8 +67,84 @@ def _pieces(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator[d
 
 def to_chunks(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator[common_pb2.TensorChunk]:
     """One chunk per message (downloads, and streams of older clients)."""
-    for fields in _pieces(tensors, chunk_bytes):
-        yield common_pb2.TensorChunk(**fields)
+    for fields, data in _pieces(tensors, chunk_bytes):
+        yield common_pb2.TensorChunk(**fields, data=data.tobytes())
+
+
+def encoded_chunks(tensors: Mapping[str, torch.Tensor], chunk_bytes: int) -> Iterator[bytes]:
+    """Serialized TensorChunk messages, byte for byte what `to_chunks(...)`'s SerializeToString gives, with
+    the data copied once (a message would copy it three times: tobytes, into the message, out of it). At
+    line rate those copies are what a fetch over gRPC spends its time on; a response serializer of None
+    sends these bytes as they are."""
+    for fields, data in _pieces(tensors, chunk_bytes):
+        head = common_pb2.TensorChunk(**fields).SerializeToString()
+        if not data.size:  # proto3 leaves an empty field out
+            yield head
+            continue
+        yield b"".join((head, DATA_KEY, _varint_bytes(data.size), data.data))
+
+
+class Chunk(NamedTuple):
+    """A TensorChunk as `decode_chunk` reads it: `data` is a view into the received message, not a copy."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    offset: int
+    total_bytes: int
+    data: memoryview
+
+
+def decode_chunk(message: bytes) -> Chunk:
+    """A serialized TensorChunk from any protobuf writer (fields in any order, repeated, unknown ones
+    skipped); everything but `data` is parsed by protobuf itself. Raises Corrupt on a malformed message."""
+    view, pos, head, data, depth = memoryview(message), 0, bytearray(), memoryview(b""), 0
+    try:
+        while pos < len(view):
+            start = pos
+            key, pos = _varint(view, pos)
+            kind = key & 7
+            if kind == 0:
+                pos = _varint(view, pos)[1]
+            elif kind in FIXED:
+                pos += FIXED[kind]
+            elif kind in GROUP:  # an unknown group's bounds (no writer sends them; protobuf skips them)
+                depth += GROUP[kind]
+            elif kind == 2:
+                size, pos = _varint(view, pos)
+                if key >> 3 == DATA_FIELD and not depth and pos + size <= len(view):
+                    data, pos = view[pos : pos + size], pos + size
+                    continue
+                pos += size
+            else:
+                raise Corrupt(f"TensorChunk: unknown wire type {kind}")
+            if pos > len(view):
+                raise Corrupt("TensorChunk: message ends inside a field")
+            head += view[start:pos]
+        m = common_pb2.TensorChunk.FromString(bytes(head))
+    except (IndexError, DecodeError) as e:
+        raise Corrupt(f"TensorChunk: malformed message ({e or 'ends inside a number'})") from e
+    return Chunk(m.name, m.dtype, list(m.shape), m.offset, m.total_bytes, data)
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    """The base-128 number at `pos` and the position after it."""
+    value = shift = 0
+    while shift < 64:
+        b = view[pos]
+        value, pos, shift = value | (b & 0x7F) << shift, pos + 1, shift + 7
+        if b < 0x80:
+            return value, pos
+    raise Corrupt("TensorChunk: a number longer than 10 bytes")
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def packed(tensors: Mapping[str, torch.Tensor], chunk_bytes: int, message: Callable[[], M]) -> Iterator[M]:
@@ -69,12 +152,12 @@ def packed(tensors: Mapping[str, torch.Tensor], chunk_bytes: int, message: Calla
     `chunk_bytes` of data per message (a bigger chunk alone). Chunks are added to the message in place:
     protobuf copies a sub-message assigned to a field, which cost more than the bytes' own transfer."""
     out, size, count = message(), 0, 0
-    for fields in _pieces(tensors, chunk_bytes):
-        if count and size + len(fields["data"]) > chunk_bytes:
+    for fields, data in _pieces(tensors, chunk_bytes):
+        if count and size + data.size > chunk_bytes:
             yield out
             out, size, count = message(), 0, 0
-        out.chunks.chunks.add(**fields)  # type: ignore[attr-defined]
-        size, count = size + len(fields["data"]), count + 1
+        out.chunks.chunks.add(**fields, data=data.tobytes())  # type: ignore[attr-defined]
+        size, count = size + data.size, count + 1
     if count:
         yield out
 
@@ -92,7 +175,7 @@ def chunks_in(messages: Iterable[Any], stream: str) -> Iterator[common_pb2.Tenso
 
 
 def from_chunks(
-    chunks: Iterable[common_pb2.TensorChunk], max_total_bytes: int | None = None
+    chunks: Iterable[common_pb2.TensorChunk | Chunk], max_total_bytes: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Reassemble tensors: every declared byte must arrive, in order, once; anything else is an error.
 
@@ -131,7 +214,7 @@ def from_chunks(
     return {n: buffers[n].view(meta[n][0]).reshape(meta[n][1]) for n in buffers}
 
 
-def _declared(c: common_pb2.TensorChunk) -> tuple[torch.dtype, list[int], int]:
+def _declared(c: common_pb2.TensorChunk | Chunk) -> tuple[torch.dtype, list[int], int]:
     """The dtype, shape and byte size a first chunk declares, checked before anything is allocated."""
     if c.dtype not in DTYPES:
         raise InvalidInput(f"{c.name}: unsupported dtype {c.dtype!r}")
