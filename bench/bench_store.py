@@ -292,11 +292,11 @@ def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, 
             "metric": "fetch over gRPC (loopback, server process), throughput",
             "value": nbytes / remote / 1e6,
             "unit": "MB/s",
-            "baseline": f"the same bytes over a plain TCP socket into new memory "
-            f"{nbytes / into_new / 1e6:.0f} MB/s (into a buffer already paged in "
-            f"{nbytes / paged_in / 1e6:.0f} MB/s: ratio {paged_in / remote:.3f}; "
+            "baseline": f"the same bytes over a plain TCP socket into a buffer already paged in "
+            f"{nbytes / paged_in / 1e6:.0f} MB/s (into new memory, as a fetch must, "
+            f"{nbytes / into_new / 1e6:.0f} MB/s: ratio {into_new / remote:.3f}; "
             f"local materialize from cache {nbytes / local / 1e6:.0f} MB/s)",
-            "ratio": round(into_new / remote, 3),
+            "ratio": round(paged_in / remote, 3),
             "goal": ">= 0.5x",  # issue 10: over the network gRPC stays, at line rate
         },
     ]
