@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent import futures
+from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -35,6 +40,9 @@ DATA_FIELD = 6  # TensorChunk.data
 DATA_KEY = bytes([DATA_FIELD << 3 | 2])  # its key: field number, wire type 2 (length-delimited)
 FIXED = {1: 8, 5: 4}  # sizes of the fixed-width wire types
 GROUP = {3: 1, 4: -1}  # start and end of a group
+COPY_THREADS = 2
+PARALLEL_BYTES = 256 << 10  # smaller chunks are copied inline: a thread hand-off costs more than they do
+IN_FLIGHT = 8  # chunks received and waiting to be copied
 M = TypeVar("M")
 
 
@@ -187,23 +195,25 @@ def from_chunks(
     arrays: dict[str, np.ndarray] = {}  # numpy views of the buffers: one copy per chunk
     arrived: dict[str, int] = {}
     declared = 0
-    for c in chunks:
-        if c.name not in buffers:
-            dtype, shape, size = _declared(c)
-            declared += size
-            if max_total_bytes is not None and declared > max_total_bytes:
-                raise ResourceExhausted(f"stream declares more than the {max_total_bytes}-byte limit")
-            buffers[c.name] = torch.empty(size, dtype=torch.uint8)
-            arrays[c.name] = buffers[c.name].numpy()
-            meta[c.name], arrived[c.name] = (dtype, shape), 0
-        start, end = c.offset, c.offset + len(c.data)
-        if start != arrived[c.name] or end > arrays[c.name].size:
-            raise InvalidInput(
-                f"{c.name}: chunk of bytes {start}..{end} does not follow byte {arrived[c.name]} "
-                f"of the declared {arrays[c.name].size}"
-            )
-        arrays[c.name][start:end] = np.frombuffer(c.data, dtype=np.uint8)
-        arrived[c.name] = end
+    with _Copies() as copies:
+        for c in chunks:
+            if c.name not in buffers:
+                dtype, shape, size = _declared(c)
+                declared += size
+                if max_total_bytes is not None and declared > max_total_bytes:
+                    raise ResourceExhausted(f"stream declares more than the {max_total_bytes}-byte limit")
+                buffers[c.name] = torch.empty(size, dtype=torch.uint8)
+                arrays[c.name] = buffers[c.name].numpy()
+                meta[c.name], arrived[c.name] = (dtype, shape), 0
+            data = c.data  # a protobuf message makes a new bytes object at each read of it
+            start, end = c.offset, c.offset + len(data)
+            if start != arrived[c.name] or end > arrays[c.name].size:
+                raise InvalidInput(
+                    f"{c.name}: chunk of bytes {start}..{end} does not follow byte {arrived[c.name]} "
+                    f"of the declared {arrays[c.name].size}"
+                )
+            copies.put(arrays[c.name][start:end], data)
+            arrived[c.name] = end
     short = [
         f"{n} ({arrived[n]} of {buffers[n].numel()} bytes)"
         for n in buffers
@@ -212,6 +222,51 @@ def from_chunks(
     if short:
         raise InvalidInput(f"stream ended before every declared byte arrived: {', '.join(short[:5])}")
     return {n: buffers[n].view(meta[n][0]).reshape(meta[n][1]) for n in buffers}
+
+
+class _Copies:
+    """Copies chunks into their tensors, the big ones on COPY_THREADS threads while the stream is read.
+
+    Most of a big copy's time is paging in the tensor's new memory (on the CI VM, about as long as receiving
+    the bytes); numpy copies without the GIL, so two threads page in two chunks at once. At most IN_FLIGHT
+    chunks wait, so a fast stream cannot pile up received messages. Leaving waits for every copy."""
+
+    def __init__(self) -> None:
+        self.room = threading.BoundedSemaphore(IN_FLIGHT)
+        self.pending: list[Future[None]] = []
+
+    def put(self, target: np.ndarray, data: bytes | memoryview) -> None:
+        if len(data) < PARALLEL_BYTES:
+            _copy(target, data)
+            return
+        self.room.acquire()
+        try:
+            done = _copier(os.getpid()).submit(_copy, target, data)
+        except BaseException:
+            self.room.release()
+            raise
+        done.add_done_callback(lambda _: self.room.release())
+        self.pending.append(done)
+
+    def __enter__(self) -> _Copies:
+        return self
+
+    def __exit__(self, *failed: object) -> None:
+        futures.wait(self.pending)
+        if failed[0] is None:
+            for done in self.pending:
+                done.result()  # a copy's own error
+
+
+def _copy(target: np.ndarray, data: bytes | memoryview) -> None:
+    target[:] = np.frombuffer(data, dtype=np.uint8)
+
+
+@functools.cache
+def _copier(pid: int) -> futures.ThreadPoolExecutor:
+    """Threads that only copy bytes (numpy, no torch: they start no OpenMP pool); one pool per process, since
+    a forked child inherits the pool but not its threads."""
+    return futures.ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="llmk-copy")
 
 
 def _declared(c: common_pb2.TensorChunk | Chunk) -> tuple[torch.dtype, list[int], int]:

@@ -104,3 +104,13 @@ def test_any_bytes_decode_as_protobuf_reads_them_or_fail_as_corrupt(message: byt
         expected.total_bytes,
         expected.data,
     )
+
+
+def test_big_chunks_copied_on_threads_arrive_exactly_and_a_bad_one_still_fails() -> None:
+    big = {f"t{i}": torch.randn(300_000 + i) for i in range(4)}  # 1.2 MB each, chunks of 300 KB: threaded
+    messages = list(encoded_chunks(big, 300 << 10))
+    got = from_chunks(decode_chunk(m) for m in messages)
+    assert all(torch.equal(got[n], t) for n, t in big.items())
+    swapped = [messages[0], messages[2], messages[1], *messages[3:]]  # t0 in the wrong order
+    with pytest.raises(InvalidInput, match="does not follow"):
+        from_chunks(decode_chunk(m) for m in swapped)
