@@ -30,7 +30,7 @@ from llmk.domain.deltas import Delta, Kind
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.config import ModelConfig
 from services.inference.engine.model import Model, build_model
-from services.inference.patching import apply_in_place
+from services.inference.usecases.patching import apply_in_place
 
 _LLAMA = {"model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
 PRESETS: dict[str, dict[str, Any]] = {
@@ -205,7 +205,7 @@ def _device_name(device: torch.device) -> str:
 
 def export(folder: Path) -> None:
     """SmolLM2's config and tokenizer files (a few MB, no weights), for a machine without the package."""
-    from llmk.adapters.importers import load_source
+    from services.store.adapters.importers import load_source
 
     imported = load_source("smollm2")
     folder.mkdir(parents=True, exist_ok=True)

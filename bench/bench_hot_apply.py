@@ -28,12 +28,12 @@ import torch
 
 from bench.bench_inference import sparse_version
 from bench.common import write
-from llmk.adapters.importers import load_source
-from llmk.app.store import CommitInfo
+from llmk.bootstrap import Deployment
 from llmk.cli.processes import TierProcesses
-from llmk.client import connect
 from llmk.config import Settings
+from llmk.domain.versions import CommitInfo
 from llmk.v1 import inference_pb2, inference_pb2_grpc
+from services.store.adapters.importers import load_source
 
 RUNS = 20
 AMQP = os.environ.get("LLMK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -109,7 +109,7 @@ def measure(home: Path) -> list[dict]:
     with fresh_database() as url, TierProcesses(Settings(home=home), home / "logs") as tiers:
         common = {"LLMK_DATABASE_URL": url, "LLMK_BROKER_URL": AMQP, "LLMK_DEVICE": "cpu"}
         address = tiers.start("store", LLMK_HOME=str(home / "store"), **common)
-        store = connect(Settings(home=home / "client", store_address=address))
+        store = Deployment(Settings(home=home / "client", store_address=address)).store()
         store.create_model("smollm2", imported.tensors, imported.config, imported.files, CommitInfo())
         served = tiers.start(
             "inference",

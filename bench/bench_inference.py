@@ -29,14 +29,15 @@ from typing import Any
 import torch
 
 from bench.common import RESULTS, write
-from llmk.adapters.importers import load_source, smollm2_path
-from llmk.app.store import CommitInfo, Store
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
-from llmk.wiring import open_events, open_store
+from llmk.domain.versions import CommitInfo
 from services.inference.engine import compute
 from services.inference.engine.generator import Request
-from services.inference.host import Host
+from services.inference.usecases.host import Host
+from services.store.adapters.importers import load_source, smollm2_path
+from services.store.usecases.store import Store
 
 CLIENTS = 16
 LABELS = ["positive", "negative", "neutral"]
@@ -230,12 +231,12 @@ def main() -> None:
         version_poll_seconds=0,
     )
     imported = compute.run(load_source, "smollm2")
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     compute.run(
         store.create_model, "smollm2", imported.tensors, imported.config, imported.files, CommitInfo()
     )
     torch.set_num_threads(torch.get_num_threads())
-    host = Host(settings, store, open_events(settings))
+    host = Host(settings, store, Deployment(settings).events())
     host.load("smollm2")
     try:
         if hot_only:

@@ -44,25 +44,25 @@ def _settings(home: Path):  # unannotated: llmk.config is imported in the child,
 def prepare(root: Path) -> tuple[Path, Path]:
     """A store home with SmolLM2 committed, and a transformers folder with the same weights."""
     from bench.bench_peers import hf_folder
-    from llmk.adapters.importers import load_source
-    from llmk.app.store import CommitInfo
-    from llmk.wiring import open_store
+    from llmk.bootstrap import Deployment
+    from llmk.domain.versions import CommitInfo
+    from services.store.adapters.importers import load_source
 
     imported = load_source("smollm2")
     home, folder = root / "home", root / "hf"
     folder.mkdir()
-    store = open_store(_settings(home))
+    store = Deployment(_settings(home)).local_store()
     store.create_model("smollm2", imported.tensors, imported.config, imported.files, CommitInfo())
     hf_folder(imported, folder)
     return home, folder
 
 
 def serve_llmk(home: Path) -> list[float]:
-    from llmk.wiring import open_store
-    from services.inference.host import Host
+    from llmk.bootstrap import Deployment
+    from services.inference.usecases.host import Host
 
     settings = _settings(home)
-    host = Host(settings, open_store(settings))
+    host = Host(settings, Deployment(settings).local_store())
     host.load("smollm2")
     scores = host.classify([HEADLINE], LABELS).results[0].probabilities
     return [scores[label] for label in LABELS]

@@ -19,20 +19,20 @@ import uuid
 from pathlib import Path
 
 from bench.common import write
-from llmk.adapters.importers import load_source
-from llmk.adapters.migrate import upgrade
-from llmk.adapters.monitor_db import MonitorDb
-from llmk.adapters.schema import make_engine
-from llmk.app.model_task import TASK_KEY, encode_task, packaged
-from llmk.app.monitor import Monitor, MonitorConfig
-from llmk.app.store import CommitInfo
-from llmk.app.stream import Item
-from llmk.bus.inference_queue import QueuedClassifier, make_app
+from llmk.bootstrap import Deployment
 from llmk.cli.processes import TierProcesses
 from llmk.config import Settings
 from llmk.data import FINANCE_NEWS
-from llmk.wiring import open_store
+from llmk.domain.task_spec import TASK_KEY, encode_task, packaged
+from llmk.domain.versions import CommitInfo
+from llmk.platform.database import make_engine
+from llmk.platform.migrate import upgrade
 from services.inference.main import embedded_worker
+from services.inference.queue.client import QueuedClassifier
+from services.monitor.adapters.tables import MonitorDb
+from services.monitor.usecases.items import Item
+from services.monitor.usecases.monitor import Monitor, MonitorConfig
+from services.store.adapters.importers import load_source
 
 ITEMS, ROUNDS, BATCH = 256, 3, 16
 AMQP = os.environ.get("LLMK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -47,7 +47,7 @@ def main() -> None:
     texts = tweets()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(home=Path(tmp), device="cpu", version_poll_seconds=0, max_wait_ms=5.0)
-        store = open_store(settings)
+        store = Deployment(settings).local_store()
         imported = load_source("smollm2")
         metadata = {TASK_KEY: encode_task(packaged("sentiment"))}
         store.create_model(
@@ -55,8 +55,8 @@ def main() -> None:
         )
         engine = make_engine(settings.sqlalchemy_url)
         upgrade(engine)
-        app = make_app(settings)
-        with embedded_worker(settings, app, "smol", None) as host:
+        app = Deployment(settings).inference_queue()
+        with embedded_worker(Deployment(settings), app, "smol", None) as host:
             host.classify(texts[:BATCH])  # warm up
             bare, piped = [], []
             for _ in range(ROUNDS):
@@ -112,7 +112,7 @@ def distributed(settings: Settings, texts: list[str], workers: int) -> float:
     with TierProcesses(settings, settings.home / f"logs-{workers}") as tiers:
         for i in range(workers):
             tiers.start("inference", f"inference-{i}", **env)
-        app = make_app(remote)
+        app = Deployment(remote).inference_queue()
         scoring = QueuedClassifier(app, "smol")
         scoring.submit(texts[:1]).result(300)  # warm: every worker is consuming
         run = uuid.uuid4().hex[:8]

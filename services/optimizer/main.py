@@ -1,39 +1,37 @@
-"""`llmk serve optimizer` / `python -m services.optimizer.main [worker]`: the optimizer tier.
+"""`llmk serve optimizer [--queue-only]`: the optimizer tier.
 
-`serve` runs the gRPC service and, unless LLMK_OPTIMIZER_WORKER=false, a job worker on a thread of the same
-process; `worker` runs only a Celery worker on the optimizer queue (scale these out with RabbitMQ).
+The service runs the gRPC API and, unless LLMK_OPTIMIZER_WORKER=false, a job worker on a thread of the same
+process; `--queue-only` runs only a Celery worker on the optimizer queue (scale these out with RabbitMQ).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from celery import Celery
 
-from llmk.adapters.jobs_db import JobsDb
-from llmk.adapters.migrate import upgrade
-from llmk.adapters.objects import ObjectStore
-from llmk.adapters.schema import make_engine
-from llmk.app.clients import StoreClient
-from llmk.app.jobs import JobService
-from llmk.app.training import JobRunner
-from llmk.bus.workers import InProcessWorker
-from llmk.client import connect
-from llmk.config import Settings
-from llmk.rpc.security import Tls
-from llmk.rpc.server import make_server
+from llmk.platform.grpc_server import make_server
+from llmk.platform.queue_workers import InProcessWorker
+from llmk.platform.security import Tls
 from llmk.v1 import optimizer_pb2_grpc
-from services.optimizer.metrics import Metrics
-from services.optimizer.servicer import MUTATING, SERVICE, OptimizerServicer
-from services.optimizer.tasks import make_app, register_tasks, scheduler
+from services.optimizer.adapters.job_table import JobsDb
+from services.optimizer.queue.tasks import register_tasks, scheduler
+from services.optimizer.rpc.servicer import MUTATING, SERVICE, OptimizerServicer
+from services.optimizer.usecases.jobs import JobService
+from services.optimizer.usecases.metrics import Metrics
+from services.optimizer.usecases.training import JobRunner
+from services.store.interface import StoreClient
+
+if TYPE_CHECKING:
+    from llmk.bootstrap import Deployment
 
 log = logging.getLogger("llmk.optimizer")
 MAX_GRADIENT_BYTES = 1 << 30
@@ -43,7 +41,7 @@ MAX_GRADIENT_BYTES = 1 << 30
 class Runtime:
     """Everything one optimizer process uses, wired once from the settings."""
 
-    settings: Settings
+    deployment: Deployment
     app: Celery
     jobs: JobService
     runner: JobRunner
@@ -54,27 +52,25 @@ class Runtime:
         self.store.close()
 
 
-def wire(settings: Settings) -> Runtime:
-    store = connect(settings)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
-    if settings.auto_migrate:
-        upgrade(engine)
-    repo = JobsDb(engine)
-    blobs = ObjectStore(settings.optimizer_state_path, settings.max_header_bytes)
-    app = make_app(settings)
+def wire(deployment: Deployment) -> Runtime:
+    """One optimizer process's pieces, on the deployment's database engine and store."""
+    settings = deployment.settings
+    store = deployment.store()
+    repo = JobsDb(deployment.engine)
+    blobs = deployment.optimizer_state()
+    app = deployment.celery("llmk.optimizer", settings.optimizer_queue)
     jobs = JobService(
         repo, store, blobs, scheduler(app, settings.optimizer_queue), settings.optimizer_max_examples
     )
     runner = JobRunner(repo, store, blobs, settings.optimizer_lease_seconds, settings.optimizer_task_seconds)
     metrics = Metrics()
     register_tasks(app, runner, jobs.fail, metrics)
-    return Runtime(settings, app, jobs, runner, store, metrics)
+    return Runtime(deployment, app, jobs, runner, store, metrics)
 
 
 def build(runtime: Runtime) -> tuple[grpc.Server, int]:
     servicer = OptimizerServicer(runtime.jobs, MAX_GRADIENT_BYTES)
-    s = runtime.settings
+    s = runtime.deployment.settings
     return make_server(
         [lambda server: optimizer_pb2_grpc.add_OptimizerServicer_to_server(servicer, server)],
         [SERVICE],
@@ -89,17 +85,18 @@ def build(runtime: Runtime) -> tuple[grpc.Server, int]:
 
 def resume_unfinished(runtime: Runtime) -> None:
     """An in-process broker forgets its messages when the process ends: wake every unfinished job."""
-    if runtime.settings.broker_url.startswith("memory"):
+    if runtime.deployment.broker_in_process:
         for job in runtime.jobs.list_jobs(limit=10_000):
             if not job.done:
                 runtime.jobs.schedule(job.id)
 
 
 @contextmanager
-def embedded(settings: Settings, worker: bool = True) -> Iterator[JobService]:
+def embedded(deployment: Deployment, worker: bool = True) -> Iterator[JobService]:
     """The optimizer inside the calling process (the CLI's embedded mode): its use cases and a worker."""
-    runtime = wire(settings)
-    background = InProcessWorker(runtime.app, settings.optimizer_queue).start() if worker else None
+    runtime = wire(deployment)
+    queue = deployment.settings.optimizer_queue
+    background = InProcessWorker(runtime.app, queue).start() if worker else None
     try:
         if background:
             resume_unfinished(runtime)
@@ -110,9 +107,9 @@ def embedded(settings: Settings, worker: bool = True) -> Iterator[JobService]:
         runtime.close()
 
 
-def main(settings: Settings | None = None) -> None:
-    settings = settings or Settings()
-    runtime = wire(settings)
+def main(deployment: Deployment) -> None:
+    settings = deployment.settings
+    runtime = wire(deployment)
     server, port = build(runtime)
     server.start()
     worker = (
@@ -134,10 +131,10 @@ def main(settings: Settings | None = None) -> None:
     runtime.close()
 
 
-def run_worker(settings: Settings | None = None) -> None:
+def run_worker(deployment: Deployment) -> None:
     """A standalone Celery worker on the optimizer queue (blocks; Celery handles the signals)."""
-    settings = settings or Settings()
-    runtime = wire(settings)
+    settings = deployment.settings
+    runtime = wire(deployment)
     try:
         runtime.app.worker_main(
             ["worker", "--queues", settings.optimizer_queue, "--pool", "threads", "--concurrency", "1",
@@ -146,8 +143,3 @@ def run_worker(settings: Settings | None = None) -> None:
         )  # fmt: skip
     finally:
         runtime.close()
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_worker() if sys.argv[1:] == ["worker"] else main()

@@ -1,30 +1,33 @@
-"""`llmk serve store` / `python -m services.store.main`: the parameter store as a gRPC service."""
+"""`llmk serve store`: the parameter store as a gRPC service."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 import grpc
 
-from llmk.app.store import Store
-from llmk.config import Settings
-from llmk.rpc.security import Tls
-from llmk.rpc.server import make_server
-from llmk.wiring import open_store
+from llmk.platform.grpc_server import make_server
+from llmk.platform.security import Tls
 from services.store.metrics import Metrics
+from services.store.rpc.servicer import MUTATING, SERVICE, StoreServicer, register
 from services.store.scrubber import Scrubber
-from services.store.servicer import MUTATING, SERVICE, StoreServicer, register
+from services.store.usecases.store import Store
+
+if TYPE_CHECKING:
+    from llmk.bootstrap import Deployment
 
 log = logging.getLogger("llmk.store")
 
 
 def build(
-    settings: Settings, metrics: Metrics | None = None, store: Store | None = None
+    deployment: Deployment, metrics: Metrics | None = None, store: Store | None = None
 ) -> tuple[grpc.Server, int]:
     """The store service, over `store` when the caller keeps one (to scrub it, to close it), else its own."""
-    servicer = StoreServicer(store or open_store(settings), settings, metrics)
+    settings = deployment.settings
+    servicer = StoreServicer(store or deployment.local_store(), settings, metrics)
     return make_server(
         [lambda s: register(servicer, s)],
         [SERVICE],
@@ -37,11 +40,11 @@ def build(
     )
 
 
-def main(settings: Settings | None = None) -> None:
-    settings = settings or Settings()
+def main(deployment: Deployment) -> None:
+    settings = deployment.settings
     metrics = Metrics()
-    store = open_store(settings)
-    server, port = build(settings, metrics, store)
+    store = deployment.local_store()
+    server, port = build(deployment, metrics, store)
     server.start()
     scrubber = Scrubber(store, settings.scrub_interval_seconds, metrics).start()
     if settings.metrics_port:
@@ -54,7 +57,3 @@ def main(settings: Settings | None = None) -> None:
     stop.wait()
     scrubber.stop()
     server.stop(grace=5).wait()
-
-
-if __name__ == "__main__":
-    main()

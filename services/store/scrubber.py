@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 
-from llmk.app.store import Store
 from services.store.metrics import Metrics
+from services.store.usecases.store import Store
 
 log = logging.getLogger("llmk.store.scrub")
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmk.adapters.objects import ObjectStore
-from llmk.app.clients import StoreClient
-from llmk.app.store import CommitInfo, Store
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
-from llmk.wiring import open_store
+from llmk.domain.versions import CommitInfo
+from services.store.adapters.objects import ObjectStore
+from services.store.interface import StoreClient
+from services.store.usecases.store import Store
 
 MODEL = "tiny"
 
@@ -62,13 +63,13 @@ def make_env(
     def make(import_tiny: bool = True, **overrides: object) -> Env:
         s = settings.model_copy(update=overrides)
         if transport == "local":
-            stores.append(open_store(s))
+            stores.append(Deployment(s).local_store())
             client: StoreClient = stores[-1]
         else:
             client = grpc_server(s).client
             if transport == "files":
                 client.objects = ObjectStore(s.objects_path, readonly=True)
-        stores.append(open_store(s))
+        stores.append(Deployment(s).local_store())
         env = Env(client, s, stores[-1], transport)
         if import_tiny:
             t = llama_tiny

@@ -56,11 +56,6 @@ def check_llmk_command(args: list[str]) -> None:
     command.make_context(" ".join(path), rest)
 
 
-def has_llmk_command(name: str) -> bool:
-    group = llmk_command()
-    return group.get_command(group.context_class(group), name) is not None
-
-
 def llmk_command() -> Any:
     import typer.main
 

@@ -222,7 +222,7 @@ def check_the_monitor(broker_url: str, database_url: str) -> None:
     """News published to the `news` queue are scored (or rejected, with why) and stored by the monitor."""
     from sqlalchemy import create_engine, text
 
-    from llmk.bus.news_queue import publish
+    from services.monitor.adapters.news_queue import publish
 
     news = [{"id": f"n{i}", "text": f"$ACME headline number {i}"} for i in range(5)] + [{"text": ""}]
     publish(broker_url, "news", news)
@@ -242,8 +242,9 @@ def check_the_monitor(broker_url: str, database_url: str) -> None:
 def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
     postgres_url: str, vhost: str, tmp_path: Path
 ) -> None:
+    from llmk.bootstrap import Deployment
     from llmk.config import Settings
-    from services.inference import tasks
+    from services.inference.queue import tasks
 
     order = start_order(STARTED)
     assert order[:3] == ["migrate", "import", "store"]
@@ -262,7 +263,7 @@ def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
 
         inference = next(r for r in running if r.name == "inference")
         producer = Settings(_env_file=None, broker_url=vhost, queue_type=inference.env["LLMK_QUEUE_TYPE"])  # type: ignore[call-arg]
-        app = tasks.make_app(producer)
+        app = Deployment(producer).inference_queue()
         texts = ["Shares jump after record quarterly profit", "The company files for bankruptcy"]
         sent = app.send_task(tasks.CLASSIFY, kwargs={"texts": texts, "labels": ["up", "down"]})
         # an in-process worker started by an earlier test marks this process as a worker: say we may wait

@@ -1,7 +1,7 @@
 """`llmk --help` and the help of every command start without torch, transformers or grpc: those load only
 inside the commands that use them, so the CLI answers in well under a second. The store commands that only
-list or move refs load neither torch nor Alembic (the catalog alone, llmk.app.history), embedded or through
-the service; the commands that read or write tensors load torch, and no inference code."""
+list or move refs load neither torch nor Alembic (the catalog alone, usecases.history), embedded or
+through the service; the commands that read or write tensors load torch, and no inference code."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from llmk.adapters.importers import Imported
-from llmk.app.store import CommitInfo
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
-from llmk.wiring import open_store
+from llmk.domain.versions import CommitInfo
+from services.store.adapters.importers import Imported
 from tests.conftest import GrpcStore, make_settings
 
 PROBE = """
 import json, sys
-from services.compose import run
+from llmk.cli.main import run
 heavy = json.loads(sys.argv[2])
 sys.argv = ["llmk", *json.loads(sys.argv[1])]
 try:
@@ -78,7 +78,7 @@ def test_listing_and_ref_commands_load_neither_torch_nor_alembic(
     tmp_path: Path, transport: str, grpc_server: Callable[[Settings], GrpcStore], llama_tiny: Imported
 ) -> None:
     settings = make_settings(tmp_path / "home")
-    store = open_store(settings)  # migrates the new database: the commands then find it current
+    store = Deployment(settings).local_store()  # migrates the new database: the commands then find it current
     t = llama_tiny
     store.create_model("tiny", t.tensors, t.config, t.files, CommitInfo())
     store.freeze("tiny", ["model.norm.weight"])

@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmk.adapters.importers import load_source
+from services.store.adapters.importers import load_source
 
 BIN = Path(sys.executable).with_name("llmk")
-COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "services.compose"]
+COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "llmk.cli.main"]
 UP0 = "model.layers.0.mlp.up_proj.weight"
 EMBED = "model.embed_tokens.weight"
 OK = 0

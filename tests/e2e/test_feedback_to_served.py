@@ -9,13 +9,14 @@ from pathlib import Path
 
 from celery.contrib.testing.worker import start_worker
 
-from llmk.adapters.importers import load_source
-from llmk.app.job_records import COMPLETED, Example, JobSpec, TaskSpec
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain.optim import OptimizerSpec
-from llmk.wiring import open_events
-from services.inference.host import Host
+from llmk.domain.task_spec import TaskSpec
+from services.inference.usecases.host import Host
+from services.optimizer.interface import COMPLETED, Example, JobSpec
 from services.optimizer.main import wire
+from services.store.adapters.importers import load_source
 
 TASK = TaskSpec(labels=("yes", "no"), template="Question: {text}\nAnswer:")
 
@@ -33,10 +34,10 @@ def test_feedback_becomes_a_version_the_worker_serves(tmp_path: Path) -> None:
         device="cpu",
         max_wait_ms=1.0,
     )
-    runtime = wire(settings)
+    runtime = wire(Deployment(settings))
     imported = load_source("synthetic:llama-tiny")
     runtime.store.create_model("tiny", imported.tensors, imported.config, imported.files)
-    host = Host(settings, runtime.store, open_events(settings))
+    host = Host(settings, runtime.store, Deployment(settings).events())
     host.load("tiny")
     before = host.classify(["is 3 odd?"], list(TASK.labels), TASK.template)
     try:

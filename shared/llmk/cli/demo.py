@@ -22,15 +22,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llmk.cli.context import Json, tiers
+from llmk.bootstrap import embedded, reached_over_grpc
+from llmk.cli.context import Json, deployment
 from llmk.cli.output import console, emit
 from llmk.config import Settings
 from llmk.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from llmk.app.demo_run import DemoRun, Plan
-    from llmk.app.job_records import Example, Job, TaskSpec
-    from llmk.app.monitor_records import AlertRecord
+    from llmk.bootstrap import Deployment
+    from llmk.domain.task_spec import TaskSpec
+    from services.monitor.interface import AlertRecord
+    from services.monitor.usecases.demo_run import DemoRun, Plan
+    from services.optimizer.interface import Example, Job
 
 MODEL = "smol"
 log = logging.getLogger("llmk.demo")
@@ -57,7 +60,6 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    ctx: typer.Context,
     out: Annotated[
         Path, typer.Option(help="Folder for the report, the charts and (embedded) the store")
     ] = Path("llmk-demo"),
@@ -80,7 +82,7 @@ def demo(
     json_: Json = False,
 ) -> None:
     """Import SmolLM2, stream finance tweets through the monitor, send labels back, report what it learnt."""
-    from llmk.app.model_task import packaged
+    from llmk.domain.task_spec import packaged
 
     if workers < 1 or stream < 1 or feedback < 64 or held_out < 32:
         raise InvalidInput("need --workers >= 1, --stream >= 1, --feedback >= 64 and --held-out >= 32")
@@ -94,7 +96,7 @@ def demo(
     _import(settings, source, branch)
     optimizer = {**OPTIMIZER, "lr": lr, "topk": topk}
     with _tiers(settings, distributed, workers, branch, out) as tier_settings:
-        result = _run(ctx, tier_settings, plan, branch, optimizer, json_)
+        result = _run(deployment(tier_settings), plan, branch, optimizer, json_)
     setup = {
         "mode": "distributed" if distributed else "embedded",
         "inference_workers": workers if distributed else 1,
@@ -114,9 +116,9 @@ def demo(
 
 def make_plan(task: TaskSpec, stream: int, feedback: int, held_out: int, seed: int) -> Plan:
     """Disjoint stream and feedback rows from train.csv; a held-out sample of valid.csv."""
-    from llmk.app.demo_run import Plan
-    from llmk.app.stream import Item
     from llmk.data import FINANCE_NEWS
+    from services.monitor.usecases.demo_run import Plan
+    from services.monitor.usecases.items import Item
 
     train = _rows(FINANCE_NEWS / "train.csv", task)
     valid = _rows(FINANCE_NEWS / "valid.csv", task)
@@ -135,7 +137,7 @@ def make_plan(task: TaskSpec, stream: int, feedback: int, held_out: int, seed: i
 def balanced(rows: list[tuple[str, str]], labels: tuple[str, ...], n: int) -> list[Example]:
     """`n` labelled rows taking each label in turn, as analysts label what matters rather than the
     two-thirds of the stream that is neutral (train.csv rows only; valid.csv stays held out)."""
-    from llmk.app.job_records import Example
+    from services.optimizer.interface import Example
 
     by_label = {label: [Example(text=t, label=label) for t, lab in rows if lab == label] for label in labels}
     turns = [by_label[label][i] for i in range(n) for label in labels if i < len(by_label[label])]
@@ -158,18 +160,9 @@ def _settings(out: Path, distributed: bool) -> Settings:
     if not distributed:
         home = out / "home"
         shutil.rmtree(home, ignore_errors=True)  # a fresh store: the report covers this run only
-        return settings.model_copy(
-            update={
-                "home": home,
-                "database_url": "",
-                "object_dir": None,
-                "broker_url": "memory://",
-                "store_address": "",
-                "optimizer_address": "",
-                "inference_address": "",
-            }
-        )
-    if not settings.database_url.startswith("postgresql") or not settings.broker_url.startswith("amqp"):
+        return embedded(settings, home)
+    tiers = deployment(settings)
+    if not (tiers.database_is_shared and tiers.broker_is_amqp):
         raise InvalidInput(
             "--distributed needs LLMK_DATABASE_URL=postgresql+psycopg://... and LLMK_BROKER_URL=amqp://..."
         )
@@ -177,12 +170,11 @@ def _settings(out: Path, distributed: bool) -> Settings:
 
 
 def _import(settings: Settings, source: str, branch: str) -> None:
-    from llmk.adapters.importers import load_source
-    from llmk.app.model_task import TASK_KEY, encode_task, packaged
-    from llmk.app.store import CommitInfo
-    from llmk.client import connect
+    from llmk.domain.task_spec import TASK_KEY, encode_task, packaged
+    from llmk.domain.versions import CommitInfo
+    from services.store.adapters.importers import load_source
 
-    store = connect(settings)
+    store = deployment(settings).store()
     try:
         if not any(m.name == MODEL for m in store.models()):
             imported = load_source(source, settings.max_header_bytes)
@@ -214,7 +206,7 @@ def _tiers(settings: Settings, distributed: bool, workers: int, branch: str, out
                 LLMK_STORE_ADDRESS=store,
             )
         optimizer = processes.start("optimizer", LLMK_STORE_ADDRESS=store)
-        yield settings.model_copy(update={"store_address": store, "optimizer_address": optimizer})
+        yield reached_over_grpc(settings, store=store, optimizer=optimizer)
 
 
 @dataclass
@@ -227,33 +219,29 @@ class Result:
 
 
 def _run(
-    ctx: typer.Context,
-    settings: Settings,
+    tiers: Deployment,
     plan: Plan,
     branch: str,
     optimizer_spec: dict[str, Any],
     json_: bool,
 ) -> Result:
-    from llmk.app.demo_run import DemoRun
-    from llmk.app.model_task import packaged
-    from llmk.app.monitor import Monitor, MonitorConfig
-    from llmk.bus.inference_queue import QueuedClassifier, make_app
     from llmk.cli.feedback import job_spec
-    from llmk.cli.monitor import inference_workers, monitor_repo
-    from llmk.client import connect
-    from llmk.domain.alerts import AlertRules
+    from llmk.domain.task_spec import packaged
+    from services.inference.queue.client import QueuedClassifier
+    from services.monitor.usecases.alerts import AlertRules
+    from services.monitor.usecases.demo_run import DemoRun
+    from services.monitor.usecases.monitor import Monitor, MonitorConfig
 
-    app = make_app(settings)
+    app = tiers.inference_queue()
     scoring = QueuedClassifier(app, MODEL)
-    embedded = not settings.optimizer_address
-    repo = monitor_repo(settings)
-    store = connect(settings)
+    repo = tiers.monitor_repo()
+    store = tiers.store()
     run_id = uuid.uuid4().hex[:12]
     with ExitStack() as stack:
         stack.callback(store.close)
         _say("starting the inference worker and the optimizer", json_)
-        stack.enter_context(inference_workers(ctx, settings, app, MODEL, branch))
-        jobs = stack.enter_context(tiers(ctx).jobs(settings, worker=embedded))
+        stack.enter_context(tiers.inference_workers(app, MODEL, branch))
+        jobs = stack.enter_context(tiers.jobs(worker=not tiers.optimizer_is_remote))
         layers = int(store.model(MODEL).config.get("num_hidden_layers", 1))
         last_four = [f"model.layers.{i}.mlp" for i in range(max(0, layers - 4), layers)]
         spec = job_spec(MODEL, branch, packaged("sentiment"), **{**optimizer_spec, "trainable": last_four})
@@ -272,8 +260,8 @@ def _run(
 
 
 def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float) -> dict[str, Any]:
-    from llmk.adapters.charts import draw
-    from llmk.app.report import build, write
+    from services.monitor.adapters.charts import draw
+    from services.monitor.usecases.report import build, write
 
     run = result.run
     summary = run.monitor.summary

@@ -17,19 +17,17 @@ import typer
 
 from llmk.cli.context import Json
 from llmk.cli.output import console, emit
-from llmk.config import Settings
 from llmk.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
-    from llmk.app.clients import JobsClient
-    from llmk.app.job_records import Example, Job, JobSpec, TaskSpec
+    from llmk.domain.task_spec import TaskSpec
+    from services.optimizer.interface import Example, Job, JobsClient, JobSpec
 
 app = typer.Typer(help="Labelled feedback for a served model.", no_args_is_help=True)
 
 
 @app.command()
 def add(
-    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Model whose served branch learns")],
     file: Annotated[
         Path, typer.Option(help="CSV with text,label (a numeric label indexes the task's labels)")
@@ -52,17 +50,17 @@ def add(
     json_: Json = False,
 ) -> None:
     """Queue labelled examples for the optimizer; prints the job and, with --wait, the versions it made."""
-    from llmk.app.model_task import require_task
-    from llmk.cli.context import client, tiers
+    from llmk.cli.context import deployment, history
     from llmk.cli.train import read_examples
+    from llmk.domain.task_spec import require_task
 
-    settings = Settings()
-    embedded = not settings.optimizer_address and settings.broker_url.startswith("memory")
-    with client() as c:
-        task = require_task(c.store, model, branch)
+    tiers = deployment()
+    embedded = tiers.trains_in_process
+    with history() as h:  # the task alone: metadata, no tensors
+        task = require_task(h, model, branch)
     examples = read_examples(file, task)
     spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance)
-    with tiers(ctx).jobs(settings, worker=embedded) as jobs:
+    with tiers.jobs(worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
         key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
         submitted = jobs.submit_feedback(job.id, examples, key)
@@ -94,8 +92,8 @@ def job_spec(
     tolerance: float = 0.01,
 ) -> JobSpec:
     """A standing feedback job: AdamW, runs until cancelled, steps as labels arrive."""
-    from llmk.app.job_records import FEEDBACK, JobSpec
     from llmk.domain.optim import OptimizerKind, OptimizerSpec
+    from services.optimizer.interface import FEEDBACK, JobSpec
 
     return JobSpec(
         model=model,

@@ -29,7 +29,7 @@ def health(
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from llmk.config import Settings
-    from llmk.rpc.security import Tls, open_channel
+    from llmk.platform.security import Tls, open_channel
 
     with open_channel(address, [], Tls.of(Settings())) as channel:  # TLS when LLMK_TLS_* say so
         try:

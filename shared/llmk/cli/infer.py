@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from llmk.cli.context import Json, split_ref, tiers
+from llmk.cli.context import Json, deployment, split_ref
 from llmk.cli.output import emit
-from llmk.config import Settings
 from llmk.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from llmk.app.clients import InferenceClient
+    from services.inference.interface import InferenceClient
 
 Model = Annotated[str, typer.Option("--model", "-m", help="NAME or NAME@REF (version id, tag or branch)")]
 
@@ -36,7 +35,6 @@ def register(app: typer.Typer) -> None:
 
 
 def classify(
-    ctx: typer.Context,
     model: Model,
     texts: Annotated[
         list[str] | None,
@@ -61,7 +59,7 @@ def classify(
     if not 1 <= batch <= 64:
         raise InvalidInput(f"--batch must be between 1 and 64, got {batch}")
     wanted = [part.strip() for part in labels.split(",") if part.strip()]
-    with _inference(ctx, name, ref) as inference:
+    with _inference(name, ref) as inference:
         answers = _classify_all(inference, inputs, wanted, template, batch, quiet=json_)
         if explain:
             _add_explanations(inference, inputs, answers, wanted, template)
@@ -125,7 +123,7 @@ def _add_explanations(
     labels: list[str],
     template: str,
 ) -> None:
-    from llmk.app.explain import explain
+    from services.monitor.usecases.explain import explain
 
     def classify(chunk: Sequence[str]) -> dict[str, Any]:
         return inference.classify(chunk, labels, template).encode()
@@ -136,7 +134,6 @@ def _add_explanations(
 
 
 def generate(
-    ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The prompt")],
     model: Model,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate")] = 64,
@@ -146,12 +143,12 @@ def generate(
     json_: Json = False,
 ) -> None:
     """Generate a completion; text is printed as it is produced (all at once with --json)."""
-    from llmk.app.inference_records import GenerateRequest
+    from services.inference.interface import GenerateRequest
 
     name, ref = split_ref(model)
     request = GenerateRequest(prompt, max_tokens, temperature, seed, chat)
     pieces: list[str] = []
-    with _inference(ctx, name, ref) as inference:
+    with _inference(name, ref) as inference:
         for item in inference.generate(request):
             if isinstance(item, str):
                 pieces.append(item)
@@ -169,10 +166,10 @@ def generate(
 
 
 @contextmanager
-def _inference(ctx: typer.Context, name: str, ref: str | None) -> Iterator[InferenceClient]:
+def _inference(name: str, ref: str | None) -> Iterator[InferenceClient]:
     if not name:
         raise InvalidInput("--model NAME[@REF] is required")
-    inference = tiers(ctx).inference(Settings(), name, ref)
+    inference = deployment().inference(name, ref)
     try:
         yield inference
     finally:

@@ -1,7 +1,7 @@
 """The `llmk` command. Failures print one line and exit non-zero (code per error class).
 
-The console script starts in services/compose.py, which passes the tiers to `run`. Command modules import
-torch, grpc and the tiers inside the commands that use them: `llmk --help` loads none of them.
+Every command reaches the tiers through llmk.bootstrap. Command modules import torch, grpc and the tiers
+inside the commands that use them: `llmk --help` loads none of them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from llmk.cli import demo, feedback, health, infer, monitor, store, task, train
-from llmk.cli.context import Tiers, tiers
+from llmk.cli.context import deployment
 from llmk.config import Settings
 from llmk.errors import LlmkError
 
@@ -39,9 +39,9 @@ TIERS = ("store", "inference", "optimizer")
 @db.command()
 def upgrade() -> None:
     """Apply Alembic migrations to LLMK_DATABASE_URL (SQLite under .llmk/ by default)."""
-    from llmk.adapters.migrate import current
-    from llmk.adapters.migrate import upgrade as run_upgrade
-    from llmk.adapters.schema import make_engine
+    from llmk.platform.database import make_engine
+    from llmk.platform.migrate import current
+    from llmk.platform.migrate import upgrade as run_upgrade
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -52,9 +52,18 @@ def upgrade() -> None:
 
 @app.command()
 def serve(
-    ctx: typer.Context,
     tier: Annotated[str, typer.Argument(help="store, inference or optimizer")],
     listen: Annotated[str, typer.Option(help="host:port (default LLMK_LISTEN)")] = "",
+    worker: Annotated[
+        bool | None,
+        typer.Option(
+            "--worker/--no-worker",
+            help="inference: also consume the Celery inference queue (default LLMK_INFERENCE_WORKER)",
+        ),
+    ] = None,
+    queue_only: Annotated[
+        bool, typer.Option(help="optimizer: run only a job worker on the optimizer queue, no gRPC")
+    ] = False,
 ) -> None:
     """Run one tier as a gRPC service (health and reflection included) until SIGTERM."""
     if tier not in TIERS:
@@ -63,14 +72,19 @@ def serve(
     if listen:
         settings.listen = listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    tiers(ctx).serve(tier, settings)
+    deployment(settings).serve(tier, worker, queue_only)
 
 
-def run(with_tiers: Tiers) -> None:
+def run() -> None:
+    """The `llmk` console script."""
     try:
-        app(obj=with_tiers)
+        app()
     except LlmkError as e:
         print(f"llmk: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -11,22 +11,21 @@ import json
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llmk.cli.context import Json, split_ref, tiers
+from llmk.bootstrap import Deployment, is_queue_url
+from llmk.cli.context import Json, deployment, split_ref
 from llmk.cli.output import emit
-from llmk.config import Settings
 from llmk.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from llmk.adapters.monitor_db import MonitorDb
-    from llmk.app.monitor import MonitorConfig, Summary
-    from llmk.app.stream import Item, Rejected
+    from services.monitor.usecases.items import Item, Rejected
+    from services.monitor.usecases.monitor import MonitorConfig, Summary
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +35,6 @@ def register(app: typer.Typer) -> None:
 
 
 def monitor(
-    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="NAME or NAME@BRANCH to serve and follow")],
     source: Annotated[
         str, typer.Option(help="A CSV or JSON-lines file, '-' for standard input, or amqp://... (a queue)")
@@ -61,8 +59,8 @@ def monitor(
 
     A file or standard input is read to its end, then a summary is printed; a queue runs until stopped.
     """
-    from llmk.app.monitor import MonitorConfig
-    from llmk.domain.alerts import AlertRules
+    from services.monitor.usecases.alerts import AlertRules
+    from services.monitor.usecases.monitor import MonitorConfig
 
     name, ref = split_ref(model)
     try:
@@ -70,24 +68,18 @@ def monitor(
     except ValueError as e:
         raise InvalidInput(str(e)) from None
     config = MonitorConfig(name, rules, _companies(companies))
-    settings = Settings()
+    tiers = deployment()
     run = uuid.uuid4().hex[:12]
     with ExitStack() as stack:
-        items = stack.enter_context(_source(settings, source, format_, queue, run))
-        app = _inference_app(settings)
-        workers = inference_workers(ctx, settings, app, name, ref)
-        summary = run_monitor(settings, config, app, workers, items, run, progress=not json_)
+        items = stack.enter_context(_source(tiers, source, format_, queue, run))
+        app = tiers.inference_queue()
+        workers = tiers.inference_workers(app, name, ref)
+        summary = run_monitor(tiers, config, app, workers, items, run, progress=not json_)
     emit(json_, summary.as_dict())
 
 
-def _inference_app(settings: Settings) -> Any:
-    from llmk.bus.inference_queue import make_app
-
-    return make_app(settings)
-
-
 def run_monitor(
-    settings: Settings,
+    tiers: Deployment,
     config: MonitorConfig,
     app: Any,
     workers: AbstractContextManager[Any],
@@ -96,44 +88,20 @@ def run_monitor(
     progress: bool = True,
 ) -> Summary:
     """Run the monitor over `items`, with `workers` answering on the inference queue of `app`."""
-    from llmk.app.monitor import Monitor
-    from llmk.bus.inference_queue import QueuedClassifier
+    from services.inference.queue.client import QueuedClassifier
+    from services.monitor.usecases.monitor import Monitor
 
-    repo = monitor_repo(settings)
+    repo = tiers.monitor_repo()
     with ExitStack() as stack:
         stack.enter_context(workers)
         shown = stack.enter_context(_Progress(progress))
-        publish = None
-        if settings.broker_url.startswith(("amqp", "pyamqp")):  # alerts also go to the `alerts` queue
-            from llmk.bus.news_queue import AlertPublisher
-
-            publish = AlertPublisher(settings.broker_url)
+        publish = tiers.alert_publisher()  # alerts also go to the broker's `alerts` queue
+        if publish:
             stack.callback(publish.close)
         done = getattr(items, "done", None)  # a queue source acknowledges what is stored
         scoring = QueuedClassifier(app, config.model)
         m = Monitor(repo, scoring, config, run, shown.update, on_alert=publish, on_done=done)
         return m.run(items)
-
-
-def inference_workers(
-    ctx: typer.Context, settings: Settings, app: Any, name: str, ref: str | None
-) -> AbstractContextManager[Any]:
-    """In the embedded mode, a worker on this process's threads; otherwise the deployment's workers."""
-    if settings.broker_url.startswith("memory"):
-        return tiers(ctx).inference_worker(settings, app, name, ref)
-    return nullcontext()
-
-
-def monitor_repo(settings: Settings) -> MonitorDb:
-    from llmk.adapters.migrate import upgrade
-    from llmk.adapters.monitor_db import MonitorDb
-    from llmk.adapters.schema import make_engine
-
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
-    if settings.auto_migrate:
-        upgrade(engine)
-    return MonitorDb(engine)
 
 
 def scores(
@@ -147,7 +115,7 @@ def scores(
 ) -> None:
     """Scored items, oldest first: label, probabilities and the version that scored each."""
     start = _iso(since) if since else None
-    found = monitor_repo(Settings()).scores(model, ticker, start, run)
+    found = deployment().monitor_repo().scores(model, ticker, start, run)
     records = [
         {
             "id": s.item_id,
@@ -173,7 +141,7 @@ def alerts(
     json_: Json = False,
 ) -> None:
     """Alerts, oldest first, each with the items that raised it and the words that drove their labels."""
-    found = monitor_repo(Settings()).alerts(model, run)
+    found = deployment().monitor_repo().alerts(model, run)
     rows = [
         {
             "ticker": a.ticker,
@@ -193,13 +161,13 @@ def alerts(
 
 @contextmanager
 def _source(
-    settings: Settings, source: str, fmt: str, queue: str, run: str
+    tiers: Deployment, source: str, fmt: str, queue: str, run: str
 ) -> Iterator[Iterable[Item | Rejected | None]]:
-    from llmk.app.stream import guess_format, read_items
+    from services.monitor.usecases.items import guess_format, read_items
 
-    limit = settings.monitor_max_item_bytes
-    if source.startswith(("amqp://", "amqps://")):
-        from llmk.bus.news_queue import queue_items
+    limit = tiers.settings.monitor_max_item_bytes
+    if is_queue_url(source):
+        from services.monitor.adapters.news_queue import queue_items
 
         with queue_items(source, queue, run, limit) as items:
             yield items

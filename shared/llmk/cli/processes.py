@@ -41,7 +41,7 @@ class TierProcesses:
         name = name or tier
         environment = {**os.environ, **env, "LLMK_LISTEN": "127.0.0.1:0", "LLMK_METRICS_PORT": "0"}
         # `llmk` itself: the console script's module, run by this interpreter
-        command = [sys.executable, "-m", "services.compose", "serve", tier]
+        command = [sys.executable, "-m", "llmk.cli.main", "serve", tier]
         p = subprocess.Popen(
             command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )

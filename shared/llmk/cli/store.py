@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmk.cli.context import Json, client, history, split_ref
+from llmk.cli.context import Json, deployment, history, split_ref, store_session
 from llmk.cli.output import emit, human_bytes, stage
 from llmk.errors import InvalidInput
 
@@ -32,12 +32,12 @@ def import_(
     json_: Json = False,
 ) -> None:
     """Import a model as version 1 of a new store model (branch main)."""
-    from llmk.adapters.importers import load_source
-    from llmk.app.model_task import TASK_KEY, encode_task, packaged
-    from llmk.app.store import CommitInfo
+    from llmk.domain.task_spec import TASK_KEY, encode_task, packaged
+    from llmk.domain.versions import CommitInfo
+    from services.store.adapters.importers import load_source
 
     metadata: dict[str, object] = {TASK_KEY: encode_task(packaged(task))} if task else {}
-    with client() as c:
+    with store_session() as c:
         if if_missing and any(m.name == model for m in c.store.models()):
             emit(json_, {"model": model, "imported": False})
             return
@@ -72,10 +72,10 @@ def commit(
     json_: Json = False,
 ) -> None:
     """Commit new weights; the store keeps the cheapest exact encoding of what changed."""
-    from llmk.adapters.objects import read_safetensors
-    from llmk.app.store import CommitInfo
+    from llmk.domain.versions import CommitInfo
+    from services.store.adapters.objects import read_safetensors
 
-    with client() as c:
+    with store_session() as c:
         tensors = read_safetensors(from_, c.settings.max_header_bytes)
         with stage(f"comparing {len(tensors)} tensors with {model}@{branch} and committing what changed"):
             v = c.store.commit_full(model, tensors, branch, parent, CommitInfo(message=message))
@@ -101,7 +101,7 @@ def export(
 ) -> None:
     """Write one version (or part of it) as a safetensors file."""
     model, version = split_ref(ref)
-    with client() as c, stage(f"writing {model}@{version or 'main'} to {out}"):
+    with store_session() as c, stage(f"writing {model}@{version or 'main'} to {out}"):
         n = c.store.export(model, version, out, prefix)
     emit(json_, {"model": model, "ref": version or "main", "out": str(out), "tensors": n})
 
@@ -144,7 +144,7 @@ def diff(
     (model, ra), (model_b, rb) = split_ref(a), split_ref(b)
     if model != model_b:
         raise InvalidInput(f"both sides must name the same model ({model} vs {model_b})")
-    with client() as c:
+    with store_session() as c:
         changes = c.store.diff(model, ra or "main", rb or "main")
     emit(json_, changes, title=f"{a} .. {b}")
 
@@ -152,7 +152,7 @@ def diff(
 @app.command()
 def stats(model: Annotated[str, typer.Argument(help="Model name")], json_: Json = False) -> None:
     """Bytes stored per version and in total, next to what full copies would cost."""
-    with client() as c:
+    with store_session() as c:
         rows = c.store.stats(model)
     stored, full = sum(r.stored_bytes for r in rows), sum(r.full_bytes for r in rows)
     data = {
@@ -185,7 +185,7 @@ def freeze(
     json_: Json = False,
 ) -> None:
     """Make parameters read-only: later commits and rollbacks changing them are rejected whole."""
-    with client() as c:
+    with store_session() as c:
         m = c.store.freeze(model, patterns)
     emit(json_, {"model": model, "frozen": m.frozen})
 
@@ -213,7 +213,7 @@ def rollback(
     json_: Json = False,
 ) -> None:
     """Point a branch at an earlier version's values as a new history entry; nothing is deleted."""
-    with client() as c:
+    with store_session() as c:
         v = c.store.rollback(model, to, branch, force_frozen=force_frozen)
     emit(json_, {"model": model, "branch": branch, "version": v.id, "restores": v.basis})
 
@@ -222,7 +222,7 @@ def rollback(
 def squash(ref: Annotated[str, typer.Argument(help="NAME@REF")], json_: Json = False) -> None:
     """Write a new base version holding every tensor in full, bit-identical to REF."""
     model, version = split_ref(ref)
-    with client() as c:
+    with store_session() as c:
         v = c.store.squash(model, version)
     emit(json_, {"model": model, "version": v.id, "squashed": v.parent, "tensors": len(v.entries)})
 
@@ -267,11 +267,9 @@ def models(json_: Json = False) -> None:
 @app.command()
 def scrub(json_: Json = False) -> None:
     """Re-hash every object file under LLMK_OBJECT_DIR; quarantine damaged ones and exit 7 if any."""
-    from llmk.config import Settings
     from llmk.errors import Corrupt
-    from llmk.wiring import open_store
 
-    damaged = open_store(Settings()).scrub()
+    damaged = deployment().local_store().scrub()
     emit(json_, {"damaged": damaged, "count": len(damaged)})
     if damaged:
         shown = ", ".join(d[:12] for d in damaged)
@@ -284,6 +282,6 @@ def gc(
     json_: Json = False,
 ) -> None:
     """Remove object files no version references (after the grace period)."""
-    with client() as c:
+    with store_session() as c:
         removed = c.store.gc(dry_run)
     emit(json_, {"removed": removed, "count": len(removed), "dry_run": dry_run})

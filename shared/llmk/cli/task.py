@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmk.cli.context import Json, client, split_ref
+from llmk.cli.context import Json, split_ref, store_session
 from llmk.cli.output import emit
 
 app = typer.Typer(
@@ -22,10 +22,10 @@ def show(
     json_: Json = False,
 ) -> None:
     """Print the task in force at a version (the one set by it or its nearest ancestor)."""
-    from llmk.app.model_task import encode_task, require_task
+    from llmk.domain.task_spec import encode_task, require_task
 
     name, ref = split_ref(model)
-    with client() as c:
+    with store_session() as c:
         task = require_task(c.store, name, ref)
     fields = {"model": name, **encode_task(task)}
     emit(json_, fields, [{"field": k, "value": repr(v) if k == "template" else v} for k, v in fields.items()])
@@ -42,12 +42,11 @@ def set_(
     json_: Json = False,
 ) -> None:
     """Commit a version that sets the task (no tensor changes); workers following the branch serve it."""
-    from llmk.app.job_records import TaskSpec
-    from llmk.app.model_task import encode_task, set_task, task_of
-    from llmk.app.model_task import packaged as packaged_task
+    from llmk.domain.task_spec import TaskSpec, encode_task, set_task, task_of
+    from llmk.domain.task_spec import packaged as packaged_task
     from llmk.errors import InvalidInput
 
-    with client() as c:
+    with store_session() as c:
         base = packaged_task(packaged) if packaged else task_of(c.store, model, branch)
         chosen = tuple(x.strip() for x in labels.split(",") if x.strip())
         if base is None and not (chosen and template):

@@ -17,18 +17,17 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from llmk.cli.context import Json, tiers
+from llmk.cli.context import Json, deployment
 from llmk.cli.output import console, emit
 from llmk.config import Settings
 from llmk.errors import InvalidInput, LlmkError, NotFound, Unavailable
 
 if TYPE_CHECKING:  # torch comes with these: imported by the commands, not by `llmk --help`
-    from llmk.app.clients import JobsClient
-    from llmk.app.job_records import Example, Job, TaskSpec
+    from llmk.domain.task_spec import TaskSpec
+    from services.optimizer.interface import Example, Job, JobsClient
 
 
 def train(
-    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Stored model to fine-tune")],
     data: Annotated[Path, typer.Option(help="CSV: text,label (classification) or prompt,completion")],
     task: Annotated[
@@ -58,9 +57,9 @@ def train(
     json_: Json = False,
 ) -> None:
     """Fine-tune from labelled examples; prints each committed version with its held-out metric."""
-    from llmk.app.examples import encode
-    from llmk.app.job_records import COMPLETED, JobSpec
     from llmk.domain.optim import OptimizerKind, OptimizerSpec
+    from services.optimizer.interface import COMPLETED, JobSpec
+    from services.optimizer.usecases.examples import encode
 
     if task == "model":
         spec_task = _stored_task(model, branch) if not labels else _task("sentiment", labels)
@@ -85,7 +84,7 @@ def train(
         author="llmk train",
     )
     settings = Settings()
-    with tiers(ctx).jobs(settings) as jobs:
+    with deployment(settings).jobs() as jobs:
         job = jobs.create_job(spec, held_out)
         key = hashlib.sha256(job.id.encode() + encode(training)).hexdigest()
         jobs.submit_feedback(job.id, training, key)
@@ -96,14 +95,13 @@ def train(
 
 
 def jobs(
-    ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="A job id; omit to list jobs")] = None,
     model: Annotated[str | None, typer.Option(help="Only jobs of this model")] = None,
     cancel: Annotated[bool, typer.Option(help="Cancel the job after its current step")] = False,
     json_: Json = False,
 ) -> None:
     """List optimizer jobs, or show one with the versions it committed."""
-    with tiers(ctx).jobs(Settings(), worker=False) as client:
+    with deployment(Settings()).jobs(worker=False) as client:
         if job_id is None:
             listed = client.list_jobs(model)
             emit(json_, listed, [_summary(j) for j in listed], title="optimizer jobs")
@@ -114,16 +112,15 @@ def jobs(
 
 def _stored_task(model: str, branch: str) -> TaskSpec:
     """The model's own task, so training learns exactly what is served; sentiment if it has none."""
-    from llmk.app.job_records import TASKS
-    from llmk.app.model_task import task_of
-    from llmk.cli.context import client
+    from llmk.cli.context import store_session
+    from llmk.domain.task_spec import TASKS, task_of
 
-    with client() as c:
+    with store_session() as c:
         return task_of(c.store, model, branch) or TASKS["sentiment"]
 
 
 def _task(name: str, labels: list[str] | None) -> TaskSpec:
-    from llmk.app.job_records import CLASSIFICATION, TASKS, TaskSpec
+    from llmk.domain.task_spec import CLASSIFICATION, TASKS, TaskSpec
 
     chosen = tuple(x.strip() for label in labels or () for x in label.split(",") if x.strip())
     if name == "completion":
@@ -139,7 +136,8 @@ def _task(name: str, labels: list[str] | None) -> TaskSpec:
 
 def read_examples(path: Path, task: TaskSpec) -> list[Example]:
     """Rows of a CSV file as examples; a numeric label picks that position of the task's label set."""
-    from llmk.app.job_records import CLASSIFICATION, Example
+    from llmk.domain.task_spec import CLASSIFICATION
+    from services.optimizer.interface import Example
 
     if not path.is_file():
         raise NotFound(f"no such file: {path}")

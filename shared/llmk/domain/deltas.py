@@ -169,7 +169,7 @@ def _stored_ids(ids: Tensor, bound: int, what: str) -> Tensor:
 REPLACING = frozenset({Kind.FULL, Kind.SPARSE_SET, Kind.ROWS_SET})
 
 
-def reach(delta: Delta) -> float:
+def max_magnitude(delta: Delta) -> float:
     """An upper bound on the magnitude the entry writes (replacing kinds) or adds (the others) at any one
     position; it only has to be cheap and sound, since a bound near overflow falls back to an exact check.
 
@@ -199,13 +199,13 @@ def ascending(ids: Tensor) -> bool:
     return ids.numel() < 2 or bool((ids[1:] > ids[:-1]).all())
 
 
-def bound_after(before: float, kind: Kind, entry_reach: float) -> float:
-    """An upper bound on |value| anywhere after an entry of `kind` and `entry_reach` is applied."""
+def bound_after(before: float, kind: Kind, entry_magnitude: float) -> float:
+    """An upper bound on |value| anywhere after an entry of `kind` and `entry_magnitude` is applied."""
     if kind is Kind.FULL:
-        return entry_reach
+        return entry_magnitude
     if kind in REPLACING:
-        return max(before, entry_reach)
-    return before + entry_reach
+        return max(before, entry_magnitude)
+    return before + entry_magnitude
 
 
 def changed_mask(old: Tensor, new: Tensor) -> Tensor:

@@ -11,7 +11,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from llmk.domain.names import AUTHOR_MAX, IDEMPOTENCY_KEY_MAX, MESSAGE_MAX, check_text
 from llmk.errors import InvalidInput
+
+MAIN = "main"  # the branch a model is created on
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    author: str = "llmk"
+    message: str = ""
+    metadata: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+
+    def check(self) -> None:
+        """Refuse text no backend can store as given, before anything is written."""
+        check_text(self.author, "author", AUTHOR_MAX)
+        check_text(self.message, "commit message", MESSAGE_MAX)
+        check_text(self.idempotency_key or "", "idempotency key", IDEMPOTENCY_KEY_MAX)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""An inference worker in a process of its own (`python -m services.inference.main`), over a store that
+"""An inference worker in a process of its own (`llmk serve inference`), over a store that
 the test process shares with it (the same SQLite home), serving the tiny model."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def start_service(home: Path, model: str, *args: str, **settings: Any) -> Servic
     env.update({f"LLMK_{k.upper()}": str(v) for k, v in values.items()})
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=f"{ROOT / 'shared'}{os.pathsep}{ROOT}")
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.inference.main", *args],
+        [sys.executable, "-m", "llmk.cli.main", "serve", "inference", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -15,10 +15,10 @@ from celery.contrib.testing.worker import start_worker
 from inference_processes import ServiceProcess, free_port
 from kombu import Connection
 
+from llmk.bootstrap import Deployment
 from llmk.v1 import inference_pb2, inference_pb2_grpc
-from llmk.wiring import open_store
-from services.inference import tasks
-from services.inference.host import Host
+from services.inference.queue import tasks
+from services.inference.usecases.host import Host
 from tests.unit.inference.hosting import LABELS, TEXTS, perturbed, settings_for
 
 pytestmark = pytest.mark.rabbitmq
@@ -42,9 +42,9 @@ def test_tasks_are_shared_by_every_worker_process_and_answered_over_rpc(
         home, name, "--worker", broker_url=rabbitmq_url, inference_queue=queue, metrics_port=free_port()
     )
     other.wait_for(r"\S+@\S+ ready")  # consuming: tasks sent now reach both workers
-    host = Host(settings, open_store(settings))
+    host = Host(settings, Deployment(settings).local_store())
     host.load(name)
-    app = tasks.make_app(settings)
+    app = Deployment(settings).inference_queue()
     tasks.register(app, host)
     try:
         with start_worker(
@@ -76,7 +76,7 @@ def test_a_commit_reaches_a_worker_process_through_the_fanout(
     home, name = tiny_home
     worker = service(home, name, broker_url=rabbitmq_url, version_poll_seconds=0)  # events only, no polling
     publishing = settings_for(home, broker_url=rabbitmq_url)  # the store announces commits on the fanout
-    store = open_store(publishing)
+    store = Deployment(publishing).local_store()
     with grpc.insecure_channel(worker.address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         assert stub.Info(inference_pb2.InfoRequest()).version == 1

@@ -18,7 +18,7 @@ from inference_processes import ROOT, ServiceProcess, free_port
 from llmk.v1 import inference_pb2, inference_pb2_grpc
 from tests.unit.inference.hosting import LABELS, perturbed, settings_for
 
-LLMK = [sys.executable, "-m", "services.compose"]
+LLMK = [sys.executable, "-m", "llmk.cli.main"]
 
 
 def llmk(address: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -70,9 +70,9 @@ def test_cli_metrics_and_head_polling_against_a_worker_process(
     assert "llmk_inference_latency_seconds_bucket" in metrics
 
     # a commit from this process: no in-process event reaches the worker, its head check does
-    from llmk.wiring import open_store
+    from llmk.bootstrap import Deployment
 
-    store = open_store(settings_for(home))
+    store = Deployment(settings_for(home)).local_store()
     v = store.commit_full(name, perturbed(store, name, ["model.norm.weight"], 1))
     with grpc.insecure_channel(worker.address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)

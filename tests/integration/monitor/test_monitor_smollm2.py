@@ -14,19 +14,18 @@ from typing import Any
 
 import pytest
 
-from llmk.adapters.importers import load_source
-from llmk.adapters.monitor_db import MonitorDb
-from llmk.adapters.schema import make_engine
-from llmk.app.explain import explain, without
-from llmk.app.job_records import TaskSpec
-from llmk.app.model_task import set_task
-from llmk.app.monitor import Monitor, MonitorConfig
-from llmk.app.store import CommitInfo
-from llmk.app.stream import Item
+from llmk.bootstrap import Deployment
 from llmk.data import FINANCE_NEWS
-from llmk.domain.alerts import AlertRules
-from llmk.wiring import open_store
-from services.inference.host import Host
+from llmk.domain.task_spec import TaskSpec, set_task
+from llmk.domain.versions import CommitInfo
+from llmk.platform.database import make_engine
+from services.inference.usecases.host import Host
+from services.monitor.adapters.tables import MonitorDb
+from services.monitor.usecases.alerts import AlertRules
+from services.monitor.usecases.explain import explain, without
+from services.monitor.usecases.items import Item
+from services.monitor.usecases.monitor import Monitor, MonitorConfig
+from services.store.adapters.importers import load_source
 from tests.unit.monitor.answers import Answered
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -64,7 +63,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Pat
 
     home = tmp_path_factory.mktemp("smol") / "home"
     settings = settings_for(home, max_context_tokens=256, max_wait_ms=20.0)
-    client = open_store(settings)
+    client = Deployment(settings).local_store()
     imported = load_source("smollm2")
     client.create_model("smol", imported.tensors, imported.config, imported.files, CommitInfo())
     set_task(client, "smol", TASK)

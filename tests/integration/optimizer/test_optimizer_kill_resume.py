@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from llmk.adapters.importers import load_source
-from llmk.app.job_records import COMPLETED, Example, Job, JobSpec, TaskSpec
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain.optim import OptimizerSpec
+from llmk.domain.task_spec import TaskSpec
+from services.optimizer.interface import COMPLETED, Example, Job, JobSpec
 from services.optimizer.main import Runtime, wire
+from services.store.adapters.importers import load_source
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,7 +37,7 @@ def runtime(tmp_path: Path, postgres_url: str, amqp_url: str) -> Iterator[Runtim
         optimizer_queue=f"optimizer-it-{uuid.uuid4().hex[:8]}",  # a queue no other test run consumes
         optimizer_lease_seconds=3,
     )
-    rt = wire(settings)
+    rt = wire(Deployment(settings))
     imported = load_source("synthetic:llama-tiny")
     rt.store.create_model("tiny", imported.tensors, imported.config, imported.files)
     yield rt
@@ -45,7 +47,7 @@ def runtime(tmp_path: Path, postgres_url: str, amqp_url: str) -> Iterator[Runtim
 
 
 def start_worker(rt: Runtime, log: Path) -> subprocess.Popen[bytes]:
-    s = rt.settings
+    s = rt.deployment.settings
     env = os.environ | {
         "LLMK_HOME": str(s.home),
         "LLMK_DATABASE_URL": s.database_url,
@@ -56,7 +58,7 @@ def start_worker(rt: Runtime, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.optimizer.main", "worker"],
+            [sys.executable, "-m", "llmk.cli.main", "serve", "optimizer", "--queue-only"],
             cwd=ROOT,
             env=env,
             stdout=out,

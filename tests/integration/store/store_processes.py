@@ -12,13 +12,21 @@ from typing import Any
 
 import torch
 
-from llmk.app.store import CommitInfo
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
+from llmk.domain.versions import CommitInfo
 from llmk.errors import Conflict
-from llmk.wiring import open_store
 
-PRELOAD = ["torch", "safetensors.torch", "sqlalchemy", "psycopg", "llmk.app.store", "llmk.wiring", __name__]
+PRELOAD = [
+    "torch",
+    "safetensors.torch",
+    "sqlalchemy",
+    "psycopg",
+    "services.store.usecases.store",
+    "llmk.bootstrap",
+    __name__,
+]
 TARGET = "w"  # the one tensor of the race model: [ROWS, COLS]
 ROWS, COLS = 50, 8
 
@@ -32,7 +40,7 @@ def context() -> ForkServerContext:
 def commit_forever(settings: Settings, model: str, names: list[str], seed: int, ready: Any) -> None:
     """Every kind of write the store makes, in a loop, until killed."""
     gc.freeze()  # the first collection would otherwise walk (and copy) every preloaded object: 0.2 s
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     rng = random.Random(seed)
     ready.set()
     while True:
@@ -53,7 +61,7 @@ def commit_forever(settings: Settings, model: str, names: list[str], seed: int, 
 
 def race(settings: Settings, model: str, racer: int, commits: int, start: Any) -> None:
     """Add 1 to this racer's own values, one commit each, retrying on Conflict (compare-and-swap)."""
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     start.wait()
     for k in range(commits):
         index = racer * commits + k
@@ -70,7 +78,7 @@ def race(settings: Settings, model: str, racer: int, commits: int, start: Any) -
 
 def redeliver(settings: Settings, model: str, parent: int, start: Any, results: Any) -> None:
     """The same commit, same idempotency key, sent by several processes at once."""
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     start.wait()
     info = CommitInfo(idempotency_key="job-1/step-1")
     results.put(store.commit(model, {TARGET: _sparse([0], 1.0)}, "main", parent, info).id)
@@ -78,7 +86,7 @@ def redeliver(settings: Settings, model: str, parent: int, start: Any, results: 
 
 def read_and_collect_forever(settings: Settings, model: str, stop: Any) -> None:
     """What runs beside writers: a reader of the head (which caches long chains) and GC."""
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     while not stop.is_set():
         store.fetch(model)
         store.gc()

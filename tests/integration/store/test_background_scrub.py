@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmk.app.store import CommitInfo
-from llmk.client import connect
+from llmk.bootstrap import Deployment
+from llmk.domain.versions import CommitInfo
 from llmk.errors import Corrupt
-from llmk.wiring import open_store
 from services.store.metrics import Metrics
 from services.store.scrubber import Scrubber
 from tests.conftest import make_settings
-from tests.contract.contract_support import flip_in_place
+from tests.contract.store.contract_support import flip_in_place
 
 LLMK = str(Path(sys.executable).with_name("llmk"))
 DAMAGED = "llmk_store_scrub_damaged_objects_total"
@@ -50,7 +49,7 @@ def metric(port: int, name: str) -> float:
 
 def test_serve_store_scrubs_in_the_background_and_stops_cleanly(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    store = open_store(make_settings(home))
+    store = Deployment(make_settings(home)).local_store()
     v = store.create_model("m", {"w": torch.arange(64.0).view(8, 8)}, {}, {}, CommitInfo())
     [sha] = {e.object for e in v.entries}
     store.catalog.engine.dispose()
@@ -75,7 +74,7 @@ def test_serve_store_scrubs_in_the_background_and_stops_cleanly(tmp_path: Path) 
         flip_in_place(home / "objects" / sha[:2] / sha[2:])
         wait_for(lambda: metric(metrics_port, DAMAGED) == 1)
         assert (home / "objects" / "quarantine" / sha).exists()
-        client = connect(make_settings(home, store_address=address))
+        client = Deployment(make_settings(home, store_address=address)).store()
         with pytest.raises(Corrupt):
             client.fetch("m", str(v.id))
         client.close()
@@ -89,7 +88,7 @@ def test_serve_store_scrubs_in_the_background_and_stops_cleanly(tmp_path: Path) 
 
 
 def test_the_scrubber_is_off_at_zero_and_stops_between_passes(tmp_path: Path) -> None:
-    store = open_store(make_settings(tmp_path / "home"))
+    store = Deployment(make_settings(tmp_path / "home")).local_store()
     off = Scrubber(store, 0).start()
     assert not off._thread.is_alive()
     metrics = Metrics()

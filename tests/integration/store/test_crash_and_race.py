@@ -26,8 +26,9 @@ from store_processes import (
     redeliver,
 )
 
-from llmk.app.store import CommitInfo, Store
-from llmk.wiring import open_store
+from llmk.bootstrap import Deployment
+from llmk.domain.versions import CommitInfo
+from services.store.usecases.store import Store
 
 pytestmark = pytest.mark.timeout(300)
 KILLS = 50
@@ -63,7 +64,7 @@ def test_a_killed_committer_never_leaves_a_version_without_its_file(tiny) -> Non
         child.join(30)
         assert child.exitcode == -signal.SIGKILL, f"the committer stopped by itself ({child.exitcode})"
 
-    store = open_store(settings)  # a fresh process view: nothing verified from memory
+    store = Deployment(settings).local_store()  # a fresh process view: nothing verified from memory
     try:
         versions = store.catalog.versions(tiny.model)
         assert len(versions) > 10, "the committer hardly ever got a commit through"
@@ -72,12 +73,12 @@ def test_a_killed_committer_never_leaves_a_version_without_its_file(tiny) -> Non
         after = store.commit_full(tiny.model, {"model.norm.weight": torch.zeros(64)})
         assert store.version(tiny.model).id == after.id, "a killed writer left the branch locked"
 
-        collector = open_store(settings.model_copy(update={"gc_grace_seconds": 0}))
+        collector = Deployment(settings.model_copy(update={"gc_grace_seconds": 0})).local_store()
         collector.gc()  # the unreferenced files and temp files the kills left behind
         on_disk = {sha for sha, _ in collector.objects.list()}
         assert on_disk == store.catalog.referenced_objects()
         assert list(collector.objects.temp_files()) == []
-        assert_every_reference_verifies(open_store(settings))
+        assert_every_reference_verifies(Deployment(settings).local_store())
         assert_heads_materialize(store, tiny.model, tiny.tensors)
         collector.catalog.engine.dispose()
     finally:
@@ -121,7 +122,7 @@ def test_racing_committers_each_get_their_own_parent(store, settings) -> None:
     values = store.fetch("race")[TARGET].view(-1)
     assert torch.equal(values[: RACERS * COMMITS], torch.ones(RACERS * COMMITS)), "an update was lost"
     assert not values[RACERS * COMMITS :].any()
-    assert_every_reference_verifies(open_store(settings))
+    assert_every_reference_verifies(Deployment(settings).local_store())
 
 
 def test_a_commit_redelivered_concurrently_is_stored_once(store, settings) -> None:

@@ -10,17 +10,16 @@ import pytest
 import torch
 from kombu import Connection
 
-from llmk.app.store import CommitInfo
-from llmk.bus.events import EXCHANGE, AmqpEvents
+from llmk.bootstrap import Deployment
 from llmk.domain.deltas import Delta, Kind
-from llmk.domain.versions import VersionEvent
-from llmk.wiring import open_store
+from llmk.domain.versions import CommitInfo, VersionEvent
+from llmk.platform.version_events import EXCHANGE, AmqpEvents
 
 pytestmark = pytest.mark.rabbitmq
 
 
 def test_commits_rollbacks_and_squashes_are_announced(settings, rabbitmq_url) -> None:
-    store = open_store(settings.model_copy(update={"broker_url": rabbitmq_url}))
+    store = Deployment(settings.model_copy(update={"broker_url": rabbitmq_url})).local_store()
     model = f"events-{uuid.uuid4().hex[:8]}"  # the exchange is shared: listen for this model only
     heard: queue.Queue = queue.Queue()
     close = AmqpEvents(rabbitmq_url).subscribe(lambda e: heard.put(e) if e.model == model else None)

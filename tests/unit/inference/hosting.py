@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from llmk.app.store import CommitInfo
 from llmk.config import Settings
 from llmk.domain import synthetic
+from llmk.domain.versions import CommitInfo
 
 from .conftest import CHAT_TEMPLATE, EOS, VOCAB, _byte_symbols
 

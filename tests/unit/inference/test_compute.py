@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch import nn
 
+from llmk.bootstrap import Deployment
 from llmk.domain.deltas import Delta, Kind
-from llmk.wiring import open_events, open_store
-from services.inference import loading, updates
 from services.inference.engine import compute
 from services.inference.engine.generator import Request
-from services.inference.host import Host
+from services.inference.usecases import follower as updates
+from services.inference.usecases import loading
+from services.inference.usecases.host import Host
 
 from .hosting import LABELS, TEXTS, create_tiny, settings_for
 from .test_host_updates import wait_until
@@ -99,9 +100,9 @@ def test_a_host_loads_answers_and_applies_updates_on_the_compute_thread(
     tmp_path: Path, seen: dict[str, set[str]]
 ) -> None:
     settings = settings_for(tmp_path / "home")
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     create_tiny(store)
-    host = Host(settings, store, open_events(settings))
+    host = Host(settings, store, Deployment(settings).events())
     try:
         host.load("tiny")
         host.classify(TEXTS[:2], LABELS)

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from llmk.app.store import Store
+from llmk.bootstrap import Deployment
 from llmk.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted
-from llmk.wiring import open_events, open_store
 from services.inference.engine.classifier import classify
 from services.inference.engine.generator import Generator, Request
 from services.inference.engine.model import build_model
-from services.inference.host import Host
-from services.inference.loading import load_tokenizer
+from services.inference.usecases.host import Host
+from services.inference.usecases.loading import load_tokenizer
+from services.store.usecases.store import Store
 
 from .hosting import LABELS, TEMPLATE, TEXTS, create_tiny, perturbed, settings_for
 
@@ -31,10 +31,10 @@ class Served:
 
 def start(home: Path, **overrides: Any) -> Served:
     settings = settings_for(home, **overrides)
-    client = open_store(settings)
+    client = Deployment(settings).local_store()
     if not client.models():
         create_tiny(client)
-    return Served(Host(settings, client, open_events(settings)), client)
+    return Served(Host(settings, client, Deployment(settings).events()), client)
 
 
 @pytest.fixture

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import torch
 
-from llmk.app.reading import Step
-from llmk.app.store import Store
+from llmk.bootstrap import Deployment
 from llmk.domain.deltas import Delta, Kind
-from llmk.wiring import open_events, open_store
 from services.inference.engine.compress import apply_options
 from services.inference.engine.model import build_model
-from services.inference.host import Host
-from services.inference.patching import plan
+from services.inference.usecases.host import Host
+from services.inference.usecases.patching import plan
+from services.store.interface import Step
+from services.store.usecases.store import Store
 
 from .hosting import create_tiny, settings_for
 from .test_host_updates import wait_until
@@ -52,7 +52,7 @@ class CountingStore:
 
 @pytest.fixture
 def client(tmp_path: Path) -> CountingStore:
-    c = CountingStore(open_store(settings_for(tmp_path / "home")))
+    c = CountingStore(Deployment(settings_for(tmp_path / "home")).local_store())
     create_tiny(c)
     return c
 
@@ -60,7 +60,7 @@ def client(tmp_path: Path) -> CountingStore:
 @pytest.fixture
 def host(tmp_path: Path, client: CountingStore) -> Iterator[Host]:
     settings = settings_for(tmp_path / "home")
-    h = Host(settings, client, open_events(settings))
+    h = Host(settings, client, Deployment(settings).events())
     h.load("tiny")
     yield h
     h.close()

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmk.app.feedback import load_trainer
-from llmk.app.job_records import Example, TaskSpec
-from llmk.app.model_task import require_task, set_task, task_of
-from llmk.app.store import CommitInfo, Store
+from llmk.bootstrap import Deployment
+from llmk.domain.task_spec import TaskSpec, require_task, set_task, task_of
+from llmk.domain.versions import CommitInfo
 from llmk.errors import InvalidInput, NotFound
-from llmk.wiring import open_events, open_store
-from services.inference.host import Host
+from services.inference.usecases.host import Host
+from services.optimizer.interface import Example
+from services.optimizer.usecases.feedback import load_trainer
+from services.store.usecases.store import Store
 
 from .hosting import create_tiny, settings_for
 
@@ -27,10 +28,10 @@ TEXTS = ["Shares jump after record quarter and a raised outlook", "Profit warnin
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Host, Store]]:
     settings = settings_for(tmp_path / "home")
-    client = open_store(settings)
+    client = Deployment(settings).local_store()
     create_tiny(client)
     set_task(client, "tiny", TASK)
-    host = Host(settings, client, open_events(settings))
+    host = Host(settings, client, Deployment(settings).events())
     host.load("tiny")
     yield host, client
     host.close()
@@ -63,7 +64,7 @@ def test_a_new_task_version_is_served_without_a_restart(served: tuple[Host, Stor
 
 
 def test_bad_tasks_are_refused_and_a_model_without_one_says_how_to_set_it(tmp_path: Path) -> None:
-    client = open_store(settings_for(tmp_path / "home"))
+    client = Deployment(settings_for(tmp_path / "home")).local_store()
     create_tiny(client)
     with pytest.raises(NotFound, match="llmk task set"):
         require_task(client, "tiny")

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from llmk.app.store import Store
+from llmk.bootstrap import Deployment
 from llmk.errors import FailedPrecondition
-from llmk.wiring import open_events, open_store
 from services.inference.engine.classifier import classify
 from services.inference.engine.generator import Request
 from services.inference.engine.model import build_model
-from services.inference.host import Host
-from services.inference.loading import load_tokenizer
+from services.inference.usecases.host import Host
+from services.inference.usecases.loading import load_tokenizer
+from services.store.usecases.store import Store
 
 from .hosting import LABELS, TEMPLATE, TEXTS, create_tiny, perturbed, settings_for
 from .test_generator import greedy_reference
@@ -69,7 +69,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 @pytest.fixture
 def client(tmp_path: Path) -> RecordingStore:
     settings = settings_for(tmp_path / "home")
-    c = RecordingStore(open_store(settings))
+    c = RecordingStore(Deployment(settings).local_store())
     create_tiny(c)
     return c
 
@@ -77,7 +77,7 @@ def client(tmp_path: Path) -> RecordingStore:
 @pytest.fixture
 def host(tmp_path: Path, client: RecordingStore) -> Iterator[Host]:
     settings = settings_for(tmp_path / "home")
-    h = Host(settings, client, open_events(settings))
+    h = Host(settings, client, Deployment(settings).events())
     h.load("tiny")
     yield h
     h.close()

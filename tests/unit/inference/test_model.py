@@ -9,7 +9,7 @@ from llmk.domain.deltas import Delta, Kind
 from llmk.errors import InvalidInput
 from services.inference.engine.model import ModelConfig, build_model
 from services.inference.engine.weights import set_weight
-from services.inference.patching import apply_in_place
+from services.inference.usecases.patching import apply_in_place
 
 from .conftest import VOCAB, Pair
 

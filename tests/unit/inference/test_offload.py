@@ -24,8 +24,9 @@ from services.inference.engine.offload import (
     total_bytes,
 )
 from services.inference.engine.weights import set_weight, verify_weight
+from tests.conftest import SmolLM2
 
-from .conftest import EOS, VOCAB, SmolLM2
+from .conftest import EOS, VOCAB
 
 Checkpoint = tuple[dict[str, Any], dict[str, Tensor]]
 

@@ -12,11 +12,11 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
+from llmk.bootstrap import Deployment
 from llmk.errors import FailedPrecondition, InvalidInput, NotFound
-from llmk.wiring import open_store
-from services.inference import tasks
 from services.inference.engine.generator import Request
-from services.inference.host import Host
+from services.inference.queue import tasks
+from services.inference.usecases.host import Host
 
 from .hosting import LABELS, TEXTS, create_tiny, settings_for
 
@@ -32,11 +32,11 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
     """One worker for the module: starting and stopping a Celery worker takes seconds."""
     home = tmp_path_factory.mktemp("tasks") / "home"
     settings = settings_for(home, inference_queue=f"inference-{uuid.uuid4().hex[:8]}", max_wait_ms=30.0)
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     create_tiny(store)
     host = Host(settings, store)
     host.load("tiny")
-    app = tasks.make_app(settings)
+    app = Deployment(settings).inference_queue()
     app.conf.broker_transport_options = {"polling_interval": 0.01}  # the in-memory broker is polled
     tasks.register(app, host)
     with start_worker(
@@ -52,7 +52,8 @@ def test_the_app_is_configured_for_fair_redelivery(queue: Queue) -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_reject_on_worker_lost
     assert conf.task_routes == {"llmk.inference.*": {"queue": conf.task_default_queue}}
-    assert tasks.result_backend(settings_for(Path("."), broker_url="amqp://x")) == "rpc://"
+    answers_over_amqp = Deployment(settings_for(Path("."), broker_url="amqp://x")).inference_queue()
+    assert answers_over_amqp.conf.result_backend == "rpc://"
 
 
 def test_classify_task_answers_like_the_host(queue: Queue) -> None:

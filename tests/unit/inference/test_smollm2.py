@@ -7,8 +7,7 @@ import torch
 
 from services.inference.engine.classifier import classify, template_prefix
 from services.inference.engine.generator import Generator, Request
-
-from .conftest import SmolLM2
+from tests.conftest import SmolLM2
 
 pytestmark = pytest.mark.smollm2
 

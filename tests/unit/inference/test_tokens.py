@@ -18,16 +18,21 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from llmk.app.causal_lm import ByteTokenizer
-from llmk.app.causal_lm import load_tokenizer as optimizer_tokenizer
-from llmk.app.job_records import TASKS
-from llmk.app.store import CommitInfo
+from llmk.bootstrap import Deployment
+from llmk.domain.task_spec import TASKS
+from llmk.domain.versions import CommitInfo
 from llmk.errors import FailedPrecondition, InvalidInput
-from llmk.wiring import open_store
 from services.inference.engine import tokens
-from services.inference.loading import BYTE_CHAT_TEMPLATE, NoInitOnMeta, byte_tokenizer, load_tokenizer
+from services.inference.usecases.loading import (
+    BYTE_CHAT_TEMPLATE,
+    NoInitOnMeta,
+    byte_tokenizer,
+    load_tokenizer,
+)
+from services.optimizer.usecases.causal_lm import ByteTokenizer
+from services.optimizer.usecases.causal_lm import load_tokenizer as optimizer_tokenizer
+from tests.conftest import SmolLM2
 
-from .conftest import SmolLM2
 from .hosting import create_tiny, settings_for, tiny_model, tokenizer_files
 from .test_smollm2 import CHATS
 
@@ -102,7 +107,7 @@ def test_smollm2_served_tokens_equal_the_optimizers(smollm2: SmolLM2) -> None:
 
 
 def test_a_byte_level_model_with_tokenizer_files_is_served_like_autotokenizer(tmp_path: Path) -> None:
-    client = open_store(settings_for(tmp_path / "home"))
+    client = Deployment(settings_for(tmp_path / "home")).local_store()
     create_tiny(client)
     files = client.model("tiny").files
     ours = load_tokenizer(client, "tiny", list(files), 258)
@@ -149,7 +154,7 @@ def test_tokenizers_transformers_would_change_are_left_to_it(tmp_path: Path, cha
     config = {**json.loads(files["tokenizer_config.json"]), "bos_token": "<pad>", **change}
     files["tokenizer_config.json"] = json.dumps(config).encode()
     assert tokens.from_files(files) is None
-    client = open_store(settings_for(tmp_path / "home"))
+    client = Deployment(settings_for(tmp_path / "home")).local_store()
     config, tensors = tiny_model()
     client.create_model("changed", tensors, config, files, CommitInfo())
     served = load_tokenizer(client, "changed", list(client.model("changed").files), 258)
@@ -185,15 +190,15 @@ def test_init_is_skipped_only_on_the_meta_device() -> None:
 
 def test_a_worker_is_built_without_importing_transformers_or_dynamo(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "home")
-    create_tiny(open_store(settings))
+    create_tiny(Deployment(settings).local_store())
     script = f"""
 import sys
 from llmk.config import Settings
-from llmk.wiring import open_store
-from services.inference.loading import build_served
+from llmk.bootstrap import Deployment
+from services.inference.usecases.loading import build_served
 settings = Settings(_env_file=None, home={str(tmp_path / "home")!r}, database_url="", object_dir=None,
                     device="cpu", version_poll_seconds=0)
-served = build_served(open_store(settings), settings, "tiny", None, ())
+served = build_served(Deployment(settings).local_store(), settings, "tiny", None, ())
 assert served.tokenizer.encode("hi") == [104, 105]
 served.close()
 print(sorted(m for m in ("transformers", "torch._dynamo") if m in sys.modules))

@@ -1,4 +1,4 @@
-"""An answer of the inference tier as the monitor and the evaluation see it (llmk.app.monitor.Pending),
+"""An answer of the inference tier as the monitor and the evaluation see it (usecases.monitor.Pending),
 already there: for scorers that compute in the test's own process."""
 
 from __future__ import annotations

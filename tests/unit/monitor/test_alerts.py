@@ -3,7 +3,7 @@ reaches the threshold with enough mentions, names the items behind it, and clear
 
 from __future__ import annotations
 
-from llmk.domain.alerts import AlertRules, Moods, Scored, tickers_in
+from services.monitor.usecases.alerts import AlertRules, Moods, Scored, tickers_in
 
 
 def scored(n: int, label: str, tickers: tuple[str, ...] = ("ACME",), p: float = 0.9) -> Scored:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmk.app.evaluation import CHUNK, ROUNDS, evaluate
+from services.monitor.usecases.evaluation import CHUNK, ROUNDS, evaluate
 from tests.unit.monitor.answers import Answered
 
 LABELS = ["negative", "positive", "neutral"]

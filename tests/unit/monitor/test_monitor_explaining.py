@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmk.adapters.migrate import upgrade
-from llmk.adapters.monitor_db import MonitorDb
-from llmk.adapters.schema import make_engine
-from llmk.app.monitor import Monitor, MonitorConfig
-from llmk.app.stream import Item
-from llmk.domain.alerts import AlertRules
+from llmk.platform.database import make_engine
+from llmk.platform.migrate import upgrade
+from services.monitor.adapters.tables import MonitorDb
+from services.monitor.usecases.alerts import AlertRules
+from services.monitor.usecases.items import Item
+from services.monitor.usecases.monitor import Monitor, MonitorConfig
 
 STREAM = [f"$ACME falls sharply, item {i}" for i in range(12)]
 

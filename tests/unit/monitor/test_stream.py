@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from llmk.app.stream import Item, Rejected, read_items
 from llmk.errors import InvalidInput
+from services.monitor.usecases.items import Item, Rejected, read_items
 
 
 def read(data: bytes, fmt: str, limit: int = 64) -> list[Item | Rejected]:

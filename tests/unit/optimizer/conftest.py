@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 from celery.contrib.testing.worker import start_worker
 
-from llmk.adapters.importers import load_source
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from services.optimizer.main import Runtime, wire
+from services.store.adapters.importers import load_source
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="module")
 def runtime(settings: Settings) -> Iterator[Runtime]:
     """The optimizer's use cases and runner, wired as in production (one per test module)."""
-    rt = wire(settings)
+    rt = wire(Deployment(settings))
     yield rt
     rt.close()
 
@@ -39,7 +40,7 @@ def worker(runtime: Runtime) -> Iterator[None]:
         runtime.app,
         pool="solo",
         perform_ping_check=False,
-        queues=[runtime.settings.optimizer_queue],
+        queues=[runtime.deployment.settings.optimizer_queue],
         shutdown_timeout=60,
     ):
         yield

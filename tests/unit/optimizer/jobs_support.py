@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from llmk.app.job_records import Example, Job, TaskSpec
+from llmk.domain.task_spec import TaskSpec
+from services.optimizer.interface import Example, Job
 from services.optimizer.main import Runtime
 
 TASK = TaskSpec(labels=("yes", "no"), template="Question: {text}\nAnswer:")

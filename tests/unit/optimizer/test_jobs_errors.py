@@ -8,9 +8,10 @@ import pytest
 import torch
 from jobs_support import TASK, examples
 
-from llmk.app.job_records import CANCELLED, FAILED, Example, JobSpec, TaskSpec
 from llmk.domain.optim import OptimizerSpec
+from llmk.domain.task_spec import TaskSpec
 from llmk.errors import FailedPrecondition, Frozen, InvalidInput, LlmkError, NotFound
+from services.optimizer.interface import CANCELLED, FAILED, Example, JobSpec
 from services.optimizer.main import Runtime
 
 UP = "model.layers.1.mlp.up_proj.weight"

@@ -13,15 +13,16 @@ import pytest
 import torch
 from jobs_support import TASK, examples
 
-from llmk.adapters.importers import load_source
-from llmk.app.job_records import CANCELLED, COMPLETED, FAILED, Example, Job, JobSpec
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain.optim import OptimizerSpec
 from llmk.errors import InvalidInput, NotFound, Unauthenticated
-from llmk.rpc.jobs import GrpcOptimizerClient
-from llmk.rpc.store import GrpcStoreClient
+from services.optimizer.interface import CANCELLED, COMPLETED, FAILED, Example, Job, JobSpec
 from services.optimizer.main import Runtime, build, wire
+from services.optimizer.rpc.client import GrpcOptimizerClient
+from services.store.adapters.importers import load_source
 from services.store.main import build as build_store
+from services.store.rpc.client import GrpcStoreClient
 
 UP = "model.layers.1.mlp.up_proj.weight"
 
@@ -93,9 +94,8 @@ def test_errors_keep_their_class_over_grpc(client: GrpcOptimizerClient, model: s
 
 
 def test_mutating_calls_need_the_token(runtime: Runtime, model: str) -> None:
-    locked = dataclasses.replace(
-        runtime, settings=runtime.settings.model_copy(update={"auth_token": "s3cret"})
-    )
+    token = runtime.deployment.settings.model_copy(update={"auth_token": "s3cret"})
+    locked = dataclasses.replace(runtime, deployment=Deployment(token))
     server, port = build(locked)
     server.start()
     anonymous = GrpcOptimizerClient(f"127.0.0.1:{port}")
@@ -116,9 +116,9 @@ def test_jobs_run_against_the_store_service(tmp_path: Path) -> None:
     base = Settings(
         home=tmp_path, broker_url="memory://", optimizer_queue=f"optimizer-test-{uuid.uuid4().hex[:8]}"
     )
-    store_server, port = build_store(base)
+    store_server, port = build_store(Deployment(base))
     store_server.start()
-    rt = wire(base.model_copy(update={"store_address": f"127.0.0.1:{port}"}))
+    rt = wire(Deployment(base.model_copy(update={"store_address": f"127.0.0.1:{port}"})))
     try:
         assert isinstance(rt.store, GrpcStoreClient)
         imported = load_source("synthetic:llama-tiny")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from jobs_support import TASK, examples
 
-from llmk.adapters.importers import load_source
-from llmk.app.job_records import COMPLETED, JobSpec
-from llmk.app.training import BUSY, IDLE, MORE, JobRunner
 from llmk.domain.optim import OptimizerSpec
+from services.optimizer.interface import COMPLETED, JobSpec
 from services.optimizer.main import Runtime
+from services.optimizer.usecases.training import BUSY, IDLE, MORE, JobRunner
+from services.store.adapters.importers import load_source
 
 STEPS = 3
 

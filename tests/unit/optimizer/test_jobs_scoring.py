@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmk.adapters.importers import load_source
-from llmk.app.causal_lm import ByteTokenizer, Scorer, build_model, load_tokenizer
-from llmk.app.feedback import macro_f1
+from llmk.domain.metrics import macro_f1
 from llmk.errors import InvalidInput
+from services.optimizer.usecases.causal_lm import ByteTokenizer, Scorer, build_model, load_tokenizer
+from services.store.adapters.importers import load_source
 
 
 @pytest.fixture(scope="module")

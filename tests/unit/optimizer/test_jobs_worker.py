@@ -10,10 +10,10 @@ import pytest
 import torch
 from jobs_support import TASK, examples, wait_done, wait_step
 
-from llmk.app.job_records import COMPLETED, JobSpec
+from llmk.bootstrap import Deployment
 from llmk.domain.optim import OptimizerSpec
 from llmk.domain.versions import VersionEvent
-from llmk.wiring import open_events
+from services.optimizer.interface import COMPLETED, JobSpec
 from services.optimizer.main import Runtime
 
 UP = "model.layers.1.mlp.up_proj.weight"
@@ -29,8 +29,10 @@ def feedback_spec(model: str, **changes: object) -> JobSpec:
 @pytest.mark.usefixtures("worker")
 def test_feedback_job_commits_sparse_versions_with_lineage(runtime: Runtime, model: str) -> None:
     heard: list[VersionEvent] = []
-    unsubscribe = open_events(runtime.settings).subscribe(
-        lambda event: heard.append(event) if event.model == model else None
+    unsubscribe = (
+        Deployment(runtime.deployment.settings)
+        .events()
+        .subscribe(lambda event: heard.append(event) if event.model == model else None)
     )
     job = runtime.jobs.create_job(feedback_spec(model), validation=examples(8, offset=100))
     runtime.jobs.submit_feedback(job.id, examples(24), "batch-1")

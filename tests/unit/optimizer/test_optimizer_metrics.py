@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from jobs_support import TASK, examples, wait_done
 
-from llmk.app.job_records import COMPLETED, JobSpec
 from llmk.domain.optim import OptimizerSpec
+from services.optimizer.interface import COMPLETED, JobSpec
 from services.optimizer.main import Runtime
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmk.app import store as store_module
-from llmk.app.admission import REACHES, stored_reaches
-from llmk.app.store import CommitInfo, Store
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
+from llmk.domain.versions import CommitInfo
 from llmk.errors import InvalidDelta
-from llmk.wiring import open_store
+from services.store.usecases import store as store_module
+from services.store.usecases.commit_checks import MAGNITUDES, stored_magnitudes
+from services.store.usecases.store import Store
 
 W = "w"
 
@@ -57,7 +58,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def test_a_small_additive_commit_reads_no_stored_tensor(settings: Settings) -> None:
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     store.create_model("m", {W: torch.randn(64, 64)}, {}, {}, CommitInfo())
     store.commit("m", sparse([0.1, 0.2]))
     reads = CountingReads(store)
@@ -66,7 +67,7 @@ def test_a_small_additive_commit_reads_no_stored_tensor(settings: Settings) -> N
 
 
 def test_a_commit_above_a_snapshot_reads_no_stored_tensor(tmp_path: Path) -> None:
-    store = open_store(Settings(home=tmp_path, cache_chain_length=2))
+    store = Deployment(Settings(home=tmp_path, cache_chain_length=2)).local_store()
     store.create_model("m", {W: torch.randn(64, 64)}, {}, {}, CommitInfo())
     for step in range(3):
         v = store.commit("m", sparse([0.1 * step]))
@@ -78,12 +79,12 @@ def test_a_commit_above_a_snapshot_reads_no_stored_tensor(tmp_path: Path) -> Non
 
 
 def test_a_restarted_store_bounds_entries_from_the_object_headers(settings: Settings) -> None:
-    """Each object names its entries' reach, so a restarted store reads no value to bound a commit (on
+    """Each object names its entries' magnitude, so a restarted store reads no value to bound a commit (on
     SmolLM2 the first commit after a restart read the whole 538 MB base: 5-6 s)."""
-    first = open_store(settings)
+    first = Deployment(settings).local_store()
     first.create_model("m", {W: torch.randn(64, 64)}, {}, {}, CommitInfo())
     first.commit("m", sparse([0.1]))
-    again = open_store(settings)
+    again = Deployment(settings).local_store()
     reads = CountingReads(again)
     again.commit("m", sparse([0.2]))
     assert reads.read == []
@@ -92,13 +93,13 @@ def test_a_restarted_store_bounds_entries_from_the_object_headers(settings: Sett
 def test_objects_written_without_reaches_are_read_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Objects from before reaches were stored (here: written without them) are bounded from their values."""
-    monkeypatch.setattr(store_module, "reach_metadata", lambda reaches: {})
-    first = open_store(settings)
+    """Objects from before magnitudes were stored (here: written without them) are bounded from values."""
+    monkeypatch.setattr(store_module, "magnitude_metadata", lambda magnitudes: {})
+    first = Deployment(settings).local_store()
     first.create_model("m", {W: torch.randn(64, 64)}, {}, {}, CommitInfo())
     first.commit("m", sparse([0.1]))
     monkeypatch.undo()
-    again = open_store(settings)
+    again = Deployment(settings).local_store()
     reads = CountingReads(again)
     again.commit("m", sparse([0.2]))
     assert len(reads.read) == 3  # the full value and the delta's two parts beneath the head, once each
@@ -107,15 +108,15 @@ def test_objects_written_without_reaches_are_read_once(
 
 
 def test_an_unreadable_reaches_header_is_ignored() -> None:
-    assert stored_reaches({REACHES: "not json"}) == {}
-    assert stored_reaches({REACHES: '["w", 1.0]'}) == {}
-    assert stored_reaches({REACHES: '{"w": "big", "v": true, "u": 2}'}) == {"u": 2.0}
-    assert stored_reaches(None) == {}
+    assert stored_magnitudes({MAGNITUDES: "not json"}) == {}
+    assert stored_magnitudes({MAGNITUDES: '["w", 1.0]'}) == {}
+    assert stored_magnitudes({MAGNITUDES: '{"w": "big", "v": true, "u": 2}'}) == {"u": 2.0}
+    assert stored_magnitudes(None) == {}
 
 
 def test_a_result_near_overflow_is_checked_exactly(settings: Settings) -> None:
     """Bounds only skip the exact check far from overflow: near it, the real result decides."""
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     store.create_model("m", {W: torch.full((4,), 3e38)}, {}, {}, CommitInfo())
     v = store.commit("m", sparse([-3e38, -3e38]))  # bound says maybe; the value (0, 0, 3e38, 3e38) is finite
     assert store.fetch("m", str(v.id))[W].tolist()[:2] == [0.0, 0.0]

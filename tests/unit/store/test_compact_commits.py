@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmk.app.store import CommitInfo, Store
+from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.domain import deltas
 from llmk.domain.deltas import Delta, Kind
+from llmk.domain.versions import CommitInfo
 from llmk.errors import InvalidDelta
-from llmk.wiring import open_store
+from services.store.usecases.store import Store
 
 W = "w"
 SHAPE = (256, 384)
@@ -78,16 +79,16 @@ def test_positions_too_far_apart_to_code_are_stored_flat_and_read_back(store: St
 
 
 def test_a_restarted_store_bounds_coded_entries_soundly(settings: Settings) -> None:
-    """A fresh process works out each stored entry's reach from the decoded indices: a large stored
+    """A fresh process works out each stored entry's magnitude from the decoded indices: a large stored
     addition still makes the next one that would overflow fp16 go through the exact check and fail."""
-    store = open_store(settings)
+    store = Deployment(settings).local_store()
     store.create_model("m", {W: torch.zeros(SHAPE, dtype=torch.float16)}, {}, {}, CommitInfo())
     big = one_percent(torch.float16, seed=5)
     big = Delta(
         Kind.SPARSE, {"indices": big.parts["indices"], "values": torch.full_like(big.parts["values"], 60000)}
     )
     store.commit("m", {W: big})
-    restarted = open_store(settings)
+    restarted = Deployment(settings).local_store()
     with pytest.raises(InvalidDelta, match="overflow"):
         restarted.commit("m", {W: big})
     small = one_percent(torch.float16, seed=6)

@@ -365,21 +365,22 @@ def any_delta(kind: Kind, shape: tuple[int, int], dtype: torch.dtype, g: torch.G
 @FAST
 @given(dtype=st.sampled_from(FLOATS), shape=matrix_shapes, seed=seeds, steps=st.integers(1, 6))
 def test_a_bound_carried_through_entries_holds_every_stored_value(dtype, shape, seed, steps) -> None:
-    """bound_after(reach) never underestimates |value|, whatever mix of entries, repeats and order."""
+    """bound_after(magnitude) never underestimates |value|, whatever mix of entries, repeats and order."""
     g = torch.Generator().manual_seed(seed)
     value = random_values(shape, dtype, g)
-    bound = deltas.reach(deltas.full(value))
+    bound = deltas.max_magnitude(deltas.full(value))
     for _ in range(steps):
         kind = list(Kind)[int(torch.randint(0, len(Kind), (1,), generator=g))]
         d = any_delta(kind, shape, dtype, g)
         value = deltas.apply(value.clone(), d)
-        bound = deltas.bound_after(bound, kind, deltas.reach(d))
+        bound = deltas.bound_after(bound, kind, deltas.max_magnitude(d))
         slack = 1 + 4 * torch.finfo(dtype).eps  # each stored add rounds once
         assert float(value.double().abs().max()) <= bound * slack**steps
 
 
-def test_ascending_sparse_indices_give_a_tight_reach_and_repeats_add_up() -> None:
+def test_ascending_sparse_indices_give_a_tight_magnitude_and_repeats_add_up() -> None:
     values = torch.tensor([1.0, -2.0, 0.5])
-    assert deltas.reach(Delta(Kind.SPARSE, {"indices": torch.tensor([1, 4, 9]), "values": values})) == 2.0
+    ascending = Delta(Kind.SPARSE, {"indices": torch.tensor([1, 4, 9]), "values": values})
+    assert deltas.max_magnitude(ascending) == 2.0
     repeated = Delta(Kind.SPARSE, {"indices": torch.tensor([4, 4, 4]), "values": values})
-    assert deltas.reach(repeated) == 3.5  # position 4 moves by up to 1 + 2 + 0.5
+    assert deltas.max_magnitude(repeated) == 3.5  # position 4 moves by up to 1 + 2 + 0.5

@@ -15,13 +15,14 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llmk.adapters.gguf import read_header
-from llmk.adapters.objects import check_safetensors_header, read_safetensors
-from llmk.app.store import CommitInfo, Store
 from llmk.cli.context import split_ref
+from llmk.domain.versions import CommitInfo
 from llmk.errors import InvalidInput, LlmkError, NotFound
-from llmk.rpc.tensors import DTYPES, from_chunks
+from llmk.platform.tensor_stream import DTYPES, from_chunks
 from llmk.v1.common_pb2 import TensorChunk
+from services.store.adapters.gguf import read_header
+from services.store.adapters.objects import check_safetensors_header, read_safetensors
+from services.store.usecases.store import Store
 
 FUZZ = settings(
     max_examples=int(os.environ.get("LLMK_FUZZ_EXAMPLES", "200")),
@@ -125,10 +126,12 @@ def test_commit_stream_decoder(stream: list[TensorChunk]) -> None:
 
 @pytest.fixture(scope="module")
 def one_model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    from llmk.bootstrap import Deployment
     from llmk.config import Settings
-    from llmk.wiring import open_store
 
-    store = open_store(Settings(_env_file=None, home=tmp_path_factory.mktemp("home"), database_url=""))
+    store = Deployment(
+        Settings(_env_file=None, home=tmp_path_factory.mktemp("home"), database_url="")
+    ).local_store()
     store.create_model("m", {"w": torch.ones(2)}, {}, {}, CommitInfo())
     store.tag("m", "v1", "main")
     yield store

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from llmk.adapters.objects import ObjectStore
 from llmk.domain import deltas, indices
 from llmk.domain.deltas import Delta, Kind
 from llmk.errors import Corrupt, InvalidDelta
+from services.store.adapters.objects import ObjectStore
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 I64_MAX = 2**63 - 1

@@ -8,8 +8,8 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from llmk.adapters.migrate import HEAD, SCRIPTS, current, upgrade
-from llmk.adapters.schema import make_engine
+from llmk.platform.database import make_engine
+from llmk.platform.migrate import HEAD, SCRIPTS, current, upgrade
 
 
 def test_head_names_the_newest_migration_script() -> None:

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmk.adapters.importers import load_source
-from llmk.app.store import CommitInfo, Store
+from llmk.bootstrap import Deployment
 from llmk.domain.deltas import Delta, Kind
+from llmk.domain.versions import CommitInfo
 from llmk.errors import Corrupt
-from llmk.wiring import open_store
+from services.store.adapters.importers import load_source
+from services.store.usecases.store import Store
 from tests.conftest import make_settings
 from tests.contract.contract_support import flip_in_place
 
@@ -25,7 +26,7 @@ LLMK = [str(Path(sys.executable).with_name("llmk"))]
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    s = open_store(make_settings(tmp_path / "home"))
+    s = Deployment(make_settings(tmp_path / "home")).local_store()
     tiny = load_source("synthetic:llama-tiny")
     s.create_model("tiny", tiny.tensors, tiny.config, tiny.files, CommitInfo())
     s.fetch("tiny", "main")  # verified once: the cache would answer next time
@@ -58,7 +59,7 @@ def test_scrub_quarantines_damaged_objects_and_exits_non_zero(store: Store, tmp_
 def test_a_damaged_cached_snapshot_is_read_around_by_every_operation(tmp_path: Path, operation: str) -> None:
     """A snapshot is a cache: damaged (or quarantined by a scrub), it is dropped and the deltas are read,
     instead of refusing commits, freezes, diffs and rollbacks until some full read drops it."""
-    s = open_store(make_settings(tmp_path / "home", cache_chain_length=1))
+    s = Deployment(make_settings(tmp_path / "home", cache_chain_length=1)).local_store()
     first = s.create_model("m", {"w": torch.zeros(4), "n": torch.zeros(4)}, {}, {}, CommitInfo())
     s.commit("m", {"w": Delta(Kind.DENSE, {"diff": torch.ones(4)})})
     s.fetch("m")  # caches main's values
@@ -85,9 +86,9 @@ def test_an_object_this_process_wrote_is_read_without_hashing_it_again(
 ) -> None:
     """The writer hashed the bytes to name the file; hashing them again on the first read (a commit's
     own announcement, the worker's steps) only added latency. A later change is still caught."""
-    from llmk.adapters import objects
+    from services.store.adapters import objects
 
-    s = open_store(make_settings(tmp_path / "home"))
+    s = Deployment(make_settings(tmp_path / "home")).local_store()
     sha, _ = s.objects.put_tensors({"w": torch.arange(1000.0)})
     hashed: list[Path] = []
     real = objects.sha256_file

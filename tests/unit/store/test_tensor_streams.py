@@ -10,7 +10,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llmk.errors import Corrupt, InvalidInput
-from llmk.rpc.tensors import chunks_in, decode_chunk, encoded_chunks, from_chunks, packed, to_chunks
+from llmk.platform.tensor_stream import (
+    chunks_in,
+    decode_chunk,
+    encoded_chunks,
+    from_chunks,
+    packed,
+    to_chunks,
+)
 from llmk.v1 import common_pb2
 from llmk.v1 import store_pb2 as pb
 

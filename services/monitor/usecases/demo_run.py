@@ -1,0 +1,173 @@
+"""The finance monitor's loop, end to end: a stream is scored while analysts' labels train the served model.
+
+`DemoRun` drives what `llmk demo` shows: a held-out evaluation of the zero-shot version, the stream
+through the monitor, labelled feedback sent to the optimizer while the stream flows (at fixed points of
+it), and a held-out evaluation of every version the workers serve, each on exactly one version. The
+held-out rows (valid.csv) are never sent as feedback; stream and feedback rows come from train.csv and
+do not overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.monitor.usecases.evaluation import Score, evaluate
+from services.monitor.usecases.items import Item
+from services.monitor.usecases.monitor import Monitor, Scoring, Summary
+from services.optimizer.interface import Example, Job
+
+log = logging.getLogger("llmk.demo")
+
+
+class Jobs(Protocol):
+    def submit_feedback(self, job_id: str, examples: Sequence[Example], idempotency_key: str) -> Any: ...
+    def get_job(self, job_id: str) -> Job: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    stream: list[Item]
+    feedback: list[list[Example]]  # chunks, sent as the stream passes `send_at` fractions
+    send_at: list[float]
+    held_out: list[tuple[str, str]]  # (text, label) from valid.csv
+    labels: tuple[str, ...]
+    gate: list[Example]  # the optimizer's validation gate holds these out (train.csv rows, not valid.csv)
+
+
+@dataclass
+class Timeline:
+    """What happened when, in seconds since the run started."""
+
+    started: float = field(default_factory=time.monotonic)
+    served_at: dict[int, float] = field(default_factory=dict)  # version -> first answer by it
+    sent_at: list[float] = field(default_factory=list)  # feedback chunk -> when it was submitted
+    sent_sizes: list[int] = field(default_factory=list)  # feedback chunk -> its examples
+    scores: dict[int, Score] = field(default_factory=dict)
+    zero_shot: Score | None = None
+    stream_started: float = 0.0  # seconds since the run started
+    stream_seconds: float = 0.0
+    throughput: list[tuple[float, int]] = field(default_factory=list)  # (t, items scored)
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+
+class DemoRun:
+    def __init__(
+        self,
+        plan: Plan,
+        scoring: Scoring,
+        monitor: Monitor,
+        jobs: Jobs,
+        job_id: str,
+        branch_head: Callable[[], int],
+        show: Callable[[DemoRun], None] = lambda _: None,
+    ):
+        self.plan, self.scoring, self.monitor, self.jobs, self.job_id = plan, scoring, monitor, jobs, job_id
+        self.branch_head = branch_head
+        self.show = show
+        self.timeline = Timeline()
+        self.job: Job | None = None
+        self.phase = "starting"
+        self._stop = threading.Event()
+
+    # ---- the run
+
+    def run(self, settle_seconds: float = 600.0) -> Timeline:
+        t = self.timeline
+        self.phase = "held-out evaluation of the zero-shot version"
+        self.show(self)
+        t.zero_shot = self._evaluate_until_one_version()
+        t.served_at[t.zero_shot.version] = t.now()
+        t.scores[t.zero_shot.version] = t.zero_shot
+        evaluator = threading.Thread(target=self._evaluate_new_versions, name="llmk-demo-eval", daemon=True)
+        evaluator.start()
+        self.phase = "streaming; feedback flows to the optimizer"
+        self.monitor.on_progress = self._on_progress
+        began = time.monotonic()
+        t.stream_started = t.now()
+        self.monitor.run(self._stream_with_feedback())
+        t.stream_seconds = time.monotonic() - began
+        self.phase = "stream done; waiting for the optimizer and the last evaluation"
+        self._settle(settle_seconds)
+        self._stop.set()
+        evaluator.join(timeout=600)
+        self.phase = "done"
+        self.show(self)
+        return t
+
+    def _stream_with_feedback(self) -> Any:
+        marks = [int(f * len(self.plan.stream)) for f in self.plan.send_at]
+        for i, item in enumerate(self.plan.stream):
+            while marks and i >= marks[0]:
+                self._send(len(self.timeline.sent_at))
+                marks.pop(0)
+            yield item
+
+    def _send(self, chunk: int) -> None:
+        examples = self.plan.feedback[chunk]
+        key = hashlib.sha256(f"{self.job_id}:{chunk}".encode()).hexdigest()
+        self.jobs.submit_feedback(self.job_id, examples, key)
+        self.timeline.sent_at.append(self.timeline.now())
+        self.timeline.sent_sizes.append(len(examples))
+        log.info("feedback chunk %d (%d examples) sent", chunk, len(examples))
+
+    def _on_progress(self, summary: Summary) -> None:
+        t = self.timeline
+        if summary.version is not None and summary.version not in t.served_at:
+            t.served_at[summary.version] = t.now()
+        if not t.throughput or t.now() - t.throughput[-1][0] >= 1.0:
+            t.throughput.append((t.now(), summary.scored))
+            self.show(self)
+
+    # ---- the optimizer
+
+    def _settle(self, timeout: float) -> None:
+        """Until the optimizer has trained on every full batch and the branch head is served and scored."""
+        deadline = time.monotonic() + timeout
+        t = self.timeline
+        while time.monotonic() < deadline:
+            job = self.job = self.jobs.get_job(self.job_id)
+            if job.done or job.step >= job.items // job.spec.batch_size:
+                head = self.branch_head()
+                if head not in t.served_at and self._probe() == head:
+                    t.served_at[head] = t.now()
+                if head in t.scores:
+                    return
+            self.show(self)
+            time.sleep(1.0)
+        log.warning("the optimizer or the evaluation did not settle within %.0f s", timeout)
+
+    def _probe(self) -> int:
+        """The version serving now, from a one-text request."""
+        return int(self.scoring.submit([self.plan.held_out[0][0]]).result(300)["version"])
+
+    # ---- held-out evaluation
+
+    def _evaluate_until_one_version(self) -> Score:
+        while True:
+            score = evaluate(self.scoring, *self._held_out(), self.plan.labels)
+            if score is not None:
+                return score
+
+    def _evaluate_new_versions(self) -> None:
+        """Score each newly served version once; a version replaced mid-pass is skipped for the newer one."""
+        while not self._stop.is_set():
+            newest = max(self.timeline.served_at)
+            if newest in self.timeline.scores:
+                self._stop.wait(0.5)
+                continue
+            score = evaluate(self.scoring, *self._held_out(), self.plan.labels)
+            if score is not None:
+                self.timeline.scores[score.version] = score
+                self.timeline.served_at.setdefault(score.version, self.timeline.now())
+                self.show(self)
+
+    def _held_out(self) -> tuple[list[str], list[str]]:
+        return [t for t, _ in self.plan.held_out], [label for _, label in self.plan.held_out]

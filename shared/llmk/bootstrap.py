@@ -1,0 +1,257 @@
+"""The one place a deployment is decided: Settings in, every client, adapter and worker out.
+
+For each tier, `Deployment` decides once whether it runs in this process or is reached over gRPC (its
+LLMK_<TIER>_ADDRESS), and for the kernel whether the metadata is SQLite or PostgreSQL and the broker
+in-process or RabbitMQ. No other module looks at an address or a URL scheme to choose a mode; the CLI and
+every service's `main` take what they need from here. Tiers are imported inside the methods, so a command
+loads only the tiers it uses (`llmk --help` and the listing commands start without torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmk.config import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from sqlalchemy.engine import Engine
+
+    from llmk.platform.version_events import AmqpEvents, LocalEvents
+    from services.inference.interface import InferenceClient
+    from services.monitor.adapters.news_queue import AlertPublisher
+    from services.monitor.adapters.tables import MonitorDb
+    from services.optimizer.interface import JobsClient
+    from services.optimizer.main import Runtime
+    from services.store.adapters.objects import ObjectStore
+    from services.store.interface import HistoryClient, StoreClient
+    from services.store.usecases.store import Store
+
+AMQP = ("amqp", "pyamqp")
+_local_events: dict[
+    str, LocalEvents
+] = {}  # one in-process bus per broker URL: a store and its workers share it
+
+
+class Deployment:
+    """Which tiers run here and which are reached over gRPC; SQLite or PostgreSQL; which broker."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.broker_is_amqp = settings.broker_url.startswith(AMQP)
+        self.broker_in_process = settings.broker_url.startswith("memory")
+        self.database_is_shared = settings.sqlalchemy_url.startswith("postgresql")  # several processes
+        self.store_is_remote = bool(settings.store_address)
+        self.inference_is_remote = bool(settings.inference_address)
+        self.optimizer_is_remote = bool(settings.optimizer_address)
+
+    # the kernel: metadata database, version events, queues
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The metadata database, migrated once per deployment when auto_migrate is on."""
+        from llmk.platform.database import make_engine
+        from llmk.platform.migrate import upgrade
+
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(self.settings.sqlalchemy_url)
+        if self.settings.auto_migrate:
+            upgrade(engine)
+        return engine
+
+    def events(self) -> LocalEvents | AmqpEvents:
+        from llmk.platform.version_events import AmqpEvents, LocalEvents
+
+        if self.broker_is_amqp:
+            return AmqpEvents(self.settings.broker_url)
+        return _local_events.setdefault(self.settings.broker_url, LocalEvents())
+
+    def celery(self, name: str, queue: str, results: bool = False) -> Celery:
+        """A Celery app on this deployment's broker; `results` sends answers back to the caller."""
+        from llmk.platform.celery_app import make_celery
+
+        backend = None
+        if results:
+            s = self.settings
+            backend = s.result_backend or ("rpc://" if self.broker_is_amqp else "cache+memory://")
+        s = self.settings
+        return make_celery(name, s.broker_url, queue, s.queue_type, backend, poll_fast=self.broker_in_process)
+
+    # the store
+
+    def local_store(self) -> Store:
+        from services.store.adapters.catalog import Catalog
+        from services.store.adapters.objects import ObjectStore
+        from services.store.usecases.store import Store
+
+        s = self.settings
+        objects = ObjectStore(s.objects_path, s.max_header_bytes)
+        return Store(
+            Catalog(self.engine),
+            objects,
+            self.events(),
+            s.cache_chain_length,
+            s.gc_grace_seconds,
+            s.snapshot_cache_bytes,
+        )
+
+    def store(self) -> StoreClient:
+        if not self.store_is_remote:
+            return self.local_store()
+        from llmk.platform.security import Tls
+        from services.store.adapters.objects import ObjectStore
+        from services.store.rpc.client import GrpcStoreClient
+
+        s = self.settings
+        beside = s.store_object_dir
+        return GrpcStoreClient(
+            s.store_address,
+            s.auth_token,
+            s.max_message_bytes,
+            s.chunk_bytes,
+            Tls.of(s),
+            ObjectStore(beside, s.max_header_bytes, readonly=True) if beside else None,
+        )
+
+    def history(self) -> HistoryClient:
+        """The store's metadata alone: loads neither torch nor the object files."""
+        if not self.store_is_remote:
+            from services.store.adapters.catalog import Catalog
+            from services.store.usecases.history import History
+
+            return History(Catalog(self.engine))
+        from llmk.platform.security import Tls
+        from services.store.rpc.history_client import GrpcHistoryClient
+
+        s = self.settings
+        return GrpcHistoryClient(s.store_address, s.auth_token, s.max_message_bytes, Tls.of(s))
+
+    # inference
+
+    def inference(self, model: str, ref: str | None) -> InferenceClient:
+        """`model` at `ref`: the worker at LLMK_INFERENCE_ADDRESS, else a Host in this process."""
+        s = self.settings
+        if not self.inference_is_remote:
+            from services.inference.usecases.local_client import LocalInferenceClient
+
+            return LocalInferenceClient(s, self.store(), model, ref)
+        from llmk.platform.security import Tls
+        from services.inference.rpc.client import GrpcInferenceClient
+
+        return GrpcInferenceClient(
+            s.inference_address, model, ref, s.auth_token, s.max_message_bytes, Tls.of(s)
+        )
+
+    def inference_queue(self) -> Celery:
+        """The inference queue as producers see it (workers register their tasks on it)."""
+        return self.celery("llmk.inference", self.settings.inference_queue, results=True)
+
+    def inference_workers(self, app: Celery, model: str, ref: str | None) -> AbstractContextManager[Any]:
+        """With an in-process broker, a worker on this process's threads; otherwise the deployment's."""
+        if not self.broker_in_process:
+            return nullcontext()
+        from services.inference.main import embedded_worker
+
+        return embedded_worker(self, app, model, ref)
+
+    # optimizer
+
+    def optimizer_state(self) -> ObjectStore:
+        """Where optimizer jobs keep their state and examples: content-addressed files of their own."""
+        from services.store.adapters.objects import ObjectStore
+
+        s = self.settings
+        return ObjectStore(s.optimizer_state_path, s.max_header_bytes)
+
+    def optimizer(self) -> Runtime:
+        from services.optimizer.main import wire
+
+        return wire(self)
+
+    @contextmanager
+    def jobs(self, worker: bool = True) -> Iterator[JobsClient]:
+        """The optimizer at LLMK_OPTIMIZER_ADDRESS, else in this process (with a job worker on a thread
+        when `worker`: jobs then run only while the command does); closed at the end either way."""
+        if not self.optimizer_is_remote:
+            from services.optimizer.main import embedded
+
+            with embedded(self, worker) as found:
+                yield found
+            return
+        from llmk.platform.security import Tls
+        from services.optimizer.rpc.client import GrpcOptimizerClient
+
+        s = self.settings
+        client = GrpcOptimizerClient(
+            s.optimizer_address, s.auth_token, s.max_message_bytes, s.chunk_bytes, Tls.of(s)
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+    @property
+    def trains_in_process(self) -> bool:
+        """Jobs run only while the command runs: no optimizer service, no broker that outlives us."""
+        return not self.optimizer_is_remote and self.broker_in_process
+
+    # monitor
+
+    def monitor_repo(self) -> MonitorDb:
+        from services.monitor.adapters.tables import MonitorDb
+
+        return MonitorDb(self.engine)
+
+    def alert_publisher(self) -> AlertPublisher | None:
+        """Alerts also go to the broker's `alerts` queue when the broker is RabbitMQ."""
+        if not self.broker_is_amqp:
+            return None
+        from services.monitor.adapters.news_queue import AlertPublisher
+
+        return AlertPublisher(self.settings.broker_url)
+
+    # services
+
+    def serve(self, tier: str, worker: bool | None = None, queue_only: bool = False) -> None:
+        """Run `tier` as a service until SIGTERM. `worker`: the inference service also consumes the queue
+        (default LLMK_INFERENCE_WORKER); `queue_only`: the optimizer runs only its queue worker."""
+        if tier == "store":
+            from services.store import main as store
+
+            store.main(self)
+        elif tier == "inference":
+            from services.inference import main as inference
+
+            inference.main(self, worker)
+        elif queue_only:
+            from services.optimizer import main as optimizer
+
+            optimizer.run_worker(self)
+        else:
+            from services.optimizer import main as optimizer
+
+            optimizer.main(self)
+
+
+def embedded(settings: Settings, home: Path) -> Settings:
+    """`settings` with every tier in this process: SQLite and objects under `home`, the in-process broker."""
+    update = {"home": home, "database_url": "", "object_dir": None, "broker_url": "memory://"}
+    return settings.model_copy(update={**update, **_addresses()})
+
+
+def reached_over_grpc(settings: Settings, **tiers: str) -> Settings:
+    """`settings` with the named tiers (store=, inference=, optimizer=) reached at those addresses."""
+    return settings.model_copy(update=_addresses(**tiers))
+
+
+def _addresses(store: str = "", inference: str = "", optimizer: str = "") -> dict[str, str]:
+    return {"store_address": store, "inference_address": inference, "optimizer_address": optimizer}
+
+
+def is_queue_url(source: str) -> bool:
+    """A monitor source that names a RabbitMQ queue rather than a file."""
+    return source.startswith(("amqp://", "amqps://"))

@@ -1,0 +1,88 @@
+"""`commit --from FILE`: a user-supplied safetensors file is read with a clear error for every kind of
+damage (services.store.adapters.objects.read_safetensors), and a good one commits through either client."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmk.errors import InvalidInput, NotFound
+from services.store.adapters.objects import read_safetensors
+from tests.contract.store.contract_support import EMBED, NORM, UP0, assert_same_tensors
+
+F32x4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+
+
+def file_with_header(header: bytes | dict | list, data: bytes = b"", claimed: int | None = None) -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if claimed is None else claimed) + raw + data
+
+
+BAD_FILES = {
+    "shorter than the length field": b"\x01\x02\x03",
+    "empty": b"",
+    "header larger than the limit": file_with_header({}, claimed=1 << 40),
+    "header longer than the file": file_with_header({}, claimed=100),
+    "header not json": file_with_header(b"{nope"),
+    "header not utf-8": file_with_header(b"\xff\xfe\xfd"),
+    "header a json list": file_with_header([1, 2]),
+    "header a json string": file_with_header(b'"w"'),
+    "tensor outside the file (truncated)": file_with_header({"w": F32x4}, bytes(8)),
+    "offsets missing": file_with_header({"w": {"dtype": "F32", "shape": [4]}}, bytes(16)),
+    "offsets not numbers": file_with_header({"w": {**F32x4, "data_offsets": ["0", "16"]}}, bytes(16)),
+    "offsets reversed": file_with_header({"w": {**F32x4, "data_offsets": [16, 0]}}, bytes(16)),
+    "tensor entry not an object": file_with_header({"w": 5}, bytes(16)),
+    "unknown dtype": file_with_header({"w": {**F32x4, "dtype": "Q3"}}, bytes(16)),
+    "shape disagrees with offsets": file_with_header({"w": {**F32x4, "shape": [5]}}, bytes(16)),
+    "overlapping tensors": file_with_header({"a": F32x4, "b": {**F32x4, "data_offsets": [8, 24]}}, bytes(24)),
+    "deeply nested metadata": file_with_header(b'{"__metadata__": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    "metadata values not strings": file_with_header({"__metadata__": {"a": 1}, "w": F32x4}, bytes(16)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_damaged_file_is_invalid_input(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(BAD_FILES[case])
+    with pytest.raises(InvalidInput):
+        read_safetensors(path, max_header_bytes=1 << 20)
+
+
+def test_a_header_over_the_configured_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ok.safetensors"
+    save_file({f"tensor.{i}": torch.ones(1) for i in range(20)}, str(path))
+    assert len(read_safetensors(path, max_header_bytes=1 << 20)) == 20
+    with pytest.raises(InvalidInput, match="exceeds"):
+        read_safetensors(path, max_header_bytes=100)
+
+
+def test_a_missing_file_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        read_safetensors(tmp_path / "nope.safetensors", 1 << 20)
+
+
+def test_commit_from_a_modified_export(env, tmp_path: Path) -> None:
+    exported = tmp_path / "export.safetensors"
+    env.client.export(env.model, None, exported)
+    tensors = load_file(str(exported))
+    tensors[UP0][5, :3] = torch.tensor([1.0, 2.0, 3.0])
+    tensors[EMBED][100] = 0.5
+    modified = tmp_path / "modified.safetensors"
+    save_file(tensors, str(modified))
+
+    before = env.history()
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(modified.read_bytes()[:-100])
+    with pytest.raises(InvalidInput):
+        read_safetensors(damaged, env.settings.max_header_bytes)
+    assert env.history() == before
+
+    v = env.client.commit_full(env.model, read_safetensors(modified, env.settings.max_header_bytes))
+    assert {e.name: e.kind for e in v.entries} == {UP0: "sparse_set", EMBED: "rows_set"}
+    assert_same_tensors(env.client.fetch(env.model), tensors)
+    assert env.client.fetch(env.model, str(env.first), names=[NORM])[NORM].sum() == 64
