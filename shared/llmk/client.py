@@ -23,18 +23,17 @@ if TYPE_CHECKING:
 
 def connect(settings: Settings) -> StoreClient:
     if settings.store_address:
-        from llmk.adapters.objects import ObjectStore
         from llmk.rpc.security import Tls
         from llmk.rpc.store import GrpcStoreClient
+        from llmk.wiring import open_reader_objects
 
-        beside = settings.store_object_dir
         return GrpcStoreClient(
             settings.store_address,
             settings.auth_token,
             settings.max_message_bytes,
             settings.chunk_bytes,
             Tls.of(settings),
-            ObjectStore(beside, settings.max_header_bytes, readonly=True) if beside else None,
+            open_reader_objects(settings),
         )
     from llmk.wiring import open_store
 
