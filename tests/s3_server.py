@@ -69,3 +69,54 @@ def s3_server() -> Iterator[S3Server]:
 def objects_settings(home: Path, server: S3Server, bucket: str, **overrides: object) -> dict[str, object]:
     """Settings overrides that put a store's objects in `bucket` on `server`."""
     return {"objects_url": f"s3://{bucket}/llmk", "s3_endpoint": server.endpoint, **overrides}
+
+
+@dataclass
+class LockedServer:
+    """A moto server that checks credentials (IAM): `reader` may list and read the bucket, not write."""
+
+    endpoint: str
+    bucket: str
+    reader: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def locked_s3() -> Iterator[LockedServer]:
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    env = {**os.environ, **CREDENTIALS, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}  # the 4 calls below, then IAM
+    port = free_port()
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        endpoint, keys = (
+            f"http://127.0.0.1:{port}",
+            {
+                "region_name": "us-east-1",
+                "aws_access_key_id": "testing",
+                "aws_secret_access_key": "testing",
+            },
+        )
+        boto3.client("s3", endpoint_url=endpoint, **keys).create_bucket(Bucket="locked")
+        iam = boto3.client("iam", endpoint_url=endpoint, **keys)
+        iam.create_user(UserName="reader")
+        read_only = {"Effect": "Allow", "Action": ["s3:Get*", "s3:List*"], "Resource": "*"}
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [read_only]})
+        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=policy)
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        reader = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        yield LockedServer(endpoint, "locked", reader)
+    finally:
+        server.kill()
+        server.wait()

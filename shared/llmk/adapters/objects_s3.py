@@ -109,8 +109,15 @@ class S3Objects:
             return self._put_once(key, path.read_bytes(), meta)
         return self._multipart(path, key, meta)
 
+    def start_upload(self, sha: str, meta: dict[str, str]) -> str:
+        """A multipart upload of the object, after a marker under tmp/ whose age tells gc when the writer
+        started (some servers report no real start time)."""
+        self.bucket.call("write", "put_object", Key=self.bucket.key("tmp", f"upload-{sha}"), Body=b"")
+        key = self.bucket.key("objects", sha)
+        return str(self.bucket.call("write", "create_multipart_upload", Key=key, Metadata=meta)["UploadId"])
+
     def _multipart(self, path: Path, key: str, meta: dict[str, str]) -> bool:
-        upload = self.bucket.call("write", "create_multipart_upload", Key=key, Metadata=meta)["UploadId"]
+        upload = self.start_upload(meta[SHA_META], meta)
         try:
             parts: list[dict[str, object]] = []
             with open(path, "rb") as f:
@@ -309,15 +316,21 @@ class S3Objects:
                 self._forget(sha)
         if dry_run:
             return removed
+        self._abort_stale_uploads(grace_seconds)
         present = {sha for sha, _ in self.listing("objects")}
         for kind in ("blocks", "tmp", "aside"):
             for name, age in list(self.listing(kind)):
                 if age >= grace_seconds and name not in present:
                     self.bucket.call("remove", "delete_object", Key=self.bucket.key(kind, name))
-        for upload in self.bucket.uploads():
-            if time.time() - upload["Initiated"].timestamp() >= grace_seconds:
-                self.bucket.attempt("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         return removed
+
+    def _abort_stale_uploads(self, grace_seconds: float) -> None:
+        markers = dict(self.listing("tmp"))
+        for upload in self.bucket.uploads():
+            sha = upload["Key"].rsplit("/", 1)[-1]
+            started = time.time() - upload["Initiated"].timestamp()
+            if min(started, markers.get(f"upload-{sha}", started)) >= grace_seconds:
+                self.bucket.attempt("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
 
     def _age(self, key: str) -> float:
         code, head = self.bucket.attempt("head_object", Key=key)

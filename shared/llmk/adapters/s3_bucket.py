@@ -52,7 +52,8 @@ def make_client(endpoint: str, region: str, timeout: float = 10.0) -> Any:
         retries={"max_attempts": 3, "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint else None,
     )
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None, config=config)
+    session = boto3.session.Session()  # its own: the default session keeps the first credentials it found
+    return session.client("s3", endpoint_url=endpoint or None, region_name=region or None, config=config)
 
 
 def code_of(e: Exception) -> str:
@@ -108,8 +109,8 @@ class Bucket:
 
     def check(self, writable: bool) -> None:
         """Fail now, with the setting to fix, when the bucket cannot be reached (or written)."""
-        with self.calling("reach"):
-            self.client.head_bucket(Bucket=self.where.bucket)
+        with self.calling("list"):  # not head_bucket: a HEAD answer carries no error code to explain
+            self.client.list_objects_v2(Bucket=self.where.bucket, Prefix=self.where.prefix, MaxKeys=1)
         if writable:
             probe = self.key("tmp", "write-probe")
             with self.calling("write to"):
