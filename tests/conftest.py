@@ -218,3 +218,6 @@ def grpc_server() -> Iterator[Callable[[Settings], GrpcStore]]:
 def grpc_store(settings: Settings, grpc_server: Callable[[Settings], GrpcStore]) -> GrpcStore:
     """The store service on a free loopback port over `settings`, and a GrpcStoreClient to it."""
     return grpc_server(settings)
+
+
+from tests.s3_server import locked_s3, s3_server  # noqa: E402, F401 (fixtures: an S3 protocol server)

@@ -17,7 +17,7 @@ from llmk.config import Settings
 from llmk.errors import Corrupt
 from llmk.wiring import open_objects
 from tests.contract.contract_support import flip_in_place
-from tests.s3_server import S3Server, objects_settings, s3_server  # noqa: F401 (a fixture)
+from tests.s3_server import S3Server, objects_settings
 
 Damage = Callable[[str], None]
 

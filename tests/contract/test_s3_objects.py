@@ -16,14 +16,7 @@ from llmk.config import Settings
 from llmk.domain.deltas import Delta, Kind
 from llmk.errors import AlreadyExists, LlmkError, NotFound, Unauthenticated, Unavailable
 from llmk.wiring import open_objects, open_store
-from tests.s3_server import (  # noqa: F401 (fixtures)
-    LockedServer,
-    S3Server,
-    free_port,
-    locked_s3,
-    objects_settings,
-    s3_server,
-)
+from tests.s3_server import LockedServer, S3Server, free_port, objects_settings
 
 LAYER = "model.layers.1."
 
