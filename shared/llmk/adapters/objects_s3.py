@@ -226,7 +226,7 @@ class S3Objects:
         return path
 
     def size(self, sha: str) -> int:
-        return self.manifest(sha).size
+        return self.verified_state(sha)[1]
 
     def verified_state(self, sha: str) -> FileState:
         """Every reader checks the blocks it downloads, so the store hands over only what it saw."""

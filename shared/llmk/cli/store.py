@@ -278,6 +278,24 @@ def scrub(json_: Json = False) -> None:
         raise Corrupt(f"{len(damaged)} damaged object(s) moved to quarantine/: {shown}")
 
 
+@app.command("migrate-objects")
+def migrate_objects(
+    to: Annotated[str, typer.Option("--to", help="s3://bucket/prefix or a folder to copy the objects to")],
+    json_: Json = False,
+) -> None:
+    """Copy every referenced object to another object store (resumable, verified); then set
+    LLMK_OBJECTS_URL to it."""
+    from llmk.app.object_migration import migrate
+    from llmk.config import Settings
+    from llmk.wiring import open_objects, open_store
+
+    settings = Settings()
+    store = open_store(settings)
+    target = open_objects(settings.model_copy(update={"objects_url": to}))
+    done = migrate(store.catalog, store.objects, target)
+    emit(json_, {"copied": done.copied, "skipped": done.skipped, "bytes": done.bytes_copied, "to": to})
+
+
 @app.command()
 def gc(
     dry_run: Annotated[bool, typer.Option(help="Only list what would be removed")] = False,
