@@ -253,3 +253,6 @@ def smollm2() -> SmolLM2:
     from services.inference.engine.model import build_model
 
     return SmolLM2(hf, tokenizer, build_model(hf.config.to_dict(), hf.state_dict()))
+
+
+from tests.s3_server import locked_s3, s3_server  # noqa: E402, F401 (fixtures: an S3 protocol server)

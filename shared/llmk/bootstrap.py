@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from services.optimizer.main import Runtime
     from services.store.adapters.objects import ObjectStore
     from services.store.interface import HistoryClient, StoreClient
+    from services.store.usecases.ports import Objects
     from services.store.usecases.store import Store
 
 AMQP = ("amqp", "pyamqp")
@@ -83,16 +84,39 @@ class Deployment:
 
     # the store
 
+    def objects(self, readonly: bool = False) -> Objects:
+        """The object store LLMK_OBJECTS_URL names: a bucket (checked now, so a wrong setting fails at
+        start with its name), else a folder."""
+        s = self.settings
+        if s.objects_url.startswith("s3://"):
+            from services.store.adapters.objects_s3 import open_bucket_objects
+
+            return open_bucket_objects(s, readonly)
+        from services.store.adapters.objects import ObjectStore
+
+        folder = Path(s.objects_url) if s.objects_url else s.objects_path
+        return ObjectStore(folder, s.max_header_bytes, readonly=readonly)
+
+    def reader_objects(self) -> Objects | None:
+        """What a client of a remote store reads objects from itself: the bucket, or the store's folder as
+        mounted here (LLMK_STORE_OBJECT_DIR); None when tensors must be streamed over gRPC."""
+        s = self.settings
+        if s.objects_url.startswith("s3://"):
+            return self.objects(readonly=True)
+        if s.store_object_dir:
+            from services.store.adapters.objects import ObjectStore
+
+            return ObjectStore(s.store_object_dir, s.max_header_bytes, readonly=True)
+        return None
+
     def local_store(self) -> Store:
         from services.store.adapters.catalog import Catalog
-        from services.store.adapters.objects import ObjectStore
         from services.store.usecases.store import Store
 
         s = self.settings
-        objects = ObjectStore(s.objects_path, s.max_header_bytes)
         return Store(
             Catalog(self.engine),
-            objects,
+            self.objects(),
             self.events(),
             s.cache_chain_length,
             s.gc_grace_seconds,
@@ -103,18 +127,16 @@ class Deployment:
         if not self.store_is_remote:
             return self.local_store()
         from llmk.platform.security import Tls
-        from services.store.adapters.objects import ObjectStore
         from services.store.rpc.client import GrpcStoreClient
 
         s = self.settings
-        beside = s.store_object_dir
         return GrpcStoreClient(
             s.store_address,
             s.auth_token,
             s.max_message_bytes,
             s.chunk_bytes,
             Tls.of(s),
-            ObjectStore(beside, s.max_header_bytes, readonly=True) if beside else None,
+            self.reader_objects(),
         )
 
     def history(self) -> HistoryClient:

@@ -14,6 +14,18 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".llmk"), description="Embedded-mode root: SQLite file, objects, cache")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under home")
     object_dir: Path | None = Field(None, description="Content-addressed object files; default home/objects")
+    objects_url: str = Field(
+        "",
+        description="Where the objects live: s3://bucket/prefix (an S3-compatible bucket; AWS_* settings "
+        "give credentials and region) or a folder; empty means LLMK_OBJECT_DIR",
+    )
+    s3_endpoint: str = Field("", description="S3 endpoint URL of a MinIO-style server; empty means AWS")
+    s3_part_bytes: int = Field(64 << 20, description="Objects larger than this are uploaded in parts of it")
+    object_cache_bytes: int = Field(
+        4 << 30,
+        description="With s3:// objects: verified blocks kept on local disk (home/cache/objects) so a "
+        "restart does not download again; the least recently used go first; 0 = no cache",
+    )
     store_object_dir: Path | None = Field(
         None,
         description="With LLMK_STORE_ADDRESS: the store's object directory as mounted here (same host or a "

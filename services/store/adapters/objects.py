@@ -255,6 +255,22 @@ class ObjectStore:
                 damaged.append(sha)
         return damaged
 
+    def size(self, sha: str) -> int:
+        return self.verify(sha).stat().st_size
+
+    def sweep(self, keep: Callable[[str], bool], grace_seconds: float, dry_run: bool = False) -> list[str]:
+        """Delete objects `keep` refuses, and stale temp files, once older than the grace period."""
+        removed = []
+        for sha, path in list(self.list()):
+            if not keep(sha) and self.age_seconds(path) >= grace_seconds:
+                removed.append(sha)
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+        for tmp in list(self.temp_files()):
+            if self.age_seconds(tmp) >= grace_seconds and not dry_run:
+                tmp.unlink(missing_ok=True)
+        return removed
+
     def list(self) -> Iterator[tuple[str, Path]]:
         for sub in self.root.iterdir():
             if sub.is_dir() and len(sub.name) == 2:

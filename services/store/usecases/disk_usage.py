@@ -17,7 +17,7 @@ def stats(catalog: Catalog, objects: Objects, model: str) -> list[VersionStats]:
     for v in versions:
         objs = {e.object for e in v.entries}
         for sha in objs - set(sizes):
-            sizes[sha] = objects.verify(sha).stat().st_size
+            sizes[sha] = objects.size(sha)
         out.append(VersionStats(v.id, sum(sizes[s] for s in objs), full[v.id]))
     return out
 
@@ -25,13 +25,4 @@ def stats(catalog: Catalog, objects: Objects, model: str) -> list[VersionStats]:
 def gc(catalog: Catalog, objects: Objects, grace_seconds: float, dry_run: bool = False) -> list[str]:
     """Delete object files no version references, and stale temp files, once older than the grace period."""
     referenced = catalog.referenced_objects()
-    removed = []
-    for sha, path in list(objects.list()):
-        if sha not in referenced and objects.age_seconds(path) >= grace_seconds:
-            removed.append(sha)
-            if not dry_run:
-                path.unlink(missing_ok=True)
-    for tmp in list(objects.temp_files()):
-        if objects.age_seconds(tmp) >= grace_seconds and not dry_run:
-            tmp.unlink(missing_ok=True)
-    return removed
+    return objects.sweep(referenced.__contains__, grace_seconds, dry_run)

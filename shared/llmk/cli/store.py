@@ -276,6 +276,23 @@ def scrub(json_: Json = False) -> None:
         raise Corrupt(f"{len(damaged)} damaged object(s) moved to quarantine/: {shown}")
 
 
+@app.command("migrate-objects")
+def migrate_objects(
+    to: Annotated[str, typer.Option("--to", help="s3://bucket/prefix or a folder to copy the objects to")],
+    json_: Json = False,
+) -> None:
+    """Copy every referenced object to another object store (resumable, verified); then set
+    LLMK_OBJECTS_URL to it."""
+    from llmk.config import Settings
+    from services.store.usecases.object_migration import migrate
+
+    settings = Settings()
+    store = deployment(settings).local_store()
+    target = deployment(settings.model_copy(update={"objects_url": to})).objects()
+    done = migrate(store.catalog, store.objects, target)
+    emit(json_, {"copied": done.copied, "skipped": done.skipped, "bytes": done.bytes_copied, "to": to})
+
+
 @app.command()
 def gc(
     dry_run: Annotated[bool, typer.Option(help="Only list what would be removed")] = False,

@@ -19,7 +19,7 @@ from llmk.errors import Corrupt
 from services.store.adapters.importers import load_source
 from services.store.usecases.store import Store
 from tests.conftest import make_settings
-from tests.contract.contract_support import flip_in_place
+from tests.contract.store.contract_support import flip_in_place
 
 LLMK = [str(Path(sys.executable).with_name("llmk"))]
 
