@@ -35,6 +35,17 @@ class Tiers:
 
         return client.inference(settings, model, ref, in_process)
 
+    def api_inference(self, settings: Settings) -> InferenceClient:
+        """The support gateway's client of LLMK_SERVE_MODEL: shared by many callers, following its branch."""
+        name, _, ref = settings.serve_model.partition("@")
+
+        def in_process() -> InferenceClient:
+            from services.inference.client import LocalInferenceClient
+
+            return LocalInferenceClient(settings, name, ref or None, many_callers=True)
+
+        return client.inference(settings, name, ref or None, in_process)
+
     def jobs(self, settings: Settings, worker: bool = True) -> AbstractContextManager[JobsClient]:
         """With a job worker on a thread when `worker`, in process (jobs then run only while the command
         does)."""
@@ -55,6 +66,10 @@ class Tiers:
         return embedded_worker(settings, app, name, ref)
 
     def serve(self, tier: str, settings: Settings) -> None:
+        if tier == "api":
+            from services.support.main import main as serve_api
+
+            return serve_api(settings, lambda: self.api_inference(settings))
         if tier == "store":
             from services.store.main import main
         elif tier == "inference":

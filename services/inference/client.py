@@ -15,11 +15,18 @@ from services.inference.host import Host
 class LocalInferenceClient:
     """`model` at `ref` (default: its main branch), built from the store the settings name."""
 
-    def __init__(self, settings: Settings, model: str, ref: str | None = None):
+    def __init__(self, settings: Settings, model: str, ref: str | None = None, many_callers: bool = False):
+        """`many_callers` (a server such as the support API): the settings' sequences and branch following;
+        otherwise one sequence and no following, as a command serves itself."""
         self.model, self.ref = model, ref or ""
         self.store = connect(settings)
-        one_caller = settings.model_copy(update={"max_sequences": 1, "version_poll_seconds": 0.0})
-        self.host = Host(one_caller, self.store)
+        if many_callers:
+            from llmk.wiring import open_events
+
+            self.host = Host(settings, self.store, open_events(settings))
+        else:
+            one_caller = settings.model_copy(update={"max_sequences": 1, "version_poll_seconds": 0.0})
+            self.host = Host(one_caller, self.store)
         try:
             self.host.load(model, ref)
         except BaseException:
@@ -36,13 +43,31 @@ class LocalInferenceClient:
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
         r = request
         wanted = Request(
-            r.prompt, chat=r.chat, max_tokens=r.max_tokens, temperature=r.temperature, seed=r.seed
+            r.prompt,
+            messages=[{"role": role, "content": text} for role, text in r.messages] or None,
+            chat=r.chat,
+            max_tokens=r.max_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            seed=r.seed,
+            stop=r.stop,
         )
-        for item in self.host.generate(wanted, self.model, self.ref):
-            if isinstance(item, str):
-                yield item
-            else:
-                yield Finished(item.version, item.finish_reason, item.prompt_tokens, item.completion_tokens)
+        generation = self.host.generate(wanted, self.model, r.pin or self.ref)
+        done = False
+        try:
+            for item in generation:
+                if isinstance(item, str):
+                    yield item
+                else:
+                    done = True
+                    end = item
+                    yield Finished(end.version, end.finish_reason, end.prompt_tokens, end.completion_tokens)
+        finally:
+            if not done:  # the caller stopped reading (a client went away): free the sequence's slot
+                generation.cancel()
+
+    def version(self) -> int:
+        return self.host.info().version
 
     def close(self) -> None:
         self.host.close()

@@ -38,6 +38,12 @@ class GenerateRequest:
     temperature: float = 0.0  # 0 = greedy
     seed: int | None = None
     chat: bool = True  # apply the model's chat template to the prompt as one user turn
+    messages: tuple[
+        tuple[str, str], ...
+    ] = ()  # (role, content) turns: the chat template over them, not prompt
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    pin: str = ""  # a version (id, tag or branch) this answer must come from, besides the client's own ref
 
     def __post_init__(self) -> None:
         # checked here, not only by the worker: the gRPC request reads 0 as "the default"

@@ -33,7 +33,7 @@ health.register(app)
 db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
 
-TIERS = ("store", "inference", "optimizer")
+TIERS = ("store", "inference", "optimizer", "api")
 
 
 @db.command()
@@ -53,15 +53,23 @@ def upgrade() -> None:
 @app.command()
 def serve(
     ctx: typer.Context,
-    tier: Annotated[str, typer.Argument(help="store, inference or optimizer")],
+    tier: Annotated[str, typer.Argument(help="store, inference, optimizer, or api (the support gateway)")],
     listen: Annotated[str, typer.Option(help="host:port (default LLMK_LISTEN)")] = "",
+    model: Annotated[str, typer.Option(help="NAME[@REF] to serve (default LLMK_SERVE_MODEL)")] = "",
+    host: Annotated[str, typer.Option(help="api: the address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="api: the port to listen on")] = 8000,
 ) -> None:
-    """Run one tier as a gRPC service (health and reflection included) until SIGTERM."""
+    """Run one tier as a gRPC service (health and reflection included), or `api`, the OpenAI-compatible
+    HTTP gateway and chat page, until SIGTERM."""
     if tier not in TIERS:
         raise typer.BadParameter(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
     settings = Settings()
+    if tier == "api" and not listen:
+        listen = f"{host}:{port}"
     if listen:
         settings.listen = listen
+    if model:
+        settings.serve_model = model
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     tiers(ctx).serve(tier, settings)
 
