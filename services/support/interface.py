@@ -30,7 +30,7 @@ class Ask:
     model: str  # NAME (follows what is served) or NAME@REF (that version, or an error)
     messages: tuple[Turn, ...] = ()  # a chat; empty for a raw-text completion
     prompt: str = ""  # a raw-text completion's prompt (no chat template)
-    max_tokens: int = 256
+    max_tokens: int | None = None  # None: as many as the server allows, up to 256
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()

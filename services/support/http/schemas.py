@@ -15,7 +15,6 @@ from llmk.errors import InvalidInput
 from services.support.interface import Ask, Turn
 
 MAX_STOPS = 4  # OpenAI's own limit
-DEFAULT_MAX_TOKENS = 256
 Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
 
 
@@ -79,7 +78,7 @@ class Sampling(Request):
             self.model,
             messages,
             prompt,
-            max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS,
+            max_tokens,
             float(self.temperature),
             float(self.top_p),
             self.stops(),

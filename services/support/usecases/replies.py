@@ -32,6 +32,8 @@ from services.support.usecases.feedback import check_feedback
 
 log = logging.getLogger("llmk.support")
 
+DEFAULT_MAX_TOKENS = 256  # when a request names no max_tokens (and the server allows that many)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -143,10 +145,10 @@ class SupportService:
     def answer(self, ask: Ask) -> Streaming:
         client = self._ready()
         pin = self._requested_pin(ask.model)
-        self._check(ask)
+        max_tokens = self._max_tokens(ask)
         for _ in range(2):  # once more if a hot update lands between reading the version and asking for it
             version = client.version()
-            request = self._request(ask, pin or str(version))
+            request = self._request(ask, max_tokens, pin or str(version))
             try:
                 return self._start(client, ask, request, version)
             except FailedPrecondition as e:
@@ -174,15 +176,18 @@ class SupportService:
             raise NotFound(f"the model {model!r} does not exist here; this server serves {self.name!r}")
         return pin
 
-    def _check(self, ask: Ask) -> None:
+    def _max_tokens(self, ask: Ask) -> int:
         most = min(self.limits.max_new_tokens, self.limits.context_tokens - 1)
+        if ask.max_tokens is None:
+            return min(DEFAULT_MAX_TOKENS, most)
         if not 1 <= ask.max_tokens <= most:
             raise InvalidInput(f"max_tokens must be between 1 and {most} (the context), got {ask.max_tokens}")
+        return ask.max_tokens
 
-    def _request(self, ask: Ask, pin: str) -> GenerateRequest:
+    def _request(self, ask: Ask, max_tokens: int, pin: str) -> GenerateRequest:
         return GenerateRequest(
             ask.prompt,
-            max_tokens=ask.max_tokens,
+            max_tokens=max_tokens,
             temperature=ask.temperature,
             seed=ask.seed,
             chat=ask.chat,

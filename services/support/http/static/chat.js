@@ -52,7 +52,7 @@ async function ask(text) {
   const turn = document.getElementById("reply-template").content.firstElementChild.cloneNode(true);
   log.appendChild(turn);
   const reply = turn.querySelector(".text");
-  const request = { model: await modelName(), messages: history, stream: true, max_tokens: 200 };
+  const request = { model: await modelName(), messages: history, stream: true };
   const answer = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(request) });
   if (!answer.ok) throw new Error((await answer.json()).error.message);
   turn.querySelector(".version").textContent = answer.headers.get("llmk-version");
@@ -64,6 +64,7 @@ async function ask(text) {
     if (delta.content) reply.textContent += delta.content;
   }
   history.push({ role: "assistant", content: reply.textContent });
+  turn.dataset.completionId = id;
   enableFeedback(turn, id);
 }
 
