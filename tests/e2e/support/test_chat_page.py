@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 
+# calls llmkSawReply with the reply's text each time the page changes it
+WATCH_REPLIES = """() => new MutationObserver((changes) => changes.forEach((c) => {
+  const node = c.target.nodeType === Node.TEXT_NODE ? c.target.parentElement : c.target;
+  const reply = node.closest('[data-testid=reply]');
+  if (reply) window.llmkSawReply(reply.textContent);
+})).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true})"""
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium")
@@ -40,12 +48,7 @@ def test_a_customer_chats_and_gives_a_thumb(browser: Browser, api: Api, tmp_path
     pieces: list[str] = []  # the reply's text each time it changed: more than one means it streamed
     page.expose_function("llmkSawReply", lambda text: pieces.append(text))
     page.goto(api.url + "/")
-    page.evaluate(
-        """() => new MutationObserver((changes) => changes.forEach((c) => {
-             const reply = c.target.closest ? c.target.closest('[data-testid=reply]') : c.target.parentElement;
-             if (reply) window.llmkSawReply(reply.textContent);
-           })).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true})"""
-    )
+    page.evaluate(WATCH_REPLIES)
     page.get_by_test_id("message-input").fill("My parcel never arrived, what can I do?")
     page.get_by_test_id("send").click()
     up = page.get_by_test_id("thumb-up")
