@@ -81,6 +81,9 @@ class Tiers:
 
 def run() -> None:
     """The `llmk` console script."""
+    from services.support.cli import evaluate
+
+    cli.app.add_typer(evaluate, name="evaluate")
     cli.run(Tiers())
 
 

@@ -129,3 +129,33 @@ class Support(Protocol):
     def answer(self, ask: Ask) -> Answer: ...
     def feedback(self, feedback: Feedback) -> Feedback: ...
     def conversation(self, completion_id: str) -> Conversation: ...
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A customer's message and the agent's reference reply."""
+
+    instruction: str
+    response: str
+
+
+@dataclass(frozen=True)
+class ReplyScore:
+    """How well one version replies on a held-out set: the number feedback must move."""
+
+    version: int
+    rows: int
+    nll_per_token: float  # mean negative log-likelihood of each reference reply's tokens, given its message
+    tokens: int  # reference tokens scored
+    rouge_l: float | None  # mean ROUGE-L F1 of greedy replies against the references; None when none made
+    generated: int
+
+
+class ReplyScorer(Protocol):
+    """Log-likelihoods of replies after chat turns, under one stored version."""
+
+    version: int
+
+    def reply_logprobs(self, pairs: list[Pair]) -> list[tuple[float, int]]:
+        """(sum of log p(reply token), number of reply tokens) for each pair, the message as one user turn."""
+        ...
