@@ -66,6 +66,9 @@ class Tiers:
 
 def run() -> None:
     """The `llmk` console script."""
+    from services.rec.main import app as rec
+
+    cli.app.add_typer(rec, name="rec")
     cli.run(Tiers())
 
 

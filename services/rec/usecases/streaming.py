@@ -90,6 +90,7 @@ class Streamer:
         self.watermark = Watermark.of(head.metadata)
         self.summary = StreamSummary()
         self._seen: set[tuple[int, int, int]] = set()
+        self.applied_pairs: list[tuple[int, int]] = []  # (user, item) since the last commit, for seen-indexes
         self._since_commit = 0
         self._last_commit = clock()
         self._generator = torch.Generator().manual_seed(tables.config.seed + head.id)
@@ -144,6 +145,7 @@ class Streamer:
     def _apply(self, record: Interaction) -> None:
         user, item = self._rows(record)
         self._seen.add(record.key)
+        self.applied_pairs.append(record.key[:2])
         if record.timestamp > self.watermark.timestamp:
             self.watermark = Watermark(record.timestamp, set())
         self.watermark.keys.add(record.key[:2])
@@ -202,4 +204,5 @@ class Streamer:
         self.summary.touched_bytes.append(touched_bytes(entries))
         if self.on_commit is not None:
             self.on_commit(version, entries)
+        self.applied_pairs = []
         return version
