@@ -1,4 +1,4 @@
-"""`llmk rec` from the shell: train, recommend (known and unknown users), stream, and bad input as one line."""
+"""`llmk rec` from the shell: train, recommend (known and unknown users), stream, bad input as one line."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ Ranker = Callable[[int, int, frozenset[int]], list[int] | None]
 
 def train_als(positives: Sequence[tuple[int, int]], factors: int, seed: int, iterations: int = 15) -> Ranker:
     """A ranker over the users and items of `positives`; it answers None for a user it was not trained on."""
-    from implicit.cpu.als import AlternatingLeastSquares
-    from scipy.sparse import csr_matrix
+    from implicit.cpu.als import AlternatingLeastSquares  # type: ignore[import-untyped]
+    from scipy.sparse import csr_matrix  # type: ignore[import-untyped]
 
     users = {u: n for n, u in enumerate(dict.fromkeys(u for u, _ in positives))}
     items = {i: n for n, i in enumerate(dict.fromkeys(i for _, i in positives))}

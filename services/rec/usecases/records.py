@@ -46,7 +46,7 @@ def _json_records(lines: Iterable[str]) -> Iterator[Interaction | Rejection]:
         if not isinstance(obj, dict):
             yield Rejection(n, f"a JSON {type(obj).__name__}, not an object", line[:RAW_KEPT])
             continue
-        yield _interaction(n, {ALIASES.get(k.lower(), k): v for k, v in obj.items()}, line)
+        yield _interaction(n, {ALIASES.get(str(k).lower(), str(k)): v for k, v in obj.items()}, line)
 
 
 def _csv_records(lines: Iterator[str]) -> Iterator[Interaction | Rejection]:
