@@ -8,22 +8,45 @@ exit non-zero through llmk.cli.main.run.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llmk.cli.context import Json, client
 from llmk.config import Settings
 from llmk.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from llmk.app.clients import StoreClient
     from services.rec.adapters.seen import SeenLog
 
 app = typer.Typer(
     help="Recommendation: embedding tables in the store, learning row by row.", no_args_is_help=True
 )
 Model = Annotated[str, typer.Option("--model", "-m", help="Stored recommender model")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")]
+
+
+@dataclass
+class Session:
+    settings: Settings
+    store: StoreClient
+
+
+@contextmanager
+def client() -> Iterator[Session]:
+    """The store as every command reaches it: over gRPC at LLMK_STORE_ADDRESS, else in this process."""
+    from llmk.client import connect
+
+    settings = Settings()
+    store = connect(settings)
+    try:
+        yield Session(settings, store)
+    finally:
+        store.close()
 
 
 def _emit(payload: dict[str, object], as_json: bool) -> None:
