@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from llmk.cli import demo, evaluate, feedback, health, infer, monitor, store, task, train
+from llmk.cli import demo, evaluate, feedback, health, infer, monitor, rec, store, task, train
 from llmk.cli.context import deployment
 from llmk.config import Settings
 from llmk.errors import LlmkError
@@ -33,6 +33,7 @@ health.register(app)
 db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
 app.add_typer(evaluate.evaluate, name="evaluate")
+app.add_typer(rec.app, name="rec")
 
 TIERS = ("store", "inference", "optimizer", "api")
 
