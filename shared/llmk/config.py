@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(
         16 << 30, description="Most tensor bytes one commit or import stream may declare; larger is refused"
     )
+    max_import_file_bytes: int = Field(
+        256 << 20, description="Largest config or tokenizer file an import reads from a model folder"
+    )
 
     # inference
     device: str = Field("", description="cpu, cuda, cuda:N; empty picks CUDA when present")
