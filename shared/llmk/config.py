@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmk.domain.addresses import check_address
+from llmk.errors import InvalidInput
 
 
 class Settings(BaseSettings):
@@ -119,6 +122,14 @@ class Settings(BaseSettings):
     )
     optimizer_worker: bool = Field(True, description="`llmk serve optimizer` also runs a job worker")
     optimizer_max_examples: int = Field(100_000, description="Most examples one feedback submission may hold")
+
+    @field_validator("store_address", "inference_address", "optimizer_address", "listen")
+    @classmethod
+    def _port_in_range(cls, address: str, info: ValidationInfo) -> str:
+        try:
+            return check_address(address, listening=info.field_name == "listen")
+        except InvalidInput as e:  # pydantic reports ValueErrors as the setting's error
+            raise ValueError(str(e)) from None
 
     @property
     def objects_path(self) -> Path:

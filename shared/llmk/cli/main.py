@@ -11,11 +11,13 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from llmk.cli import demo, feedback, health, infer, monitor, store, task, train
 from llmk.cli.context import Tiers, tiers
 from llmk.config import Settings
-from llmk.errors import LlmkError
+from llmk.domain.addresses import check_address
+from llmk.errors import InvalidInput, LlmkError
 
 app = typer.Typer(
     help="llmk: versioned LLM parameters, inference workers and an online optimizer.",
@@ -61,7 +63,7 @@ def serve(
         raise typer.BadParameter(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
     settings = Settings()
     if listen:
-        settings.listen = listen
+        settings.listen = check_address(listen, "--listen", listening=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     tiers(ctx).serve(tier, settings)
 
@@ -72,5 +74,14 @@ def run(with_tiers: Tiers) -> None:
     except LlmkError as e:
         print(f"llmk: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except ValidationError as e:  # a bad LLMK_* value: name the setting, never a pydantic report
+        print(f"llmk: error: {setting_error(e)}", file=sys.stderr)
+        sys.exit(InvalidInput.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def setting_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    name = "LLMK_" + "_".join(str(part) for part in first["loc"]).upper()
+    return f"{name}: {first['msg'].removeprefix('Value error, ')}"
