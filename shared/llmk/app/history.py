@@ -22,10 +22,14 @@ class History:
         self.catalog = catalog
 
     def model(self, name: str) -> Model:
+        if self.catalog.ref(name, MAIN) is None:  # no model row either, or an import that died half-way
+            raise NotFound(f"unknown model {name!r}")
         return self.catalog.model(name)
 
     def models(self) -> list[Model]:
-        return self.catalog.models()
+        """Models with a main branch: one without is an import that died before its first version, which
+        `create_model` (and so `import --if-missing`) takes over."""
+        return [m for m in self.catalog.models() if self.catalog.ref(m.name, MAIN) is not None]
 
     def unfreeze(self, model: str, patterns: list[str]) -> Model:
         """Remove freeze patterns, each exactly as it was given to `freeze`."""
