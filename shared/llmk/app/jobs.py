@@ -132,10 +132,8 @@ class JobService:
         if isinstance(job, Submission):
             return job
         assert job.spec.task is not None
-        try:
-            example_blobs.check_examples(job.spec.task, examples, self.max_examples)
-        except LlmkError as e:
-            self._fail(job, e)
+        # A refused submission changes nothing: the job keeps what it accepted and takes the next one.
+        example_blobs.check_examples(job.spec.task, examples, self.max_examples)
         sha, _ = self.blobs.put_bytes(example_blobs.encode(examples))
         return self._accept(job, idempotency_key, sha, len(examples))
 

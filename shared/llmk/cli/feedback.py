@@ -52,15 +52,19 @@ def add(
     json_: Json = False,
 ) -> None:
     """Queue labelled examples for the optimizer; prints the job and, with --wait, the versions it made."""
+    from llmk.app.examples import check_examples
     from llmk.app.model_task import require_task
     from llmk.cli.context import client, tiers
     from llmk.cli.train import read_examples
 
+    if holdout < 0:
+        raise InvalidInput(f"--holdout must be 0 or more, got {holdout}")
     settings = Settings()
     embedded = not settings.optimizer_address and settings.broker_url.startswith("memory")
     with client() as c:
         task = require_task(c.store, model, branch)
     examples = read_examples(file, task)
+    check_examples(task, examples, settings.optimizer_max_examples)  # the whole file, before any job
     spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance)
     with tiers(ctx).jobs(settings, worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
