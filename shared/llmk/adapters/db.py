@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from llmk.adapters.entry_cache import EntryCache
 from llmk.adapters.schema import EntryRow, ModelRow, RefRow, SnapshotRow, VersionRow
 from llmk.adapters.sessions import now, transaction, utc
+from llmk.domain.names import NAME_MAX, check_text
 from llmk.domain.versions import Entry, Model, Ref, Snapshot, Version
 from llmk.errors import AlreadyExists, Conflict, NotFound
 
@@ -80,6 +81,7 @@ class Catalog:
 
     @staticmethod
     def _model_row(s: Session, name: str) -> ModelRow:
+        check_text(name, "model name", NAME_MAX)  # PostgreSQL would refuse a NUL with its SQL
         row = s.scalar(select(ModelRow).where(ModelRow.name == name))
         if row is None:
             raise NotFound(f"unknown model {name!r}")

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from llmk.adapters.schema import Base
 from llmk.adapters.sessions import transaction, utc
 from llmk.app.job_records import TERMINAL, Job, JobInput, JobSpec, StepRecord, step_records, tensor_meta
+from llmk.domain.names import check_text
 from llmk.errors import Conflict, FailedPrecondition, NotFound
 
 
@@ -78,6 +79,7 @@ class JobsDb:
 
     @staticmethod
     def _row(s: Session, job_id: str, lock: bool = False) -> JobRow:
+        check_text(job_id, "job id", 32)  # the id column's width; PostgreSQL would refuse a NUL with its SQL
         row = s.get(JobRow, job_id, with_for_update=lock)
         if row is None:
             raise NotFound(f"unknown job {job_id!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from llmk.app.ports import Catalog
-from llmk.domain.names import check_name
+from llmk.domain.names import NAME_MAX, check_name, check_text
 from llmk.domain.versions import Model, Ref, Version
 from llmk.errors import InvalidInput, NotFound
 
@@ -43,6 +43,7 @@ class History:
     def resolve(self, model: str, ref: str | None = None) -> int:
         """A version id from a branch, a tag or a number (default: the main branch)."""
         ref = ref or MAIN
+        check_text(ref, "ref", NAME_MAX)
         found = self.catalog.ref(model, ref)
         if found is not None:
             return found.version
@@ -65,6 +66,8 @@ class History:
         return self.catalog.create_ref(model, name, "tag", self.resolve(model, ref))
 
     def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
+        if limit < 0:
+            raise InvalidInput(f"limit must be 0 or more, got {limit}")
         by_id = {v.id: v for v in self.catalog.versions(model)}
         out: list[Version] = []
         vid: int | None = self.resolve(model, ref)
@@ -77,7 +80,8 @@ class History:
         """The version a branch points at: one row read, no entries (what followers poll)."""
         found = self.catalog.ref(model, branch)
         if found is None or found.kind != "branch":
-            raise NotFound(f"model {model!r} has no branch {branch!r}")
+            tag = f" ({branch!r} is a tag, and tags never move)" if found else ""
+            raise NotFound(f"model {model!r} has no branch {branch!r}{tag}")
         return found.version
 
     def changed(self, model: str, a: int, b: int) -> list[str]:

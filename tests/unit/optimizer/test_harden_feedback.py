@@ -59,3 +59,23 @@ def test_a_file_with_one_bad_label_creates_and_feeds_no_job(tmp_path: Path) -> N
     )
     assert negative.returncode == InvalidInput.exit_code
     assert "--holdout" in negative.stderr
+
+
+def test_job_ids_keys_and_limits_are_checked_before_the_database(runtime: Runtime, model: str) -> None:
+    job_id = runtime.jobs.create_job(JobSpec(model=model, task=TASK, batch_size=64)).id
+    refused = {
+        "NUL in a job id": lambda: runtime.jobs.get_job("ab\x00cd"),
+        "NUL in a key": lambda: runtime.jobs.submit_feedback(job_id, examples(2), "k\x00"),
+        "a key over 200 characters": lambda: runtime.jobs.submit_feedback(job_id, examples(2), "k" * 201),
+        "a job key over 200 characters": lambda: runtime.jobs.create_job(
+            JobSpec(model=model, task=TASK), idempotency_key="k" * 201
+        ),
+        "a negative limit": lambda: runtime.jobs.list_jobs(limit=-1),
+        "NUL in a model filter": lambda: runtime.jobs.list_jobs("ti\x00ny"),
+    }
+    for label, call in refused.items():
+        with pytest.raises(InvalidInput) as error:
+            call()
+        assert "SQL" not in str(error.value), label
+    job = runtime.jobs.get_job(job_id)
+    assert (job.done, job.items) == (False, 0)
