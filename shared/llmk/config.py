@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     version_poll_seconds: float = Field(
         30.0, description="Workers also check their branch head this often (missed events); 0 = never"
     )
-    metrics_port: int = Field(0, description="Port of the Prometheus /metrics endpoint; 0 = none")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 = none"
+    )
     inference_queue: str = Field("inference", description="Celery queue of classify and generate tasks")
     inference_worker: bool = Field(False, description="`llmk serve inference` also consumes the Celery queue")
     result_backend: str = Field(

@@ -41,6 +41,11 @@ def test_settings_refuse_a_port_out_of_range(field: str) -> None:
 ROOT = Path(__file__).resolve().parents[3]
 
 
+def test_a_metrics_port_out_of_range_is_refused() -> None:
+    with pytest.raises(ValidationError, match="metrics_port"):
+        Settings(_env_file=None, metrics_port=70000)  # type: ignore[call-arg]
+
+
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`llmk ARGS` from this checkout, with no LLMK_* setting but `env`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LLMK_")}
