@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from llmk.domain.sampling import check_sampling
 from llmk.errors import InvalidInput
 
 
@@ -50,6 +51,7 @@ class GenerateRequest:
         # checked here, not only by the worker: the gRPC request reads 0 as "the default"
         if self.max_tokens < 1:
             raise InvalidInput(f"max_tokens must be at least 1, got {self.max_tokens}")
+        check_sampling(self.temperature)
 
 
 @dataclass(frozen=True)

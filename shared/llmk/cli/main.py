@@ -11,11 +11,13 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from llmk.cli import demo, evaluate, feedback, health, infer, monitor, rec, store, task, train
 from llmk.cli.context import deployment
 from llmk.config import Settings
-from llmk.errors import LlmkError
+from llmk.domain.addresses import check_address
+from llmk.errors import InvalidInput, LlmkError
 
 app = typer.Typer(
     help="llmk: versioned LLM parameters, inference workers and an online optimizer.",
@@ -78,7 +80,7 @@ def serve(
     if tier == "api" and not listen:
         listen = f"{host}:{port}"
     if listen:
-        settings.listen = listen
+        settings.listen = check_address(listen, "--listen", listening=True)
     if model:
         settings.serve_model = model
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -92,8 +94,17 @@ def run() -> None:
     except LlmkError as e:
         print(f"llmk: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except ValidationError as e:  # a bad LLMK_* value: name the setting, never a pydantic report
+        print(f"llmk: error: {setting_error(e)}", file=sys.stderr)
+        sys.exit(InvalidInput.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def setting_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    name = "LLMK_" + "_".join(str(part) for part in first["loc"]).upper()
+    return f"{name}: {first['msg'].removeprefix('Value error, ')}"
 
 
 if __name__ == "__main__":
