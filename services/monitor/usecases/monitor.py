@@ -121,14 +121,15 @@ class Monitor:
         """Score `items` to their end (or until `stop` is set); returns the counts.
 
         Items travel in groups of `group` texts per message (fewer when the source is slow); a None from
-        `items` means the source is idle: every item in flight is finished meanwhile."""
+        `items` means the source is idle: every item in flight is finished and every alert whose
+        evidence is on its way opens meanwhile, so alerts never wait for the next message."""
         self._pending: deque[tuple[list[tuple[Item, float]], Pending]] = deque()
         self._group: list[tuple[Item, float]] = []
         for entry in items:
-            if entry is None:
+            if entry is None:  # the source is idle: finish what is in flight, open what it explains
                 self._send()
                 self._finish(0)
-                self._open_explained(wait=False)
+                self._open_explained(wait=True)  # ready() may not see answers nobody waits on (rpc://)
                 continue
             self.summary.read += 1
             if isinstance(entry, Rejected):
