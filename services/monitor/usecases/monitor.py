@@ -224,9 +224,7 @@ class Monitor:
             self._open[key] = self._open_alert(self._opening.pop(key))
         if (opened := self._open.pop(key, None)) is not None:
             self.repo.clear_alert(opened.id, datetime.now(UTC))
-            log.warning(
-                "alert cleared: %s %s (share %.2f of %d mentions)", *key, change.share, change.mentions
-            )
+            log.warning("alert cleared: %s %s: %s", *key, change.reason)
 
     def _ask_why(self, change: Change) -> Opening:
         """Send the occluded variants of the items that moved the mood most, without waiting for them."""
