@@ -282,9 +282,9 @@ class Monitor:
                 log.warning("could not explain item %s: %s", scored.item_id, e)
                 continue
             version = why.version
-            out.append(
-                Evidence(scored.item_id, scored.text, why.label, round(why.probability, 4), why.top(5))
-            )
+            stored = (scored.label, round(scored.probability, 4), scored.version)
+            explained = (why.label, round(why.probability, 4), why.top(5), why.version)
+            out.append(Evidence(scored.item_id, scored.text, *explained, *stored))
         return out, version
 
 

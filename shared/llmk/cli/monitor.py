@@ -24,6 +24,7 @@ from llmk.cli.output import emit
 from llmk.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    from services.monitor.interface import Evidence
     from services.monitor.usecases.items import Item, Rejected
     from services.monitor.usecases.monitor import MonitorConfig, Summary
 
@@ -150,13 +151,22 @@ def alerts(
             "cleared": a.cleared or "",
             "version": a.version,
             "share": a.share,
-            "why": "; ".join(
-                f"{e.text[:50]} [{', '.join(w for w, _ in e.top_tokens[:3])}]" for e in a.evidence
-            ),
+            "why": "; ".join(evidence_line(e) for e in a.evidence),
         }
         for a in found
     ]
     emit(json_, found, rows, title="alerts")
+
+
+def evidence_line(e: Evidence) -> str:
+    """An evidence item as stored (label, probability, version) and, when a newer version explained it,
+    that version's probability beside it: the two are different models' answers, both true."""
+    words = ", ".join(w for w, _ in e.top_tokens[:3])
+    stored = f"scored {e.scored_label} {e.scored_probability:.3f} by version {e.scored_version}"
+    line = f"{e.text[:50]} [{words}] {stored}"
+    if e.version != e.scored_version:
+        line += f"; explained on version {e.version}: {e.label} {e.probability:.3f}"
+    return line
 
 
 @contextmanager
