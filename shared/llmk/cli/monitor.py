@@ -1,4 +1,5 @@
-"""`llmk monitor`, `llmk scores`, `llmk alerts`: score a stream of finance news, watch tickers' mood.
+"""`llmk monitor`, `llmk scores`, `llmk rejected`, `llmk alerts`: score a stream of finance news, watch
+tickers' mood.
 
 Items go through the inference queue: in the embedded mode (LLMK_BROKER_URL=memory://) the command runs
 an inference worker on threads of its own process; with RabbitMQ, `llmk serve inference` workers consuming
@@ -33,6 +34,7 @@ def register(app: typer.Typer) -> None:
     app.command()(monitor)
     app.command()(scores)
     app.command()(alerts)
+    app.command()(rejected)
 
 
 def monitor(
@@ -134,6 +136,20 @@ def scores(
     ]
     rows = [{k: r[k] for k in ("id", "label", "version", "tickers", "text")} for r in records]
     emit(json_, records, rows, title="scored items")
+
+
+def rejected(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's items")] = None,
+    run: Annotated[str | None, typer.Option(help="Only items of this monitor run")] = None,
+    json_: Json = False,
+) -> None:
+    """Items the monitor refused, oldest first, each with why (not UTF-8, too long, no text...)."""
+    found = deployment().monitor_repo().rejects(model, run)
+    rows = [
+        {"id": r.item_id, "run": r.run, "reason": r.reason, "rejected_at": r.rejected_at, "raw": r.raw[:60]}
+        for r in found
+    ]
+    emit(json_, found, rows, title="rejected items")
 
 
 def alerts(
