@@ -117,7 +117,7 @@ def main(deployment: Deployment) -> None:
     )
     if worker:
         resume_unfinished(runtime)
-    log.warning("llmk optimizer serving on port %d (queue %s)", port, settings.optimizer_queue)
+    log.info("llmk optimizer serving on port %d (queue %s)", port, settings.optimizer_queue)
     print(f"llmk optimizer listening on {settings.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     if settings.metrics_port:
         print(f"llmk optimizer metrics on port {runtime.metrics.serve(settings.metrics_port)}", flush=True)
