@@ -75,6 +75,24 @@ def test_rejected_lists_every_refused_item_with_its_reason(env: dict[str, str]) 
     assert "empty text" in llmk(env, "rejected", "--run", summary["run"])  # the table for people
 
 
+def test_feedback_add_says_how_many_rows_a_first_version_needs(env: dict[str, str], tmp_path: Path) -> None:
+    from llmk.cli.feedback import BATCH
+    from services.optimizer.interface import JobSpec
+
+    assert JobSpec.__dataclass_fields__["batch_size"].default == BATCH
+    ten = tmp_path / "ten.csv"
+    ten.write_text("text,label\n" + "\n".join(f"$ACME note {i},{i % 3}" for i in range(10)) + "\n")
+    args = ("feedback", "add", "--model", "tiny", "--branch", "few", "--file", str(ten))
+    llmk(env, "store", "branch", "tiny", "few", "--from", "main", "--json")
+    error = llmk(env, *args, code=2)
+    assert "holds out the first --holdout 48" in error
+    assert "at least 112 rows" in error
+    job = llmk(env, *args, "--holdout", "4", "--json")
+    assert (job["step"], job["versions"]) == (0, [])
+    assert job["until_next_version"].startswith("58 more examples: the job steps on each 16")
+    assert "48 + 64 = 112 rows" in " ".join(llmk(env, "feedback", "add", "--help").split())
+
+
 def test_json_lines_from_standard_input(env: dict[str, str]) -> None:
     lines = b'{"text": "$XYZ rallies", "id": "j1"}\nnot json\n{"headline": "no text"}\n{"text": "fine"}\n'
     summary = llmk(
