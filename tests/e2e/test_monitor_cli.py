@@ -156,6 +156,31 @@ def test_demo_dry_run_with_the_tiny_model_writes_the_report(env: dict[str, str],
     assert all((out / name).stat().st_size > 1000 for name in ("f1.png", "throughput.png", "bytes.png"))
 
 
+def test_a_demo_that_does_not_settle_fails_loudly_and_ends_its_job(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "demo"
+    args = (
+        "demo",
+        "--source",
+        "synthetic:llama-tiny",
+        "--out",
+        str(out),
+        "--stream",
+        "20",
+        "--feedback",
+        "64",
+    )
+    error = llmk(env, *args, "--held-out", "32", "--settle-seconds", "0", "--json", code=11)
+    assert "the demo did not finish: the optimizer trained" in error
+    report = json.loads((out / "report.json").read_text())
+    assert report["unsettled"].startswith("the optimizer trained")
+    assert report["served_at_end"] is not None
+    assert f"version {report['served_at_end']} was serving at the end" in error
+    jobs = llmk({**env, "LLMK_HOME": str(out / "home")}, "jobs", "--json")
+    assert [j["status"] for j in jobs] == ["cancelled"]  # a later optimizer does not resume it
+
+
 def test_train_uses_the_model_task_unless_told_otherwise(env: dict[str, str], tmp_path: Path) -> None:
     labelled = tmp_path / "few.csv"
     labelled.write_text("text,label\n" + "\n".join(f"$ACME note {i},{i % 3}" for i in range(12)) + "\n")
