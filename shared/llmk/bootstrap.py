@@ -154,13 +154,14 @@ class Deployment:
 
     # inference
 
-    def inference(self, model: str, ref: str | None) -> InferenceClient:
-        """`model` at `ref`: the worker at LLMK_INFERENCE_ADDRESS, else a Host in this process."""
+    def inference(self, model: str, ref: str | None, shared: bool = False) -> InferenceClient:
+        """`model` at `ref`: the worker at LLMK_INFERENCE_ADDRESS, else a Host in this process (`shared`:
+        one for many callers, such as a gateway, that follows the branch; else one for one command)."""
         s = self.settings
         if not self.inference_is_remote:
             from services.inference.usecases.local_client import LocalInferenceClient
 
-            return LocalInferenceClient(s, self.store(), model, ref)
+            return LocalInferenceClient(s, self.store(), model, ref, self.events() if shared else None)
         from llmk.platform.security import Tls
         from services.inference.rpc.client import GrpcInferenceClient
 
@@ -245,6 +246,10 @@ class Deployment:
             from services.store import main as store
 
             store.main(self)
+        elif tier == "api":
+            from services.support import main as support
+
+            support.main(self)
         elif tier == "inference":
             from services.inference import main as inference
 

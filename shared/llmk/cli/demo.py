@@ -185,7 +185,7 @@ def _import(settings: Settings, source: str, branch: str) -> None:
     store = deployment(settings).store()
     try:
         if not any(m.name == MODEL for m in store.models()):
-            imported = load_source(source, settings.max_header_bytes)
+            imported = load_source(source, settings.max_header_bytes, settings.max_import_file_bytes)
             task = {TASK_KEY: encode_task(packaged("sentiment"))}
             info = CommitInfo(message=f"import {imported.source}", metadata=task)
             store.create_model(MODEL, imported.tensors, imported.config, imported.files, info)

@@ -61,12 +61,16 @@ def add(
     from llmk.cli.context import deployment, history
     from llmk.cli.train import read_examples
     from llmk.domain.task_spec import require_task
+    from services.optimizer.usecases.examples import check_examples
 
+    if holdout < 0:
+        raise InvalidInput(f"--holdout must be 0 or more, got {holdout}")
     tiers = deployment()
     embedded = tiers.trains_in_process
     with history() as h:  # the task alone: metadata, no tensors
         task = require_task(h, model, branch)
     examples = read_examples(file, task)
+    check_examples(task, examples, tiers.settings.optimizer_max_examples)  # the whole file, before any job
     spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance)
     with tiers.jobs(worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
