@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from llmk.errors import InvalidInput
 
 FORMATS = ("csv", "jsonl")
 RAW_KEPT = 200  # characters of a rejected record kept for a person to look at
+JSON_ID = re.compile(rb'"id"\s*:\s*(?:("(?:[^"\\]|\\.){1,200}")|(-?\d{1,30})\b)')
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,13 @@ def _check_text(text: Any, raw: str, max_item_bytes: int) -> str | None:
     return None
 
 
-def _decoded(lines: Iterable[bytes], max_item_bytes: int) -> Iterator[str | Rejected]:
+def _decoded(
+    lines: Iterable[bytes], max_item_bytes: int, id_of: Callable[[bytes], str]
+) -> Iterator[str | Rejected]:
+    """Lines as text; a line far over the limit is refused unread but keeps its own id (`id_of`)."""
     for line in lines:
         if len(line) > 4 * max_item_bytes + 1024:
-            yield Rejected("", f"a line of {len(line)} bytes is far over the item limit", "")
+            yield Rejected(id_of(line), f"a line of {len(line)} bytes is far over the item limit", "")
             continue
         try:
             yield line.decode("utf-8")
@@ -82,8 +87,20 @@ def _decoded(lines: Iterable[bytes], max_item_bytes: int) -> Iterator[str | Reje
             )
 
 
+def _json_id(line: bytes) -> str:
+    """The `id` field of a JSON line too long to parse, when it has a string or integer one."""
+    found = JSON_ID.search(line)
+    if found is None:
+        return ""
+    value = found.group(1) or found.group(2)
+    try:
+        return str(json.loads(value)) if found.group(1) else value.decode()
+    except ValueError:
+        return ""
+
+
 def _json_records(lines: Iterable[bytes], max_item_bytes: int) -> Iterator[Item | Rejected]:
-    for line in _decoded(lines, max_item_bytes):
+    for line in _decoded(lines, max_item_bytes, _json_id):
         if isinstance(line, Rejected):
             yield line
             continue
@@ -111,7 +128,14 @@ def _csv_records(lines: Iterable[bytes], max_item_bytes: int) -> Iterator[Item |
     """Rows of a CSV file; a quoted field may span lines (its record ends when its quotes balance)."""
     header: list[str] | None = None
     pending = ""
-    for line in _decoded(lines, max_item_bytes):
+
+    def csv_id(line: bytes) -> str:  # the id column of a row too long to keep, when there is one
+        if header is None or "id" not in header:
+            return ""
+        values = next(csv.reader(io.StringIO(line.decode(errors="replace"))), [])
+        return values[header.index("id")].strip()[:200] if len(values) == len(header) else ""
+
+    for line in _decoded(lines, max_item_bytes, csv_id):
         if isinstance(line, Rejected):
             pending = ""  # a record with a bad line is dropped whole, and said so
             yield line

@@ -132,6 +132,8 @@ class JobsDb:
                     f"job {job_id} is at step {row.step} under another worker (expected step {expected_step})"
                 )
             for key, value in fields.items():
+                if key == "status" and row.status in TERMINAL:
+                    continue  # cancelled while its step ran: a finished job keeps its outcome
                 setattr(row, key, _column_value(value))
             row.updated_at = datetime.now(UTC)
             return _job(row)

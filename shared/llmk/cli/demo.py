@@ -26,7 +26,7 @@ from llmk.bootstrap import embedded, reached_over_grpc
 from llmk.cli.context import Json, deployment
 from llmk.cli.output import console, emit
 from llmk.config import Settings
-from llmk.errors import InvalidInput
+from llmk.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
     from llmk.bootstrap import Deployment
@@ -79,6 +79,9 @@ def demo(
     source: Annotated[
         str, typer.Option(help="Model to import: smollm2, or synthetic:llama-tiny for a quick dry run")
     ] = "smollm2",
+    settle_seconds: Annotated[
+        float, typer.Option(help="After the stream, how long to wait for the optimizer and the evaluation")
+    ] = 600.0,
     json_: Json = False,
 ) -> None:
     """Import SmolLM2, stream finance tweets through the monitor, send labels back, report what it learnt."""
@@ -96,7 +99,7 @@ def demo(
     _import(settings, source, branch)
     optimizer = {**OPTIMIZER, "lr": lr, "topk": topk}
     with _tiers(settings, distributed, workers, branch, out) as tier_settings:
-        result = _run(deployment(tier_settings), plan, branch, optimizer, json_)
+        result = _run(deployment(tier_settings), plan, branch, optimizer, json_, settle_seconds)
     setup = {
         "mode": "distributed" if distributed else "embedded",
         "inference_workers": workers if distributed else 1,
@@ -112,6 +115,11 @@ def demo(
     report = _write_report(out, result, setup, time.monotonic() - started)
     headline = [{"figure": k, "value": v} for k, v in _headline(report, out).items()]
     emit(json_, report, headline, title="llmk demo")
+    if result.run.unsettled:  # the report is written, but the run did not finish its work
+        raise Unavailable(
+            f"the demo did not finish: {result.run.unsettled}; version {result.run.served_at_end} was "
+            f"serving at the end (report in {out})"
+        )
 
 
 def make_plan(task: TaskSpec, stream: int, feedback: int, held_out: int, seed: int) -> Plan:
@@ -224,6 +232,7 @@ def _run(
     branch: str,
     optimizer_spec: dict[str, Any],
     json_: bool,
+    settle_seconds: float = 600.0,
 ) -> Result:
     from llmk.cli.feedback import job_spec
     from llmk.domain.task_spec import packaged
@@ -252,7 +261,10 @@ def _run(
         run = DemoRun(
             plan, scoring, monitor, jobs, job.id, lambda: store.version(MODEL, branch).id, dashboard.update
         )
-        run.run()
+        try:
+            run.run(settle_seconds)
+        finally:  # the demo's job ends with it: a later optimizer must not resume it
+            jobs.cancel_job(job.id)
         stored = {s.version: (s.stored_bytes, s.full_bytes) for s in store.stats(MODEL)}
         scores = repo.scores(MODEL, None, None, run_id)
         twice = len(scores) - len({s.item_id for s in scores})
@@ -268,6 +280,7 @@ def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float)
     report = build(
         run.timeline, summary, result.job, result.stored, result.alerts, setup, wall, result.scored_twice
     )
+    report |= {"served_at_end": run.served_at_end, "unsettled": run.unsettled or None}
     write(out, report)
     draw(out, report, run.timeline.throughput)
     return report
@@ -275,7 +288,7 @@ def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float)
 
 def _headline(report: dict[str, Any], out: Path) -> dict[str, Any]:
     keys = ["zero_shot_macro_f1", "final_macro_f1", "macro_f1_gain", "in", "scored", "rejected"]
-    keys += ["scored_twice", "wall_seconds"]
+    keys += ["scored_twice", "wall_seconds", "served_at_end", "unsettled"]
     shown = {k: report[k] for k in keys}
     return {**shown, "versions": len(report["versions"]), "alerts": len(report["alerts"]), "report": str(out)}
 

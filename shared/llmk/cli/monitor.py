@@ -1,4 +1,5 @@
-"""`llmk monitor`, `llmk scores`, `llmk alerts`: score a stream of finance news, watch tickers' mood.
+"""`llmk monitor`, `llmk scores`, `llmk rejected`, `llmk alerts`: score a stream of finance news, watch
+tickers' mood.
 
 Items go through the inference queue: in the embedded mode (LLMK_BROKER_URL=memory://) the command runs
 an inference worker on threads of its own process; with RabbitMQ, `llmk serve inference` workers consuming
@@ -24,6 +25,7 @@ from llmk.cli.output import emit
 from llmk.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    from services.monitor.interface import Evidence
     from services.monitor.usecases.items import Item, Rejected
     from services.monitor.usecases.monitor import MonitorConfig, Summary
 
@@ -32,6 +34,7 @@ def register(app: typer.Typer) -> None:
     app.command()(monitor)
     app.command()(scores)
     app.command()(alerts)
+    app.command()(rejected)
 
 
 def monitor(
@@ -135,6 +138,20 @@ def scores(
     emit(json_, records, rows, title="scored items")
 
 
+def rejected(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's items")] = None,
+    run: Annotated[str | None, typer.Option(help="Only items of this monitor run")] = None,
+    json_: Json = False,
+) -> None:
+    """Items the monitor refused, oldest first, each with why (not UTF-8, too long, no text...)."""
+    found = deployment().monitor_repo().rejects(model, run)
+    rows = [
+        {"id": r.item_id, "run": r.run, "reason": r.reason, "rejected_at": r.rejected_at, "raw": r.raw[:60]}
+        for r in found
+    ]
+    emit(json_, found, rows, title="rejected items")
+
+
 def alerts(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's alerts")] = None,
     run: Annotated[str | None, typer.Option(help="Only alerts of this monitor run")] = None,
@@ -150,13 +167,22 @@ def alerts(
             "cleared": a.cleared or "",
             "version": a.version,
             "share": a.share,
-            "why": "; ".join(
-                f"{e.text[:50]} [{', '.join(w for w, _ in e.top_tokens[:3])}]" for e in a.evidence
-            ),
+            "why": "; ".join(evidence_line(e) for e in a.evidence),
         }
         for a in found
     ]
     emit(json_, found, rows, title="alerts")
+
+
+def evidence_line(e: Evidence) -> str:
+    """An evidence item as stored (label, probability, version) and, when a newer version explained it,
+    that version's probability beside it: the two are different models' answers, both true."""
+    words = ", ".join(w for w, _ in e.top_tokens[:3])
+    stored = f"scored {e.scored_label} {e.scored_probability:.3f} by version {e.scored_version}"
+    line = f"{e.text[:50]} [{words}] {stored}"
+    if e.version != e.scored_version:
+        line += f"; explained on version {e.version}: {e.label} {e.probability:.3f}"
+    return line
 
 
 @contextmanager

@@ -74,3 +74,17 @@ def test_bad_json_lines_are_rejected_with_their_reason() -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(InvalidInput, match="unknown format"):
         read(b"", "xml")
+
+
+def test_a_line_far_over_the_limit_keeps_its_own_id_when_it_has_one() -> None:
+    big = "x" * 50_000
+    jsonl = [
+        f'{{"text": "{big}", "id": "row-7"}}\n',
+        f'{{"id": 12, "text": "{big}"}}\n',
+        f'{{"text": "{big}"}}\n',
+    ]
+    got = list(read_items([line.encode() for line in jsonl], "jsonl", "run"))
+    assert [r.id for r in got] == ["row-7", "12", "run-3"]
+    assert all(isinstance(r, Rejected) and "far over the item limit" in r.reason for r in got)
+    rows = [b"id,text\n", b"r9," + big.encode() + b"\n"]
+    assert [r.id for r in read_items(rows, "csv", "run")] == ["r9"]
