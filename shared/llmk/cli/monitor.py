@@ -8,6 +8,7 @@ the queue answer (start as many as you need).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import uuid
@@ -20,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from llmk.bootstrap import Deployment, is_queue_url
-from llmk.cli.context import Json, deployment, split_ref
+from llmk.cli.context import Json, deployment, history, split_ref
 from llmk.cli.output import emit
 from llmk.errors import InvalidInput, NotFound
 
@@ -78,7 +79,20 @@ def monitor(
         app = tiers.inference_queue()
         workers = tiers.inference_workers(app, name, ref)
         summary = run_monitor(tiers, config, app, workers, items, run, progress=not json_)
-    emit(json_, summary.as_dict())
+    emit(json_, {**summary.as_dict(), "training": _training(name, summary.version)})
+
+
+def _training(model: str, version: int | None) -> str:
+    """Whether the version that answered was trained by feedback for its task (zero-shot answers warn)."""
+    from llmk.domain.task_spec import training_note
+
+    if version is None:
+        return "no version answered"
+    try:
+        with history() as h:
+            return training_note(h, model, str(version))
+    except NotFound:
+        return f"version {version} of {model!r} is not in the store"
 
 
 def run_monitor(
@@ -159,6 +173,7 @@ def alerts(
 ) -> None:
     """Alerts, oldest first, each with the items that raised it and the words that drove their labels."""
     found = deployment().monitor_repo().alerts(model, run)
+    notes = {(a.model, a.version): _training(a.model, a.version) for a in found}
     rows = [
         {
             "ticker": a.ticker,
@@ -168,10 +183,12 @@ def alerts(
             "version": a.version,
             "share": a.share,
             "why": "; ".join(evidence_line(e) for e in a.evidence),
+            "model": notes[a.model, a.version],
         }
         for a in found
     ]
-    emit(json_, found, rows, title="alerts")
+    shown = [{**dataclasses.asdict(a), "training": notes[a.model, a.version]} for a in found]
+    emit(json_, shown, rows, title="alerts")
 
 
 def evidence_line(e: Evidence) -> str:
