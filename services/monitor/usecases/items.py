@@ -96,12 +96,12 @@ def _line_cap(max_item_bytes: int) -> int:
 
 def _with_id(record: Item | Rejected, fallback: str) -> Item | Rejected:
     if isinstance(record, Rejected):
-        usable = record.id and _string_problem(record.id) is None and len(record.id) <= MAX_ID
+        usable = record.id and string_problem(record.id) is None and len(record.id) <= MAX_ID
         return Rejected(record.id if usable else fallback, record.reason, _printable(record.raw))
     given = str(record.fields.pop("id", "") or "").strip()
     if len(given) > MAX_ID:
         return Rejected(fallback, f"the id is longer than {MAX_ID} characters", _printable(given))
-    if (why := _string_problem(given)) is not None:
+    if (why := string_problem(given)) is not None:
         return Rejected(fallback, f"the id {why}", _printable(given))
     return Item(given or fallback, record.text, record.fields)
 
@@ -112,7 +112,7 @@ def _printable(raw: str) -> str:
     return raw.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _string_problem(text: str) -> str | None:
+def string_problem(text: str) -> str | None:
     if "\x00" in text:
         return "holds a NUL byte"
     try:
@@ -126,7 +126,7 @@ def _check_text(text: Any, max_item_bytes: int) -> str | None:
     """Why `text` cannot be scored, or None."""
     if not isinstance(text, str):
         return "no text" if text is None else f"text is a {type(text).__name__}, not a string"
-    if (why := _string_problem(text)) is not None:
+    if (why := string_problem(text)) is not None:
         return f"the text {why}"
     if not text.strip():
         return "empty text"
@@ -140,7 +140,7 @@ def _check_fields(value: Any, depth: int = 0) -> str | None:
     if depth > MAX_DEPTH:
         return f"fields nested deeper than {MAX_DEPTH} levels"
     if isinstance(value, str):
-        return None if (why := _string_problem(value)) is None else f"a field {why}"
+        return None if (why := string_problem(value)) is None else f"a field {why}"
     if isinstance(value, float) and value - value != 0:
         return f"a field is {value}, not a finite number"
     children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
