@@ -40,7 +40,8 @@ test: proto
 test-fast: proto
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not smollm2" $(PYTEST_ARGS)
 
-# The fuzz targets (parsers, model folders, monitor sources, feedback files) and the stateful test, long: `make test` runs each for a few seconds
+# The fuzz targets (parsers, model folders, monitor sources, feedback files) and the stateful test, long:
+# `make test` runs each for a few seconds
 # (200 parser inputs; 8 sequences of 25 store operations per client and backend)
 FUZZ_EXAMPLES ?= 20000
 STATEFUL_EXAMPLES ?= 200
