@@ -40,13 +40,16 @@ test: proto
 test-fast: proto
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not smollm2" $(PYTEST_ARGS)
 
-# The parser fuzz targets and the store's stateful test, long: `make test` runs each for a few seconds
+# The fuzz targets (parsers, model folders, monitor sources, feedback files) and the stateful test, long:
+# `make test` runs each for a few seconds
 # (200 parser inputs; 8 sequences of 25 store operations per client and backend)
 FUZZ_EXAMPLES ?= 20000
 STATEFUL_EXAMPLES ?= 200
 fuzz: proto
 	HF_HUB_OFFLINE=1 LLMK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) LLMK_STATEFUL_EXAMPLES=$(STATEFUL_EXAMPLES) \
-		$(BIN)/python -m pytest -q tests/unit/store/test_fuzz_parsers.py tests/contract/test_store_stateful.py \
+		$(BIN)/python -m pytest -q tests/unit/store/test_fuzz_parsers.py tests/unit/store/test_fuzz_folders.py \
+		tests/unit/monitor/test_fuzz_sources.py tests/unit/optimizer/test_fuzz_feedback.py \
+		tests/contract/store/test_store_stateful.py \
 		$(PYTEST_ARGS)
 
 demo: proto

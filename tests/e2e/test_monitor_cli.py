@@ -64,12 +64,12 @@ def test_every_item_read_is_scored_or_rejected_with_its_reason(env: dict[str, st
 
 
 def test_rejected_lists_every_refused_item_with_its_reason(env: dict[str, str]) -> None:
-    oversized = json.dumps({"text": "x" * 50_000, "id": "big-1"}).encode()
+    oversized = json.dumps({"id": "big-1", "text": "x" * 50_000}).encode()  # the id is in the part read
     lines = b'{"text": "$XYZ rallies", "id": "ok1"}\n' + oversized + b'\n{"text": "", "id": "e1"}\n'
     summary = llmk(env, "monitor", "-m", "tiny", "--source", "-", "--format", "jsonl", "--json", stdin=lines)
     found = llmk(env, "rejected", "--model", "tiny", "--run", summary["run"], "--json")
     assert [(r["item_id"], r["reason"]) for r in found] == [
-        ("big-1", f"a line of {len(oversized) + 1} bytes is far over the item limit"),
+        ("big-1", "a line over 17408 bytes, far over the 4096-byte item limit"),
         ("e1", "empty text"),
     ]
     assert "empty text" in llmk(env, "rejected", "--run", summary["run"])  # the table for people
