@@ -90,6 +90,8 @@ def demo(
     if workers < 1 or stream < 1 or feedback < 64 or held_out < 32:
         raise InvalidInput("need --workers >= 1, --stream >= 1, --feedback >= 64 and --held-out >= 32")
     started = time.monotonic()
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"--out {out} is a file: name a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(out, distributed)
     task = packaged("sentiment")
