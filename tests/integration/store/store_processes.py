@@ -38,19 +38,21 @@ def context() -> ForkServerContext:
 
 
 def commit_forever(settings: Settings, model: str, names: list[str], seed: int, ready: Any) -> None:
-    """Every kind of write the store makes, in a loop, until killed."""
+    """Every kind of write the store makes, in a loop, until killed. `ready` is set once a commit went
+    through, so every kill lands on a committer that makes progress, however busy the machine."""
     gc.freeze()  # the first collection would otherwise walk (and copy) every preloaded object: 0.2 s
     store = Deployment(settings).local_store()
     rng = random.Random(seed)
-    ready.set()
     while True:
         name, roll = rng.choice(names), rng.random()
         if roll < 0.5:
             store.commit(model, {name: _sparse([rng.randrange(64)], rng.uniform(-1, 1))})
+            ready.set()
         elif roll < 0.75:
             current = store.fetch(model, names=[name])[name]
             current[rng.randrange(current.shape[0])] += 1
             store.commit_full(model, {name: current})
+            ready.set()
         elif roll < 0.9:
             store.fetch(model)  # long chains write a cached snapshot
         elif roll < 0.95:
