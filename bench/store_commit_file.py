@@ -92,8 +92,9 @@ def commit_from_file(store: Store, home: Path, rounds: int = 3) -> list[dict[str
     ]
 
 
-CLI_IMPORTS = (
-    "import llmk.cli.main, llmk.bootstrap, services.store.usecases.store, services.store.adapters.objects"
+CLI_IMPORTS = (  # what the command imports before it does any work: start-up, not the commit
+    "import llmk.cli.main, llmk.bootstrap, services.store.usecases.store, services.store.adapters.objects, "
+    "services.store.adapters.catalog"
 )
 
 
