@@ -81,13 +81,13 @@ def commit_from_file(store: Store, home: Path, rounds: int = 3) -> list[dict[str
             "goal": "< 1500 ms",
         },
         {
-            "metric": "llmk store commit m --from FILE (same change), the command's wall time",
-            "value": cli_s * 1000,
+            "metric": "llmk store commit m --from FILE (same change): the command's time beyond start-up",
+            "value": (cli_s - start_s) * 1000,
             "unit": "ms",
-            "baseline": f"starting the CLI with the same imports and doing nothing {start_s * 1000:.0f} ms: "
-            f"the commit's own share {(cli_s - start_s) * 1000:.0f} ms",
+            "baseline": f"the command's wall time {cli_s * 1000:.0f} ms; starting the CLI with the same "
+            f"imports and doing nothing {start_s * 1000:.0f} ms",
             "ratio": round(cli_s / start_s, 2),
-            "goal": "< 1500 ms beyond start-up",
+            "goal": "< 1500 ms",
         },
     ]
 
