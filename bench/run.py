@@ -11,6 +11,7 @@ BENCHES = [
     "bench.bench_store",
     "bench.bench_inference",
     "bench.bench_peers",
+    "bench.bench_host",
     "bench.bench_load",
     "bench.bench_compress",
     "bench.bench_optimizer",

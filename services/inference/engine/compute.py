@@ -41,6 +41,11 @@ def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return future.result()
 
 
+def waiting() -> bool:
+    """Whether other work is queued for the compute thread (a classify batch, a weight write)."""
+    return not _tasks.empty()
+
+
 def _started() -> None:
     global _thread
     with _start:

@@ -285,7 +285,7 @@ class Generator:
         with torch.no_grad():
             while self._take_work():
                 if self._active:
-                    compute.run(self._run_step)
+                    compute.run(self._run_steps)
                     continue
                 self._call_between_steps()
                 with self._cond:
@@ -316,6 +316,14 @@ class Generator:
             self._busy = bool(self._active)
             self._cond.notify_all()
             return True
+
+    def _run_steps(self) -> None:
+        """Steps back to back on the compute thread while sequences are active and no other work waits
+        for it. One hand-off per step woke this loop's thread and the compute thread once each per token,
+        and on a loaded host each wake-up waits for a core (bench/results/speed-notes.md)."""
+        self._run_step()
+        while self._active and not compute.waiting() and self._take_work():
+            self._run_step()
 
     def _run_step(self) -> None:
         try:

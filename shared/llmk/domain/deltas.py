@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,7 +102,7 @@ def _validate_against(name: str, delta: Delta, shape: tuple[int, ...], dtype: to
             raise InvalidDelta(f"{name}: {p['indices'].numel()} indices but {p['values'].numel()} values")
     ids = p["indices"] if "indices" in p else p.get("rows")
     replaces = delta.kind in (Kind.SPARSE_SET, Kind.ROWS_SET)
-    if replaces and ids is not None and ids.numel() != ids.unique().numel():
+    if replaces and ids is not None and not ascending(ids) and ids.numel() != ids.unique().numel():
         raise InvalidDelta(f"{name}: a {delta.kind} delta names a position twice (ambiguous replacement)")
     if delta.kind in (Kind.ROWS, Kind.ROWS_SET):
         _check_index(name, p["rows"], shape[0] if shape else 0, "row")
@@ -216,22 +217,71 @@ def changed_mask(old: Tensor, new: Tensor) -> Tensor:
     return old != new
 
 
+def changed_positions(old: Tensor, new: Tensor) -> np.ndarray:
+    """Ascending flat positions whose bits differ, as int64.
+
+    Scanned in cache-sized blocks on the calling thread: on a shared 2-core host torch's parallel
+    compare and nonzero waited 10-20x longer for their second thread than one thread took to do the
+    work (bench/results/speed-notes.md), and a whole-tensor mask costs a pass over memory of its own.
+    """
+    bits = _BITS.get(new.element_size())
+    if bits is None or new.is_complex():
+        return changed_mask(old, new).reshape(-1).nonzero().view(-1).numpy()
+    a, b = _bits(old, bits), _bits(new, bits)
+    found = [
+        np.flatnonzero(a[s : s + SCAN_BLOCK] != b[s : s + SCAN_BLOCK]) + s
+        for s in range(0, a.size, SCAN_BLOCK)
+    ]
+    return np.concatenate([f for f in found if f.size] or [np.empty(0, np.int64)]).astype(
+        np.int64, copy=False
+    )
+
+
 def encode_exact(old: Tensor | None, new: Tensor) -> Delta | None:
     """The cheapest entry that turns `old` into exactly `new`, or None when nothing changed.
 
     Differences are not exact in floating point (a + (b - a) may differ from b), so the
     sparse and row encodings carry replacement values; a full copy wins past ~50% change.
+    Sizes are compared before anything is built, so only the chosen encoding is gathered.
     """
     if old is None or old.shape != new.shape or old.dtype != new.dtype:
         return full(new)
-    mask = changed_mask(old, new)
-    idx = mask.view(-1).nonzero().view(-1)
-    if idx.numel() == 0:
+    idx = changed_positions(old, new)
+    if idx.size == 0:
         return None
-    index_dtype = torch.int32 if new.numel() < 2**31 else torch.int64
-    candidates = [full(new)]
-    candidates.append(Delta(Kind.SPARSE_SET, {"indices": idx.to(index_dtype), "values": new.view(-1)[idx]}))
+    index_dtype, item = (np.int32, 4) if new.numel() < 2**31 else (np.int64, 8)
+    size = new.element_size()
+    options: list[tuple[int, Kind]] = [
+        (new.numel() * size, Kind.FULL),
+        (idx.size * (item + size), Kind.SPARSE_SET),
+    ]
+    rows = np.empty(0, np.int64)
     if new.dim() >= 2:
-        rows = mask.view(new.shape[0], -1).any(dim=1).nonzero().view(-1)
-        candidates.append(Delta(Kind.ROWS_SET, {"rows": rows.to(index_dtype), "values": new[rows]}))
-    return min(candidates, key=lambda d: d.nbytes)
+        row_len = new.numel() // new.shape[0]
+        rows = np.unique(idx // row_len)  # idx ascends, so this is a cheap pass over the changes only
+        options.append((rows.size * (item + row_len * size), Kind.ROWS_SET))
+    kind = min(options, key=lambda o: o[0])[1]  # ties go to the earlier option, as before
+    if kind is Kind.FULL:
+        return full(new)
+    if kind is Kind.SPARSE_SET:
+        values = _gather(new.reshape(-1), idx)
+        return Delta(kind, {"indices": torch.from_numpy(idx.astype(index_dtype)), "values": values})
+    values = _gather(new.reshape(new.shape[0], -1), rows).reshape(rows.size, *new.shape[1:])
+    return Delta(kind, {"rows": torch.from_numpy(rows.astype(index_dtype)), "values": values})
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+SCAN_BLOCK = 1 << 16  # elements per compare: the block's mask stays in cache
+
+
+def _bits(t: Tensor, bits: torch.dtype) -> np.ndarray:
+    return t.detach().reshape(-1).view(bits).numpy()
+
+
+def _gather(t: Tensor, at: np.ndarray) -> Tensor:
+    """t[at] along the first dimension, copied on this thread (see changed_positions)."""
+    bits = _BITS.get(t.element_size())
+    if bits is None or t.is_complex():
+        return t[torch.from_numpy(at)]
+    flat = t.detach().view(bits).numpy()
+    return torch.from_numpy(np.take(flat, at, axis=0)).view(t.dtype)

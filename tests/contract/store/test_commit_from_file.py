@@ -86,3 +86,23 @@ def test_commit_from_a_modified_export(env, tmp_path: Path) -> None:
     assert {e.name: e.kind for e in v.entries} == {UP0: "sparse_set", EMBED: "rows_set"}
     assert_same_tensors(env.client.fetch(env.model), tensors)
     assert env.client.fetch(env.model, str(env.first), names=[NORM])[NORM].sum() == 64
+
+
+def test_a_sparse_change_to_every_tensor_commits_as_sparse_entries_bit_for_bit(env, tmp_path: Path) -> None:
+    """What `llmk store commit MODEL --from FILE` does with 1% of every tensor changed: the version equals
+    the file bit for bit, and each change is stored as its positions and values, not a copy."""
+    tensors = {n: t.clone() for n, t in env.client.fetch(env.model).items()}
+    g = torch.Generator().manual_seed(7)
+    for t in tensors.values():
+        flat = t.view(-1)
+        at = torch.randperm(flat.numel(), generator=g)[: max(1, flat.numel() // 100)]
+        flat[at] = torch.randn(at.numel(), generator=g)
+    new = tmp_path / "new.safetensors"
+    save_file(tensors, str(new))
+
+    v = env.client.commit_full(env.model, read_safetensors(new, env.settings.max_header_bytes))
+    assert {e.name for e in v.entries} == set(tensors)
+    assert {e.kind for e in v.entries} == {"sparse_set"}
+    exported = tmp_path / "exported.safetensors"
+    env.client.export(env.model, str(v.id), exported)
+    assert_same_tensors(load_file(str(exported)), load_file(str(new)))

@@ -229,3 +229,17 @@ def test_text_pieces_never_show_part_of_a_stop_string(byte_tokenizer: Any) -> No
     assert "".join(pieces) == decoder.text == "a STEP, STO, then "
     assert decoder.stopped
     assert len(pieces) > 5  # streamed as it went; pieces once sent are never taken back
+
+
+def test_other_model_work_runs_between_the_steps_of_a_long_generation(make_generator) -> None:
+    """Steps run back to back on the compute thread, but a classify batch or a weight write queued there
+    meanwhile is not held until the generation ends."""
+    from services.inference.engine import compute
+
+    g = make_generator(max_seq_len=512)
+    stream = g.submit(Request("hello", max_tokens=400))
+    pieces = iter(stream)
+    next(pieces)  # decoding has started
+    compute.run(lambda: None)
+    assert g.active_count == 1, "the other work waited for the whole generation"
+    assert isinstance(list(pieces)[-1], Result)
