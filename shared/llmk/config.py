@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         "", description="Celery result backend; empty = rpc:// on AMQP brokers, cache+memory:// otherwise"
     )
 
+    # support
+    reply_batch_size: int = Field(16, ge=1, description="Rated replies per step of a model's replies job")
+    reply_holdout: int = Field(
+        32, ge=1, le=225, description="Held-out Bitext conversations gating a new replies job's versions"
+    )
+
     # monitor
     monitor_max_item_bytes: int = Field(4096, description="Longest item text the monitor scores (bytes)")
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from llmk.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
+from llmk.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, Unavailable
 from services.inference.interface import Finished, GenerateRequest, InferenceClient
 from services.support.interface import (
     Ask,
@@ -28,6 +28,7 @@ from services.support.interface import (
     Turn,
 )
 from services.support.usecases.feedback import check_feedback
+from services.support.usecases.learning import ReplyLearner, from_feedback
 
 log = logging.getLogger("llmk.support")
 
@@ -101,9 +102,11 @@ class SupportService:
         connect: Callable[[], InferenceClient],
         conversations: Conversations,
         limits: Limits,
+        learner: ReplyLearner | None = None,
     ):
         self.name, _, self.ref = served.partition("@")
         self._connect, self.conversations, self.limits = connect, conversations, limits
+        self.learner = learner
         self._client: InferenceClient | None = None
         self._error = ""
         self._loader = threading.Thread(target=self._load, name="llmk-support-load", daemon=True)
@@ -156,7 +159,15 @@ class SupportService:
         raise Unavailable("the served version kept changing; retry")
 
     def feedback(self, feedback: Feedback) -> Feedback:
+        """Store a thumb; with a learner, its rated reply (and correction) first go to the replies job,
+        keyed by the completion, so a retried request never queues them twice."""
         check_feedback(feedback)
+        found = self.conversations.get(feedback.completion_id)
+        if found.feedback is not None:
+            raise AlreadyExists(f"completion {feedback.completion_id!r} already has feedback")
+        examples = from_feedback(found.completion, feedback)
+        if self.learner is not None and examples:
+            self.learner.learn(examples, f"feedback:{feedback.completion_id}")
         return self.conversations.add_feedback(feedback)
 
     def conversation(self, completion_id: str) -> Conversation:
