@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, description="Requests waiting beyond this are refused")
     max_prompt_tokens: int = Field(2048, description="Longest accepted prompt")
     max_new_tokens: int = Field(1024, description="Largest max_tokens a request may ask for")
-    max_labels: int = Field(32, description="Most labels a classify request may score")
+    max_labels: int = Field(128, description="Most labels a classify request may score (banking77 has 77)")
     max_texts: int = Field(64, description="Most texts one classify request may carry")
     max_sequences: int = Field(8, description="Generation sequences decoded together (KV cache slots)")
     max_context_tokens: int = Field(
