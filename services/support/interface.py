@@ -88,6 +88,15 @@ class Feedback:
 
 
 @dataclass(frozen=True)
+class Intent:
+    """What a customer's message is about, by the served model's intent task."""
+
+    label: str
+    score: float  # the label's probability among the task's labels
+    version: int
+
+
+@dataclass(frozen=True)
 class ModelCard:
     id: str
     version: int  # 0 while loading
@@ -129,6 +138,9 @@ class Support(Protocol):
     def answer(self, ask: Ask) -> Answer: ...
     def feedback(self, feedback: Feedback) -> Feedback: ...
     def conversation(self, completion_id: str) -> Conversation: ...
+    def intent(self, text: str) -> Intent | None:
+        """None when the served model has no classification task."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from llmk.domain.task_spec import TaskSpec, task_of
 from llmk.errors import InvalidInput
 from services.support.adapters.tables import ConversationsDb
 from services.support.http.app import create_app
@@ -47,7 +48,12 @@ def build(
     setup = ReplyJobs(branch=ref or "main", batch_size=settings.reply_batch_size)
     follows = not ref.isdigit()  # a pinned version is not trained; a branch (default main) is
     learner = ReplyLearner(jobs, name, setup, settings.reply_holdout) if jobs and follows else None
-    support = SupportService(settings.serve_model, connect or shared, conversations, limits, learner)
+    history = deployment.history()
+
+    def task(version: int) -> TaskSpec | None:
+        return task_of(history, name, str(version))
+
+    support = SupportService(settings.serve_model, connect or shared, conversations, limits, learner, task)
     return support, create_app(support, settings.auth_token, settings.max_message_bytes)
 
 

@@ -17,6 +17,7 @@ from services.support.http.schemas import (
     ChatRequest,
     CompletionRequest,
     FeedbackRequest,
+    IntentRequest,
     ModelEntry,
     ModelList,
 )
@@ -58,6 +59,13 @@ def api(support: Support, metrics: ApiMetrics, token: str, max_body_bytes: int) 
     def feedback(body: FeedbackRequest) -> dict[str, Any]:
         stored = support.feedback(Feedback(body.id, body.rating, body.correction or ""))
         return {"id": stored.completion_id, "object": "feedback", "rating": stored.rating, "stored": True}
+
+    @r.post("/intents")
+    def intent(body: IntentRequest) -> dict[str, Any]:
+        found = support.intent(body.input)
+        if found is None:
+            return {"object": "intent", "intent": None, "score": None, "version": support.health().version}
+        return {"object": "intent", "intent": found.label, "score": found.score, "version": found.version}
 
     return r
 

@@ -122,6 +122,10 @@ class FeedbackRequest(Request):
     correction: Annotated[str, Field(strict=True)] | None = None
 
 
+class IntentRequest(Request):
+    input: Annotated[str, Field(strict=True, min_length=1)]
+
+
 # ---- answers
 
 

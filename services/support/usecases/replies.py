@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from llmk.domain.task_spec import TaskSpec
 from llmk.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, Unavailable
 from services.inference.interface import Finished, GenerateRequest, InferenceClient
 from services.support.interface import (
@@ -24,6 +25,7 @@ from services.support.interface import (
     Done,
     Feedback,
     Health,
+    Intent,
     ModelCard,
     Turn,
 )
@@ -103,10 +105,13 @@ class SupportService:
         conversations: Conversations,
         limits: Limits,
         learner: ReplyLearner | None = None,
+        task_of: Callable[[int], TaskSpec | None] = lambda version: None,
     ):
         self.name, _, self.ref = served.partition("@")
         self._connect, self.conversations, self.limits = connect, conversations, limits
         self.learner = learner
+        self._task_of = task_of  # the classification task stored with a version, if any
+        self._tasks: dict[int, TaskSpec | None] = {}
         self._client: InferenceClient | None = None
         self._error = ""
         self._loader = threading.Thread(target=self._load, name="llmk-support-load", daemon=True)
@@ -172,6 +177,21 @@ class SupportService:
 
     def conversation(self, completion_id: str) -> Conversation:
         return self.conversations.get(completion_id)
+
+    def intent(self, text: str) -> Intent | None:
+        """The message's intent by the served version's task (its labels scored against the message's keys
+        and values, computed once); None when that version has no task."""
+        client = self._ready()
+        if not text.strip():
+            raise InvalidInput("the message to route is empty")
+        version = client.version()
+        if version not in self._tasks:
+            self._tasks[version] = self._task_of(version)
+        if self._tasks[version] is None:
+            return None
+        answer = client.classify([text])
+        [scores] = answer.results
+        return Intent(scores.label, scores.probabilities[scores.label], answer.version)
 
     # ---- steps
 
