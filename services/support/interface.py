@@ -129,6 +129,10 @@ class Conversations(Protocol):
         """NotFound for an unknown completion; AlreadyExists when it already has feedback."""
         ...
 
+    def prune(self, before: datetime) -> int:
+        """Delete the completions made before `before` and their feedback; how many completions went."""
+        ...
+
 
 class Support(Protocol):
     """The use cases the HTTP gateway (and tests) call."""

@@ -19,6 +19,7 @@ from services.support.adapters.tables import ConversationsDb
 from services.support.http.app import create_app
 from services.support.usecases.learning import ReplyJobs, ReplyLearner
 from services.support.usecases.replies import Limits, SupportService
+from services.support.usecases.retention import Retention
 
 if TYPE_CHECKING:
     from llmk.bootstrap import Deployment
@@ -67,9 +68,12 @@ def main(deployment: Deployment) -> None:
     tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key} if settings.tls_cert else {}
     with deployment.jobs(worker=True) as jobs:  # embedded: feedback trains on a thread of this process
         support, app = build(deployment, jobs=jobs)
+        retention = Retention(ConversationsDb(deployment.engine), settings.completion_retention_days)
+        retention.start()
         support.start()
         log.info("support API for %s on %s", settings.serve_model, settings.listen)
         try:
             uvicorn.run(app, host=host or "127.0.0.1", port=int(port), log_level="info", **tls)  # type: ignore[arg-type]
         finally:
+            retention.stop()
             support.close()

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         32, ge=1, le=225, description="Held-out Bitext conversations gating a new replies job's versions"
     )
 
+    completion_retention_days: float = Field(
+        0, ge=0, description="Completions stored longer ago are deleted (at start, then hourly); 0 = kept"
+    )
+
     # monitor
     monitor_max_item_bytes: int = Field(4096, description="Longest item text the monitor scores (bytes)")
 
