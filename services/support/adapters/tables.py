@@ -87,14 +87,15 @@ class ConversationsDb:
             raise AlreadyExists(f"completion {f.completion_id!r} already has feedback") from None
         return stored
 
-
     def prune(self, before: datetime) -> int:
         """Delete completions made before `before`, and their feedback; how many completions went."""
         with transaction(self.engine) as s:
             old = select(CompletionRow.id).where(CompletionRow.created_at < before)
             s.execute(delete(FeedbackRow).where(FeedbackRow.completion_id.in_(old)))
-            gone = s.execute(delete(CompletionRow).where(CompletionRow.created_at < before))
-        return int(gone.rowcount or 0)
+            gone = s.execute(
+                delete(CompletionRow).where(CompletionRow.created_at < before).returning(CompletionRow.id)
+            )
+            return len(gone.all())
 
 
 def _completion(r: CompletionRow) -> Completion:
