@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from services.inference.interface import PromptScores
 
 ROLES = ("system", "user", "assistant")
 RATINGS = ("up", "down")
@@ -144,6 +147,10 @@ class Support(Protocol):
     def conversation(self, completion_id: str) -> Conversation: ...
     def intent(self, text: str) -> Intent | None:
         """None when the served model has no classification task."""
+        ...
+
+    def prompt_scores(self, prompt: str, version: int) -> PromptScores:
+        """The raw prompt's tokens and log-probabilities under `version` (an error if it is not served)."""
         ...
 
 

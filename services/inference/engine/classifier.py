@@ -136,3 +136,17 @@ def classify(
     with torch.no_grad():
         probs = label_scores(model, contexts, label_ids, prefix).softmax(-1).tolist()
     return [dict(zip(labels, row, strict=True)) for row in probs]
+
+
+def token_logprobs(model: Model, ids: list[int]) -> list[float]:
+    """log p(ids[t] | ids[:t]) for t >= 1: how likely the model finds each token of a text after the ones
+    before it (the first token has no context and no score)."""
+    if len(ids) > model.config.max_positions:
+        raise InvalidInput(
+            f"the text has {len(ids)} tokens; the model reads at most {model.config.max_positions}"
+        )
+    device = model.lm_head.weight.device
+    tokens = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        logp = model.lm_head(model.features(tokens)[0, :-1]).float().log_softmax(-1)  # [T - 1, V]
+    return logp.gather(-1, tokens[0, 1:, None])[:, 0].tolist()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from llmk.domain.task_spec import TaskSpec
 from llmk.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, Unavailable
-from services.inference.interface import Finished, GenerateRequest, InferenceClient
+from services.inference.interface import Finished, GenerateRequest, InferenceClient, PromptScores
 from services.support.interface import (
     Ask,
     Completion,
@@ -177,6 +177,9 @@ class SupportService:
 
     def conversation(self, completion_id: str) -> Conversation:
         return self.conversations.get(completion_id)
+
+    def prompt_scores(self, prompt: str, version: int) -> PromptScores:
+        return self._ready().score(prompt, str(version))
 
     def intent(self, text: str) -> Intent | None:
         """The message's intent by the served version's task (its labels scored against the message's keys
