@@ -3,7 +3,8 @@
 Labels feed the model's standing feedback job (one per model and branch, created on first use with the
 model's own task, so what it learns is what the workers serve). The optimizer trains on each batch of
 examples, commits a sparse version through its validation gate, and workers following the branch
-hot-apply it. The first file's first rows (`--holdout`) become the gate's held-out set.
+hot-apply it. The first file's first rows (`--holdout`) become the gate's held-out set. A file of rated
+replies (a `rating` column, or JSON lines) feeds the model's standing replies job instead (no task needed).
 """
 
 from __future__ import annotations
