@@ -1,9 +1,9 @@
 """Intent routing's cost on the real SmolLM2-135M (this machine's CPU), through the engine's classify.
 
-- 77 multi-token labels (banking77's intents) against 3 single-token labels, one customer message each
-  time, medians of 7 runs (3 for the full-row baseline). Goal: <= 3x. The 77 labels (the packaged
-  banking77 task's) run on the shared-prefix path (the message's keys and values once, then one tree-shaped row of the labels' tokens);
-  every label as a full row (the path before) is measured in the same run as the baseline.
+- 77 multi-token labels (the packaged banking77 task's intents) against 3 single-token labels, one
+  customer message each time, medians of 7 runs (3 for the full-row baseline). Goal: <= 3x. The 77 labels
+  run on the shared-prefix path (the message's keys and values once, then one tree-shaped row of the
+  labels' tokens); every label as a full row (the path before) is measured in the same run as baseline.
 
 python -m bench.bench_support
 """
