@@ -64,6 +64,16 @@ class Finished:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class PromptScores:
+    """A text's tokens and each one's log-probability after those before it (None for the first)."""
+
+    version: int
+    tokens: list[str]
+    logprobs: list[float | None]
+    offsets: list[int]  # where each token starts in the text, in characters
+
+
 class InferenceClient(Protocol):
     """One model served at NAME@REF: a pinned REF (id, tag or branch) must be the version that answers."""
 
@@ -75,6 +85,10 @@ class InferenceClient(Protocol):
 
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
         """Text pieces as they are produced, then one Finished. Closing the iterator early cancels it."""
+        ...
+
+    def score(self, text: str, pin: str = "") -> PromptScores:
+        """The text's tokens and their log-probabilities under the served version (`pin`: that version)."""
         ...
 
     def version(self) -> int:

@@ -7,6 +7,7 @@ versions it committed) changes as workers run it and is persisted after every st
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from llmk.errors import InvalidInput
 if TYPE_CHECKING:
     import torch
 
-GRADIENTS, FEEDBACK = "gradients", "feedback"
+GRADIENTS, FEEDBACK, REPLIES = "gradients", "feedback", "replies"
+LEARNS_FROM_EXAMPLES = frozenset({FEEDBACK, REPLIES})  # kinds that train on examples (not pushed gradients)
+UP, DOWN = "up", "down"
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
@@ -52,8 +55,8 @@ class JobSpec:
         object.__setattr__(self, "trainable", tuple(self.trainable))
         _require(bool(self.model), "a job needs a model name")
         _require(
-            self.kind in (GRADIENTS, FEEDBACK),
-            f"job kind must be {GRADIENTS} or {FEEDBACK}, got {self.kind!r}",
+            self.kind in (GRADIENTS, FEEDBACK, REPLIES),
+            f"job kind must be {GRADIENTS}, {FEEDBACK} or {REPLIES}, got {self.kind!r}",
         )
         _require(bool(self.branch), "a job needs a serving branch")
         for name, value in (("batch_size", self.batch_size), ("commit_every", self.commit_every)):
@@ -161,12 +164,23 @@ class Submission:
 
 @dataclass(frozen=True)
 class Example:
-    """Classification examples set text and label; completion examples set prompt and completion."""
+    """Classification examples set text and label; completion examples set prompt and completion.
+
+    Reply examples (a replies job) set prompt to the conversation before the reply as JSON turns
+    (``[{"role": ..., "content": ...}]``), completion to the reply, and rating to up or down.
+    """
 
     text: str = ""
     label: str = ""
     prompt: str = ""
     completion: str = ""
+    rating: str = ""
+
+
+def reply_example(turns: Sequence[tuple[str, str]], reply: str, rating: str) -> Example:
+    """A rated reply: the conversation before it (role, content) turns, the reply, up or down."""
+    conversation = [{"role": role, "content": content} for role, content in turns]
+    return Example(prompt=json.dumps(conversation, ensure_ascii=False), completion=reply, rating=rating)
 
 
 def tensor_meta(data: dict[str, Any]) -> dict[str, TensorMeta]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from services.inference.interface import PromptScores
 
 ROLES = ("system", "user", "assistant")
 RATINGS = ("up", "down")
@@ -88,6 +91,15 @@ class Feedback:
 
 
 @dataclass(frozen=True)
+class Intent:
+    """What a customer's message is about, by the served model's intent task."""
+
+    label: str
+    score: float  # the label's probability among the task's labels
+    version: int
+
+
+@dataclass(frozen=True)
 class ModelCard:
     id: str
     version: int  # 0 while loading
@@ -120,6 +132,10 @@ class Conversations(Protocol):
         """NotFound for an unknown completion; AlreadyExists when it already has feedback."""
         ...
 
+    def prune(self, before: datetime) -> int:
+        """Delete the completions made before `before` and their feedback; how many completions went."""
+        ...
+
 
 class Support(Protocol):
     """The use cases the HTTP gateway (and tests) call."""
@@ -129,6 +145,13 @@ class Support(Protocol):
     def answer(self, ask: Ask) -> Answer: ...
     def feedback(self, feedback: Feedback) -> Feedback: ...
     def conversation(self, completion_id: str) -> Conversation: ...
+    def intent(self, text: str) -> Intent | None:
+        """None when the served model has no classification task."""
+        ...
+
+    def prompt_scores(self, prompt: str, version: int) -> PromptScores:
+        """The raw prompt's tokens and log-probabilities under `version` (an error if it is not served)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -13,23 +13,29 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from llmk.domain.task_spec import TaskSpec, task_of
 from llmk.errors import InvalidInput
 from services.support.adapters.tables import ConversationsDb
 from services.support.http.app import create_app
+from services.support.usecases.learning import ReplyJobs, ReplyLearner
 from services.support.usecases.replies import Limits, SupportService
+from services.support.usecases.retention import Retention
 
 if TYPE_CHECKING:
     from llmk.bootstrap import Deployment
     from services.inference.interface import InferenceClient
+    from services.optimizer.interface import JobsClient
 
 log = logging.getLogger("llmk.support")
 
 
 def build(
-    deployment: Deployment, connect: Callable[[], InferenceClient] | None = None
+    deployment: Deployment,
+    connect: Callable[[], InferenceClient] | None = None,
+    jobs: JobsClient | None = None,
 ) -> tuple[SupportService, FastAPI]:
     """The use cases over the deployment's database and its inference client (or the one `connect`
-    makes), and their app."""
+    makes), and their app; with `jobs`, feedback also trains the served branch."""
     settings = deployment.settings
     if not settings.serve_model:
         raise InvalidInput("name the model to serve: --model NAME[@REF] (or LLMK_SERVE_MODEL)")
@@ -40,7 +46,15 @@ def build(
     def shared() -> InferenceClient:  # many callers share it; it follows the branch
         return deployment.inference(name, ref or None, shared=True)
 
-    support = SupportService(settings.serve_model, connect or shared, conversations, limits)
+    setup = ReplyJobs(branch=ref or "main", batch_size=settings.reply_batch_size)
+    follows = not ref.isdigit()  # a pinned version is not trained; a branch (default main) is
+    learner = ReplyLearner(jobs, name, setup, settings.reply_holdout) if jobs and follows else None
+    history = deployment.history()
+
+    def task(version: int) -> TaskSpec | None:
+        return task_of(history, name, str(version))
+
+    support = SupportService(settings.serve_model, connect or shared, conversations, limits, learner, task)
     return support, create_app(support, settings.auth_token, settings.max_message_bytes)
 
 
@@ -51,11 +65,15 @@ def main(deployment: Deployment) -> None:
     host, _, port = settings.listen.rpartition(":")
     if not port.isdigit():
         raise InvalidInput(f"listen address must be HOST:PORT, got {settings.listen!r}")
-    support, app = build(deployment)
-    support.start()
     tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key} if settings.tls_cert else {}
-    log.info("support API for %s on %s", settings.serve_model, settings.listen)
-    try:
-        uvicorn.run(app, host=host or "127.0.0.1", port=int(port), log_level="info", **tls)  # type: ignore[arg-type]
-    finally:
-        support.close()
+    with deployment.jobs(worker=True) as jobs:  # embedded: feedback trains on a thread of this process
+        support, app = build(deployment, jobs=jobs)
+        retention = Retention(ConversationsDb(deployment.engine), settings.completion_retention_days)
+        retention.start()
+        support.start()
+        log.info("support API for %s on %s", settings.serve_model, settings.listen)
+        try:
+            uvicorn.run(app, host=host or "127.0.0.1", port=int(port), log_level="info", **tls)  # type: ignore[arg-type]
+        finally:
+            retention.stop()
+            support.close()

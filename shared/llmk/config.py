@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, description="Requests waiting beyond this are refused")
     max_prompt_tokens: int = Field(2048, description="Longest accepted prompt")
     max_new_tokens: int = Field(1024, description="Largest max_tokens a request may ask for")
-    max_labels: int = Field(32, description="Most labels a classify request may score")
+    max_labels: int = Field(128, description="Most labels a classify request may score (banking77 has 77)")
     max_texts: int = Field(64, description="Most texts one classify request may carry")
     max_sequences: int = Field(8, description="Generation sequences decoded together (KV cache slots)")
     max_context_tokens: int = Field(
@@ -116,6 +116,16 @@ class Settings(BaseSettings):
     inference_worker: bool = Field(False, description="`llmk serve inference` also consumes the Celery queue")
     result_backend: str = Field(
         "", description="Celery result backend; empty = rpc:// on AMQP brokers, cache+memory:// otherwise"
+    )
+
+    # support
+    reply_batch_size: int = Field(16, ge=1, description="Rated replies per step of a model's replies job")
+    reply_holdout: int = Field(
+        32, ge=1, le=225, description="Held-out Bitext conversations gating a new replies job's versions"
+    )
+
+    completion_retention_days: float = Field(
+        0, ge=0, description="Completions stored longer ago are deleted (at start, then hourly); 0 = kept"
     )
 
     # monitor

@@ -25,7 +25,7 @@ from typing import Any
 from llmk.errors import ResourceExhausted, Unavailable
 from services.inference.engine import compute
 from services.inference.engine.attention import Prefix
-from services.inference.engine.classifier import classify, template_prefix, validate
+from services.inference.engine.classifier import classify, template_prefix, token_logprobs, validate
 from services.inference.engine.model import Model
 from services.inference.engine.weights import writes
 
@@ -155,6 +155,12 @@ class ClassifyBatcher:
             for job in group:
                 job.future.set_result(Probabilities(results[start : start + len(job.prompts)], version))
                 start += len(job.prompts)
+
+    def score(self, ids: list[int]) -> tuple[list[float], int]:
+        """Each token's log-probability after the ones before it, and the version that computed them (the
+        lock keeps a hot update out of the pass)."""
+        with self.lock:
+            return compute.run(token_logprobs, self.model, ids), self.version
 
     def _prefix(self, template: str) -> Prefix | None:
         """The template's keys and values for the weights served now (under `lock`)."""

@@ -1,7 +1,10 @@
 """Zero-shot classification by likelihood: which label does the model find most probable after the prompt.
 
 Each label is scored by the sum of its tokens' log-probabilities following the formatted prompt; a softmax
-over the labels turns the scores into probabilities. All prompt x label pairs run as one padded forward pass.
+over the labels turns the scores into probabilities. Single-token labels are read off one pass over the
+prompts; multi-token labels continue each prompt's keys and values, computed once per prompt, in one row
+shaped as a tree of the labels' tokens (a start several labels share runs once), so 77 labels cost one
+prompt pass and one short row, not 77 full rows.
 
 A template's fixed start is the same for every prompt: given its keys and values (`template_prefix`, computed
 once by the caller and kept while the weights stay), each pass runs only the tokens after it.
@@ -67,29 +70,38 @@ def label_scores(
     longest = max(len(c) for c in contexts) + (0 if single else max(len(lab) for lab in label_ids))
     if longest > model.config.max_positions:
         raise InvalidInput(f"a prompt with its label exceeds {model.config.max_positions} tokens")
+    if not single:  # each prompt becomes a prefix of its own, so the template's is not needed
+        return torch.stack([_labels_after(model, c, label_ids) for c in contexts])
     rests = _after(prefix, contexts)
     if rests is None:
         prefix = None
     else:
         contexts = rests
-    if single:
-        return _next_token_scores(model, contexts, [lab[0] for lab in label_ids], prefix)
-    rows = [c + lab for c in contexts for lab in label_ids]
+    return _next_token_scores(model, contexts, [lab[0] for lab in label_ids], prefix)
+
+
+def _labels_after(model: Model, context: list[int], label_ids: list[list[int]]) -> Tensor:
+    """Multi-token labels after one prompt: the prompt's keys and values are computed once, then every label
+    continues them in one tree-shaped row (the prompt's last token, then each distinct label start once)."""
     device = model.lm_head.weight.device
-    ids, mask = _pad(rows, device)
-    # Only the positions that predict a label token go through the vocabulary projection.
-    row_idx: list[int] = []
-    pos_idx: list[int] = []
-    for r, (c, lab) in enumerate((c, lab) for c in contexts for lab in label_ids):
-        row_idx += [r] * len(lab)
-        pos_idx += range(len(c) - 1, len(c) + len(lab) - 1)
-    rows_t, pos_t = torch.tensor(row_idx, device=device), torch.tensor(pos_idx, device=device)
-    hidden = model.features(ids, mask, prefix)  # [N, T, D]
-    logits = model.lm_head(hidden[rows_t, pos_t]).float()  # [M, V]
-    targets = ids[rows_t, pos_t + 1]  # [M]
-    logp = logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]  # [M]
-    scores = torch.zeros(len(rows), device=device).index_add_(0, rows_t, logp)  # [N]
-    return scores.view(len(contexts), len(label_ids))
+    shared = model.encode_prefix(context[:-1]) if len(context) > 1 else None
+    starts = list(dict.fromkeys(tuple(lab[:k]) for lab in label_ids for k in range(len(lab))))  # () first
+    index = {start: i for i, start in enumerate(starts)}
+    tokens = [context[-1]] + [start[-1] for start in starts[1:]]
+    allowed = torch.tensor([[a[: len(b)] == b for b in starts] for a in starts], device=device)  # [N, N]
+    hidden = model.tree_features(tokens, [len(start) for start in starts], allowed, shared)  # [N, D]
+    logp = model.lm_head(hidden).float().log_softmax(-1)  # [N, V]: node i predicts what follows it
+    node_idx: list[int] = []
+    token_idx: list[int] = []
+    label_idx: list[int] = []
+    for r, lab in enumerate(label_ids):
+        node_idx += [index[tuple(lab[:k])] for k in range(len(lab))]
+        token_idx += lab
+        label_idx += [r] * len(lab)
+    picked = logp[torch.tensor(node_idx, device=device), torch.tensor(token_idx, device=device)]  # [M]
+    return torch.zeros(len(label_ids), device=device).index_add_(
+        0, torch.tensor(label_idx, device=device), picked
+    )
 
 
 def _next_token_scores(
@@ -124,3 +136,17 @@ def classify(
     with torch.no_grad():
         probs = label_scores(model, contexts, label_ids, prefix).softmax(-1).tolist()
     return [dict(zip(labels, row, strict=True)) for row in probs]
+
+
+def token_logprobs(model: Model, ids: list[int]) -> list[float]:
+    """log p(ids[t] | ids[:t]) for t >= 1: how likely the model finds each token of a text after the ones
+    before it (the first token has no context and no score)."""
+    if len(ids) > model.config.max_positions:
+        raise InvalidInput(
+            f"the text has {len(ids)} tokens; the model reads at most {model.config.max_positions}"
+        )
+    device = model.lm_head.weight.device
+    tokens = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        logp = model.lm_head(model.features(tokens)[0, :-1]).float().log_softmax(-1)  # [T - 1, V]
+    return logp.gather(-1, tokens[0, 1:, None])[:, 0].tolist()

@@ -272,6 +272,20 @@ class Model(nn.Module):
         self._hidden(tokens, step, T)
         return prefix
 
+    def tree_features(
+        self, token_ids: Sequence[int], depths: Sequence[int], allowed: Tensor, prefix: Prefix | None
+    ) -> Tensor:
+        """Final hidden states [N, D] of a tree of tokens continuing `prefix` in one row: token i sits
+        `depths[i]` after the prefix and attends the prefix and the tokens `allowed[i]` marks ([N, N] bool:
+        its ancestors and itself), so branches that share a start compute it once."""
+        device = self.lm_head.weight.device
+        P = prefix.length if prefix is not None else 0
+        tokens = torch.as_tensor(token_ids, device=device).view(1, -1)
+        positions = (P + torch.as_tensor(depths, device=device)).view(1, -1)
+        seen = torch.cat((allowed.new_ones(allowed.shape[0], P), allowed), dim=-1)  # [N, P + N]
+        step = Step(positions=positions, mask=additive(seen[None, None], self._dtype), prefix=prefix)
+        return self._hidden(tokens, step, P + max(depths) + 1)[0]
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits [B, T, V] for every position; differentiable, used by classification and training."""
         return self.lm_head(self.features(input_ids, attention_mask))

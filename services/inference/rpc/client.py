@@ -8,11 +8,12 @@ from typing import Any
 
 import grpc
 
+from llmk.errors import FailedPrecondition
 from llmk.platform.grpc_errors import from_rpc_error, translate
 from llmk.platform.security import ServiceClient, Tls
 from llmk.v1 import inference_pb2 as pb
 from llmk.v1 import inference_pb2_grpc
-from services.inference.interface import Classification, Finished, GenerateRequest, LabelScores
+from services.inference.interface import Classification, Finished, GenerateRequest, LabelScores, PromptScores
 
 
 class GrpcInferenceClient(ServiceClient):
@@ -42,6 +43,12 @@ class GrpcInferenceClient(ServiceClient):
         reply = self.stub.Classify(request)
         results = [LabelScores(r.label, dict(r.probabilities), r.prompt_tokens) for r in reply.results]
         return Classification(reply.version, results)
+
+    def score(self, text: str, pin: str = "") -> PromptScores:
+        raise FailedPrecondition(
+            "prompt log-probabilities (echo with logprobs) are served by in-process inference only, not over "
+            "gRPC yet: run the gateway without LLMK_INFERENCE_ADDRESS"
+        )
 
     @translate
     def version(self) -> int:

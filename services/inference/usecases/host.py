@@ -20,6 +20,7 @@ from llmk.config import Settings
 from llmk.domain.task_spec import TaskSpec, task_of
 from llmk.errors import FailedPrecondition, InvalidInput, LlmkError, Unavailable
 from services.inference.engine.generator import Generator, Request, Result, Stream
+from services.inference.interface import PromptScores
 from services.inference.usecases.follower import Follower
 from services.inference.usecases.loading import Served, build_served, weight_bytes
 from services.inference.usecases.metrics import Metrics
@@ -211,6 +212,25 @@ class Host:
             self.metrics.requests.labels("generate", type(e).__name__).inc()
             raise
         return Generation(stream, served.generator, pin, self.metrics)
+
+    def score(self, text: str, model: str = "", version: str = "") -> PromptScores:
+        """The raw text's tokens (as a raw prompt is encoded) and each one's log-probability after those
+        before it, under one version (`version`: that one, or FailedPrecondition)."""
+        with self.metrics.track("score"):
+            served, pin = self._serving(model, version)
+            ids = list(served.tokenizer.encode(text))
+            if not text.strip() or not ids:
+                raise InvalidInput("the prompt is empty")
+            if len(ids) > self.settings.max_prompt_tokens:
+                raise InvalidInput(
+                    f"the prompt has {len(ids)} tokens; the limit is {self.settings.max_prompt_tokens}"
+                )
+            logprobs, scored = served.batcher.score(ids)
+            if pin and scored != pin:
+                raise FailedPrecondition(f"version {pin} was replaced by {scored}")
+            tokens = [served.tokenizer.decode([i]) for i in ids]
+            offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+            return PromptScores(scored, tokens, [None, *logprobs], offsets)
 
     def _serving(self, model: str, version: str) -> tuple[Served, int]:
         """The loaded model if it is the one asked, and the pinned version's id (0 when none is pinned).

@@ -8,7 +8,7 @@ from typing import Any
 
 from llmk.config import Settings
 from services.inference.engine.generator import Request
-from services.inference.interface import Classification, Finished, GenerateRequest, LabelScores
+from services.inference.interface import Classification, Finished, GenerateRequest, LabelScores, PromptScores
 from services.inference.usecases.host import Host
 from services.store.interface import StoreClient
 
@@ -40,6 +40,9 @@ class LocalInferenceClient:
         answer = self.host.classify(texts, labels, template, self.model, self.ref)
         results = [LabelScores(s.label, s.probabilities, s.prompt_tokens) for s in answer.results]
         return Classification(answer.version, results)
+
+    def score(self, text: str, pin: str = "") -> PromptScores:
+        return self.host.score(text, self.model, pin or self.ref)
 
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
         r = request

@@ -74,7 +74,7 @@ def examples_to_pb(examples: Sequence[Example]) -> list[pb.Example]:
 
 
 def examples_from_pb(examples: Sequence[pb.Example]) -> list[Example]:
-    return [Example(e.text, e.label, e.prompt, e.completion) for e in examples]
+    return [Example(e.text, e.label, e.prompt, e.completion, e.rating) for e in examples]
 
 
 def create_request(spec: JobSpec, validation: Sequence[Example], key: str | None) -> pb.CreateJobRequest:

@@ -21,8 +21,9 @@ from llmk.domain.versions import CommitInfo, Model, Ref, Version
 from llmk.errors import FailedPrecondition, Frozen, InvalidInput, LlmkError
 from services.optimizer.interface import (
     FAILED,
-    FEEDBACK,
     GRADIENTS,
+    LEARNS_FROM_EXAMPLES,
+    REPLIES,
     Example,
     Job,
     JobInput,
@@ -31,6 +32,7 @@ from services.optimizer.interface import (
     TensorMeta,
 )
 from services.optimizer.usecases import examples as example_blobs
+from services.optimizer.usecases.replies import check_replies
 
 SPARSE_PARTS = ("indices", "values")
 LOSS_KEY = "::loss"
@@ -131,12 +133,11 @@ class JobService:
 
     # inputs -----------------------------------------------------------------------------------
     def submit_feedback(self, job_id: str, examples: Sequence[Example], idempotency_key: str) -> Submission:
-        job = self._accepting(job_id, FEEDBACK, idempotency_key)
+        job = self._accepting(job_id, LEARNS_FROM_EXAMPLES, idempotency_key)
         if isinstance(job, Submission):
             return job
-        assert job.spec.task is not None
         # A refused submission changes nothing: the job keeps what it accepted and takes the next one.
-        example_blobs.check_examples(job.spec.task, examples, self.max_examples)
+        self._check(job.spec, examples)
         sha, _ = self.blobs.put_bytes(example_blobs.encode(examples))
         return self._accept(job, idempotency_key, sha, len(examples))
 
@@ -144,7 +145,7 @@ class JobService:
         self, job_id: str, parts: Mapping[str, torch.Tensor], idempotency_key: str, loss: float | None = None
     ) -> Submission:
         """Gradients arrive as "NAME" (dense) or "NAME/indices" + "NAME/values" (sparse, flat positions)."""
-        job = self._accepting(job_id, GRADIENTS, idempotency_key)
+        job = self._accepting(job_id, frozenset({GRADIENTS}), idempotency_key)
         if isinstance(job, Submission):
             return job
         try:
@@ -161,7 +162,7 @@ class JobService:
         sha, _ = self.blobs.put_tensors(pack)
         return self._accept(job, idempotency_key, sha, 1)
 
-    def _accepting(self, job_id: str, kind: str, key: str) -> Job | Submission:
+    def _accepting(self, job_id: str, kinds: frozenset[str], key: str) -> Job | Submission:
         if not key:
             raise InvalidInput("every submission needs an idempotency key")
         check_text(key, "idempotency key", IDEMPOTENCY_KEY_MAX)
@@ -170,8 +171,9 @@ class JobService:
             return Submission(job, seen, duplicate=True)
         if job.done:
             raise FailedPrecondition(f"job {job_id} is {job.status}; submit to a new job")
-        if job.spec.kind != kind:
-            raise InvalidInput(f"job {job_id} is a {job.spec.kind} job; it does not take {kind}")
+        if job.spec.kind not in kinds:
+            what = "gradients" if GRADIENTS in kinds else "examples"
+            raise InvalidInput(f"job {job_id} is a {job.spec.kind} job; it does not take {what}")
         if job.pool is not None:
             raise FailedPrecondition(
                 f"job {job_id} trains for a fixed {job.spec.steps} steps on the {job.pool} items it had when "
@@ -212,10 +214,16 @@ class JobService:
     def _validation(self, spec: JobSpec, validation: Sequence[Example]) -> str | None:
         if not validation:
             return None
-        if spec.task is None:
-            raise InvalidInput("held-out validation examples need a feedback task to score them")
-        example_blobs.check_examples(spec.task, validation, self.max_examples)
+        self._check(spec, validation)
         return self.blobs.put_bytes(example_blobs.encode(validation))[0]
+
+    def _check(self, spec: JobSpec, examples: Sequence[Example]) -> None:
+        if spec.kind == REPLIES:
+            check_replies(examples, self.max_examples)
+        elif spec.task is None:
+            raise InvalidInput("examples need a feedback task to score them (or a replies job)")
+        else:
+            example_blobs.check_examples(spec.task, examples, self.max_examples)
 
     def _check_known(self, job: Job, names: list[str]) -> None:
         """Say precisely why a gradient names a tensor outside the job: frozen, untrained or unknown."""

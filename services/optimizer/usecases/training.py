@@ -27,10 +27,21 @@ from llmk.domain.optim import optimizer_step
 from llmk.domain.task_spec import CLASSIFICATION
 from llmk.domain.versions import CommitInfo
 from llmk.errors import AlreadyExists, Conflict, InvalidInput, LlmkError, NotFound, Unavailable
-from services.optimizer.interface import COMPLETED, FAILED, FEEDBACK, RUNNING, Example, Job, StepRecord
+from services.optimizer.interface import (
+    COMPLETED,
+    FAILED,
+    FEEDBACK,
+    LEARNS_FROM_EXAMPLES,
+    REPLIES,
+    RUNNING,
+    Example,
+    Job,
+    StepRecord,
+)
 from services.optimizer.usecases import examples as example_blobs
 from services.optimizer.usecases.feedback import FeedbackTrainer, load_trainer
 from services.optimizer.usecases.jobs import LOSS_KEY, Blobs, JobRepo, ParameterStore, dense_gradients
+from services.optimizer.usecases.replies import ReplyTrainer, load_reply_trainer
 from services.optimizer.usecases.sparse_updates import Update, compress, defer, discard_residuals
 
 log = logging.getLogger(__name__)
@@ -55,7 +66,7 @@ class Session:
     head: int
     state: dict[str, Tensor]
     params: dict[str, Tensor]
-    trainer: FeedbackTrainer | None
+    trainer: FeedbackTrainer | ReplyTrainer | None
     items: list[Any] = field(default_factory=list)  # examples, or the blobs of gradient pushes
     loaded: int = 0  # inputs read so far (by sequence number)
     validation: list[Example] = field(default_factory=list)
@@ -144,7 +155,8 @@ class JobRunner:
         if not (s and s.job_id == job.id and s.step == job.step and s.head == job.head_version):
             s = self._session = self._load(job)
         self._read_inputs(s, job)
-        if job.spec.kind == FEEDBACK and job.spec.steps is not None and job.pool is None and s.items:
+        finite = job.spec.kind in LEARNS_FROM_EXAMPLES and job.spec.steps is not None
+        if finite and job.pool is None and s.items:
             job = self.repo.fix_pool(job.id)
             self._read_inputs(s, job)
         fields: dict[str, Any] = {}
@@ -163,10 +175,13 @@ class JobRunner:
         spec = job.spec
         head = job.head_version or self.store.version(spec.model, spec.branch).id
         state = self._read_state(job.state_object)
-        trainer = None
+        trainer: FeedbackTrainer | ReplyTrainer | None = None
         if spec.kind == FEEDBACK:
             assert spec.task is not None
             trainer = load_trainer(self.store, spec.model, str(head), spec.task, sorted(job.tensors))
+            params = trainer.values()
+        elif spec.kind == REPLIES:
+            trainer = load_reply_trainer(self.store, spec.model, str(head), sorted(job.tensors))
             params = trainer.values()
         else:
             params = self.store.fetch(spec.model, str(head), names=sorted(job.tensors))
@@ -187,7 +202,7 @@ class JobRunner:
 
     def _read_inputs(self, s: Session, job: Job) -> None:
         for item in self.repo.inputs(job.id, after=s.loaded):
-            if job.spec.kind == FEEDBACK:
+            if job.spec.kind in LEARNS_FROM_EXAMPLES:
                 s.items.extend(example_blobs.decode(self.blobs.get_bytes(item.object)))
             else:
                 s.items.append(item.object)
@@ -358,6 +373,6 @@ class JobRunner:
 
 def _may_step(job: Job) -> bool:
     """Whether the job has inputs enough for its next step, judged from its row (no model loaded)."""
-    if job.spec.kind == FEEDBACK and job.spec.steps is not None:
+    if job.spec.kind in LEARNS_FROM_EXAMPLES and job.spec.steps is not None:
         return job.items > 0
     return job.items >= (job.step + 1) * job.spec.batch_size

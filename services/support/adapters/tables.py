@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, String, Text, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -86,6 +86,16 @@ class ConversationsDb:
         except IntegrityError:
             raise AlreadyExists(f"completion {f.completion_id!r} already has feedback") from None
         return stored
+
+    def prune(self, before: datetime) -> int:
+        """Delete completions made before `before`, and their feedback; how many completions went."""
+        with transaction(self.engine) as s:
+            old = select(CompletionRow.id).where(CompletionRow.created_at < before)
+            s.execute(delete(FeedbackRow).where(FeedbackRow.completion_id.in_(old)))
+            gone = s.execute(
+                delete(CompletionRow).where(CompletionRow.created_at < before).returning(CompletionRow.id)
+            )
+            return len(gone.all())
 
 
 def _completion(r: CompletionRow) -> Completion:

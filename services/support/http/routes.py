@@ -17,6 +17,7 @@ from services.support.http.schemas import (
     ChatRequest,
     CompletionRequest,
     FeedbackRequest,
+    IntentRequest,
     ModelEntry,
     ModelList,
 )
@@ -52,12 +53,21 @@ def api(support: Support, metrics: ApiMetrics, token: str, max_body_bytes: int) 
 
     @r.post("/completions")
     def completions(body: CompletionRequest) -> Response:
+        if body.echo:
+            return _echo(support, metrics, body.ask(), body.logprobs is not None)
         return _answer(support, metrics, body.ask(), body.stream, body.include_usage())
 
     @r.post("/feedback")
     def feedback(body: FeedbackRequest) -> dict[str, Any]:
         stored = support.feedback(Feedback(body.id, body.rating, body.correction or ""))
         return {"id": stored.completion_id, "object": "feedback", "rating": stored.rating, "stored": True}
+
+    @r.post("/intents")
+    def intent(body: IntentRequest) -> dict[str, Any]:
+        found = support.intent(body.input)
+        if found is None:
+            return {"object": "intent", "intent": None, "score": None, "version": support.health().version}
+        return {"object": "intent", "intent": found.label, "score": found.score, "version": found.version}
 
     return r
 
@@ -74,6 +84,27 @@ def _answer(support: Support, metrics: ApiMetrics, ask: Ask, stream: bool, inclu
     assert done is not None
     metrics.answered(done)
     return JSONResponse(shape.whole(text, done), headers={"llmk-version": str(done.version)})
+
+
+def _echo(support: Support, metrics: ApiMetrics, ask: Ask, logprobs: bool) -> Response:
+    """The prompt, then its completion; with logprobs, the prompt tokens' log-probabilities under the version
+    that wrote the completion (how a text's likelihood is read through the API)."""
+    answer = support.answer(ask)
+    text = "".join(answer)
+    done = answer.done
+    assert done is not None
+    metrics.answered(done)
+    name = ask.model.partition("@")[0]
+    body = Shape(False, ask.model, f"{name}@{done.version}", answer.id).whole(ask.prompt + text, done)
+    if logprobs:
+        s = support.prompt_scores(ask.prompt, done.version)
+        body["choices"][0]["logprobs"] = {
+            "tokens": s.tokens,
+            "token_logprobs": s.logprobs,
+            "top_logprobs": None,
+            "text_offset": s.offsets,
+        }
+    return JSONResponse(body, headers={"llmk-version": str(done.version)})
 
 
 def pages(app: FastAPI, support: Support, metrics: ApiMetrics) -> None:

@@ -2,7 +2,7 @@
 
 Requests are checked here, field by field, before anything runs: a wrong type, an unknown role, an empty
 message, NaN or infinite numbers, too many stop strings each get a 400 naming the field. Fields the server
-does not implement (n > 1, logprobs, echo) are refused rather than silently ignored.
+does not implement (n > 1, logprobs without echo, chat logprobs) are refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -105,11 +105,13 @@ class ChatRequest(Sampling):
 class CompletionRequest(Sampling):
     prompt: Annotated[str, Field(strict=True)] | Annotated[list[str], Field(min_length=1, max_length=1)]
     echo: StrictBool = False
-    logprobs: StrictInt | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
 
     def ask(self) -> Ask:
-        if self.echo or self.logprobs is not None:
-            raise InvalidInput("echo and logprobs are not served on completions")
+        if self.logprobs is not None and not self.echo:
+            raise InvalidInput("logprobs of generated tokens are not served; echo: true scores the prompt")
+        if self.echo and self.stream:
+            raise InvalidInput("echo is served without stream")
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
         if not prompt.strip():
             raise InvalidInput("the prompt is empty")
@@ -120,6 +122,10 @@ class FeedbackRequest(Request):
     id: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
     rating: Literal["up", "down"]
     correction: Annotated[str, Field(strict=True)] | None = None
+
+
+class IntentRequest(Request):
+    input: Annotated[str, Field(strict=True, min_length=1)]
 
 
 # ---- answers

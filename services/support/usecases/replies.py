@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from llmk.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
-from services.inference.interface import Finished, GenerateRequest, InferenceClient
+from llmk.domain.task_spec import TaskSpec
+from llmk.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, Unavailable
+from services.inference.interface import Finished, GenerateRequest, InferenceClient, PromptScores
 from services.support.interface import (
     Ask,
     Completion,
@@ -24,10 +25,12 @@ from services.support.interface import (
     Done,
     Feedback,
     Health,
+    Intent,
     ModelCard,
     Turn,
 )
 from services.support.usecases.feedback import check_feedback
+from services.support.usecases.learning import ReplyLearner, from_feedback
 
 log = logging.getLogger("llmk.support")
 
@@ -101,9 +104,14 @@ class SupportService:
         connect: Callable[[], InferenceClient],
         conversations: Conversations,
         limits: Limits,
+        learner: ReplyLearner | None = None,
+        task_of: Callable[[int], TaskSpec | None] = lambda version: None,
     ):
         self.name, _, self.ref = served.partition("@")
         self._connect, self.conversations, self.limits = connect, conversations, limits
+        self.learner = learner
+        self._task_of = task_of  # the classification task stored with a version, if any
+        self._tasks: dict[int, TaskSpec | None] = {}
         self._client: InferenceClient | None = None
         self._error = ""
         self._loader = threading.Thread(target=self._load, name="llmk-support-load", daemon=True)
@@ -156,11 +164,37 @@ class SupportService:
         raise Unavailable("the served version kept changing; retry")
 
     def feedback(self, feedback: Feedback) -> Feedback:
+        """Store a thumb; with a learner, its rated reply (and correction) first go to the replies job,
+        keyed by the completion, so a retried request never queues them twice."""
         check_feedback(feedback)
+        found = self.conversations.get(feedback.completion_id)
+        if found.feedback is not None:
+            raise AlreadyExists(f"completion {feedback.completion_id!r} already has feedback")
+        examples = from_feedback(found.completion, feedback)
+        if self.learner is not None and examples:
+            self.learner.learn(examples, f"feedback:{feedback.completion_id}")
         return self.conversations.add_feedback(feedback)
 
     def conversation(self, completion_id: str) -> Conversation:
         return self.conversations.get(completion_id)
+
+    def prompt_scores(self, prompt: str, version: int) -> PromptScores:
+        return self._ready().score(prompt, str(version))
+
+    def intent(self, text: str) -> Intent | None:
+        """The message's intent by the served version's task (its labels scored against the message's keys
+        and values, computed once); None when that version has no task."""
+        client = self._ready()
+        if not text.strip():
+            raise InvalidInput("the message to route is empty")
+        version = client.version()
+        if version not in self._tasks:
+            self._tasks[version] = self._task_of(version)
+        if self._tasks[version] is None:
+            return None
+        answer = client.classify([text])
+        [scores] = answer.results
+        return Intent(scores.label, scores.probabilities[scores.label], answer.version)
 
     # ---- steps
 

@@ -3,13 +3,15 @@
 Labels feed the model's standing feedback job (one per model and branch, created on first use with the
 model's own task, so what it learns is what the workers serve). The optimizer trains on each batch of
 examples, commits a sparse version through its validation gate, and workers following the branch
-hot-apply it. The first file's first rows (`--holdout`) become the gate's held-out set.
+hot-apply it. The first file's first rows (`--holdout`) become the gate's held-out set. A file of rated
+replies (a `rating` column, or JSON lines) feeds the model's standing replies job instead (no task needed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -17,11 +19,12 @@ import typer
 
 from llmk.cli.context import Json
 from llmk.cli.output import console, emit
-from llmk.errors import InvalidInput, Unavailable
+from llmk.errors import InvalidInput, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from llmk.domain.task_spec import TaskSpec
     from services.optimizer.interface import Example, Job, JobsClient, JobSpec
+    from services.support.usecases.learning import ReplyJobs
 
 BATCH = 16  # examples per optimizer step (JobSpec's default batch size)
 app = typer.Typer(help="Labelled feedback for a served model.", no_args_is_help=True)
@@ -31,7 +34,11 @@ app = typer.Typer(help="Labelled feedback for a served model.", no_args_is_help=
 def add(
     model: Annotated[str, typer.Option("--model", "-m", help="Model whose served branch learns")],
     file: Annotated[
-        Path, typer.Option(help="CSV with text,label (a numeric label indexes the task's labels)")
+        Path,
+        typer.Option(
+            help="CSV with text,label (a numeric label indexes the task's labels); or rated replies: CSV "
+            "with prompt,reply,rating[,correction] or JSON lines with messages, reply, rating[, correction]"
+        ),
     ],
     branch: Annotated[str, typer.Option(help="Serving branch the versions go to")] = "main",
     holdout: Annotated[
@@ -51,6 +58,7 @@ def add(
     trainable: Annotated[
         list[str] | None, typer.Option(help="Tensor patterns to train (new job; default: last layers' MLPs)")
     ] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per optimizer step (new job)")] = 16,
     wait: Annotated[
         bool,
         typer.Option(help="Wait until the optimizer has trained on them (always in the embedded mode)"),
@@ -62,36 +70,73 @@ def add(
     from llmk.cli.train import read_examples
     from llmk.domain.task_spec import require_task
     from services.optimizer.usecases.examples import check_examples
+    from services.support.usecases.learning import ReplyJobs, is_reply_file
 
     if holdout < 0:
         raise InvalidInput(f"--holdout must be 0 or more, got {holdout}")
+    if not file.is_file():
+        raise NotFound(f"no such file: {file}")
+    if is_reply_file(file):
+        setup = ReplyJobs(branch, batch_size, lr, topk, commit_every, tolerance, tuple(trainable or ()))
+        add_replies(model, file, setup, holdout, wait, json_)
+        return
     tiers = deployment()
     embedded = tiers.trains_in_process
     with history() as h:  # the task alone: metadata, no tensors
         task = require_task(h, model, branch)
     examples = read_examples(file, task)
     check_examples(task, examples, tiers.settings.optimizer_max_examples)  # the whole file, before any job
-    spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance)
+    spec = replace(
+        job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance), batch_size=batch_size
+    )
     with tiers.jobs(worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
         key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
         submitted = jobs.submit_feedback(job.id, examples, key)
         waited = wait or embedded  # an embedded worker lives only as long as this command
         job = wait_for_training(jobs, job.id, quiet=json_) if waited else jobs.get_job(job.id)
-    emit(
-        json_,
-        {
-            "job": job.id,
-            "examples": len(examples),
-            "duplicate": submitted.duplicate,
-            "status": job.status,
-            "step": job.step,
-            "versions": [c.version for c in job.commits],
-            "head_version": job.head_version,
-            "metric": job.metric,
-            "until_next_version": until_next_version(job),
-        },
-    )
+    emit(json_, _summary(job, len(examples), submitted.duplicate))
+
+
+def add_replies(model: str, file: Path, setup: ReplyJobs, holdout: int, wait: bool, json_: bool) -> None:
+    """Rated replies to the model's standing replies job; the whole file is checked before any is queued."""
+    from llmk.cli.context import deployment
+    from services.optimizer.usecases.replies import check_replies
+    from services.support.usecases.learning import read_reply_file
+
+    tiers = deployment()
+    examples = read_reply_file(file)
+    check_replies(examples, tiers.settings.optimizer_max_examples)
+    with tiers.jobs(worker=tiers.trains_in_process) as jobs:
+        existing = [j for j in jobs.list_jobs(model) if setup.is_standing(j)]
+        if not existing:
+            if len(examples) <= holdout:
+                raise InvalidInput(f"{len(examples)} examples: a new job needs more than --holdout {holdout}")
+            if not any(e.rating == "up" for e in examples[:holdout]):
+                raise InvalidInput(
+                    f"the first {holdout} rated replies hold no up-rated one to gate versions on"
+                )
+        validation, examples = ([], examples) if existing else (examples[:holdout], examples[holdout:])
+        job = existing[0] if existing else jobs.create_job(setup.spec(model), validation)
+        key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
+        submitted = jobs.submit_feedback(job.id, examples, key)
+        waited = wait or tiers.trains_in_process
+        job = wait_for_training(jobs, job.id, quiet=json_) if waited else jobs.get_job(job.id)
+    emit(json_, _summary(job, len(examples), submitted.duplicate))
+
+
+def _summary(job: Job, examples: int, duplicate: bool) -> dict[str, object]:
+    return {
+        "job": job.id,
+        "examples": examples,
+        "duplicate": duplicate,
+        "status": job.status,
+        "step": job.step,
+        "versions": [c.version for c in job.commits],
+        "head_version": job.head_version,
+        "metric": job.metric,
+        "until_next_version": until_next_version(job),
+    }
 
 
 def until_next_version(job: Job) -> str:

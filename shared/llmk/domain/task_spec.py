@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from llmk.domain.deltas import Delta
+from llmk.domain.intents import BANKING77
 from llmk.domain.versions import CommitInfo, Version
 from llmk.errors import InvalidInput, NotFound
 
@@ -66,8 +67,10 @@ class TaskSpec:
 SENTIMENT_TEMPLATE = (
     "Is the sentiment of this financial news negative, positive or neutral?\nNews: {text}\nSentiment:"
 )
+INTENT_TEMPLATE = "A customer wrote to the bank.\nMessage: {text}\nWhat the customer wants:"
 TASKS: dict[str, TaskSpec] = {
     "sentiment": TaskSpec(CLASSIFICATION, ("negative", "positive", "neutral"), SENTIMENT_TEMPLATE, 32),
+    "banking77": TaskSpec(CLASSIFICATION, BANKING77, INTENT_TEMPLATE, 64),
     "completion": TaskSpec(COMPLETION, (), TEXT, 128, ""),
 }
 
@@ -113,7 +116,8 @@ def decode_task(data: Mapping[str, Any]) -> TaskSpec:
 
 
 def packaged(name: str) -> TaskSpec:
-    """A task shipped with llmk (`sentiment`: finance news, negative/positive/neutral)."""
+    """A task shipped with llmk (`sentiment`: finance news, negative/positive/neutral; `banking77`: a bank
+    customer's intent, 77 labels)."""
     if name not in TASKS or TASKS[name].kind != CLASSIFICATION:
         shipped = sorted(n for n, t in TASKS.items() if t.kind == CLASSIFICATION)
         raise InvalidInput(f"unknown task {name!r}; packaged tasks: {', '.join(shipped)}")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from llmk.config import Settings
     from services.inference.interface import InferenceClient
+    from services.optimizer.interface import JobsClient
     from services.store.adapters.importers import Imported
     from services.support.usecases.replies import SupportService
 
@@ -75,13 +76,17 @@ class Running:
 
 
 def serve(
-    settings: Settings, connect: Callable[[], InferenceClient], version: int, wait: bool = True
+    settings: Settings,
+    connect: Callable[[], InferenceClient],
+    version: int,
+    wait: bool = True,
+    jobs: JobsClient | None = None,
 ) -> tuple[Api, Running]:
     import uvicorn
 
     from services.support.main import build
 
-    support, app = build(Deployment(settings), connect)
+    support, app = build(Deployment(settings), connect, jobs)
     support.start()
     if wait:
         assert support.wait_ready(120).ready, support.health().detail

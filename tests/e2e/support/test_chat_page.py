@@ -59,6 +59,7 @@ def test_a_customer_chats_and_gives_a_thumb(browser: Browser, api: Api, tmp_path
     assert len(set(pieces)) > 1  # the text grew piece by piece
     assert page.get_by_test_id("version").inner_text() == str(api.version)
     assert page.get_by_test_id("intent").is_visible()
+    page.wait_for_function("document.querySelector('[data-testid=intent]').textContent === 'none'")
     assert page.get_by_test_id("correction").count() == 1  # a better-reply box on each reply
     answer_id = page.locator("[data-completion-id]").get_attribute("data-completion-id")
     assert answer_id

@@ -3,6 +3,7 @@ back as written, and feedback refused (with nothing written) for an unknown comp
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +13,7 @@ from llmk.config import Settings
 from llmk.errors import AlreadyExists, NotFound
 from services.support.adapters.tables import ConversationsDb
 from services.support.interface import Completion, Feedback, Turn
+from services.support.usecases.retention import Retention
 
 
 @pytest.fixture
@@ -64,3 +66,19 @@ def test_a_second_feedback_is_refused_and_the_first_kept(db: ConversationsDb) ->
 def test_an_unknown_completion_is_not_found(db: ConversationsDb) -> None:
     with pytest.raises(NotFound):
         db.get("nope")
+
+
+def test_retention_deletes_old_completions_and_their_feedback_only(db: ConversationsDb) -> None:
+    today = datetime(2026, 3, 10, tzinfo=UTC)
+    db.add(replace(completion("chatcmpl-old"), created_at=datetime(2026, 3, 1, tzinfo=UTC)))
+    db.add_feedback(Feedback("chatcmpl-old", "down", "Better."))
+    db.add(replace(completion("chatcmpl-new"), created_at=datetime(2026, 3, 8, tzinfo=UTC)))
+    retention = Retention(db, days=7, every=3600, clock=lambda: today)
+    retention.start()  # prunes before it returns
+    retention.stop()
+    with pytest.raises(NotFound):
+        db.get("chatcmpl-old")
+    assert db.get("chatcmpl-new").completion.id == "chatcmpl-new"
+    assert retention.prune() == 0
+    db.add(completion("chatcmpl-old"))  # the id is free again: its feedback went with it
+    assert db.get("chatcmpl-old").feedback is None

@@ -142,7 +142,8 @@ def test_batcher_recomputes_the_template_prefix_when_the_weights_change(byte_tok
             set_weight(model, name, torch.randn_like(model.get_parameter(name)))
     uncached = classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE)
     assert _gap(batcher.classify(PROMPTS, LABELS, FINANCE), uncached) < 1e-4
-    assert _gap(classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE, prefix=stale), uncached) > 1e-3
+    # multi-token labels (every label, byte by byte) re-encode each whole prompt: a stale prefix cannot leak
+    assert _gap(classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE, prefix=stale), uncached) < 1e-4
 
     with batcher.lock, torch.no_grad():  # a new version stamped on weights changed by other means
         model.get_parameter("model.layers.1.self_attn.v_proj.weight").normal_()
@@ -152,3 +153,21 @@ def test_batcher_recomputes_the_template_prefix_when_the_weights_change(byte_tok
     assert after_stamp.version == 2
     assert _gap(after_stamp, classify(model, byte_tokenizer, PROMPTS, LABELS, FINANCE)) < 1e-4
     assert _gap(after_stamp, uncached) > 1e-3
+
+
+def test_many_labels_of_unequal_length_score_as_full_rows_would(tiny: Pair, byte_tokenizer: Any) -> None:
+    """The shared-prefix path (each prompt's keys and values once, a short row per label) gives exactly what
+    scoring every prompt + label as its own full row gives."""
+    labels = [f"intent_{'x' * (i % 7)}{i}" for i in range(40)]
+    prompts = ["where is my card", "z"]
+    results = classify(tiny.ours, byte_tokenizer, prompts, labels, TEMPLATE)
+    for prompt, probs in zip(prompts, results, strict=True):
+        context = byte_tokenizer.encode(TEMPLATE.replace("{prompt}", prompt))
+        scores = []
+        with torch.no_grad():
+            for label in labels:
+                ids = context + byte_tokenizer.encode(" " + label)
+                logp = tiny.ours(torch.tensor([ids]))[0].log_softmax(-1)
+                scores.append(sum(float(logp[t - 1, ids[t]]) for t in range(len(context), len(ids))))
+        expected = torch.tensor(scores).softmax(-1).tolist()
+        assert [probs[lab] for lab in labels] == pytest.approx(expected, abs=1e-5)

@@ -90,7 +90,7 @@ def test_errors_keep_their_class_over_grpc(client: GrpcOptimizerClient, model: s
     job = client.create_job(JobSpec(model=model, task=TASK, steps=1))
     with pytest.raises(InvalidInput, match="not in the task's label set"):
         client.submit_feedback(job.id, [Example(text="x", label="perhaps")], "k")
-    assert client.get_job(job.id).status == FAILED
+    assert client.get_job(job.id).status != FAILED  # a refused submission changes nothing
 
 
 def test_mutating_calls_need_the_token(runtime: Runtime, model: str) -> None:

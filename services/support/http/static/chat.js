@@ -1,5 +1,6 @@
 // The chat page: streams each reply from /v1/chat/completions (server-sent events), shows the version that
-// wrote it (the llmk-version header), and sends a thumb or a better reply to /v1/feedback.
+// wrote it (the llmk-version header) and the message's intent (/v1/intents), and sends a thumb or a better
+// reply to /v1/feedback.
 "use strict";
 
 const history = [];
@@ -52,6 +53,7 @@ async function ask(text) {
   const turn = document.getElementById("reply-template").content.firstElementChild.cloneNode(true);
   log.appendChild(turn);
   const reply = turn.querySelector(".text");
+  showIntent(turn.querySelector(".intent"), text);
   const request = { model: await modelName(), messages: history, stream: true };
   const answer = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(request) });
   if (!answer.ok) throw new Error((await answer.json()).error.message);
@@ -66,6 +68,14 @@ async function ask(text) {
   history.push({ role: "assistant", content: reply.textContent });
   turn.dataset.completionId = id;
   enableFeedback(turn, id);
+}
+
+// The message's intent by the served model's task (banking77's 77, or any labels stored with the model).
+async function showIntent(place, text) {
+  const answer = await fetch("/v1/intents", { method: "POST", headers: headers(), body: JSON.stringify({ input: text }) });
+  if (!answer.ok) return;
+  const found = await answer.json();
+  place.textContent = found.intent === null ? "none" : `${found.intent} (${Math.round(found.score * 100)}%)`;
 }
 
 function enableFeedback(turn, id) {
