@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import queue
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from llmk.errors import InvalidInput, NotFound
 from services.rec.interface import Interaction, Rejection
 from services.rec.usecases.records import guess_format, read_interactions
 
+T = TypeVar("T")
 MOVIELENS = Path(__file__).resolve().parent.parent / "data" / "movielens-latest-small"
 
 
@@ -31,6 +35,34 @@ def source_lines(source: str) -> Iterator[str]:
 
 def records(source: str, fmt: str = "") -> Iterator[Interaction | Rejection]:
     return read_interactions(source_lines(source), fmt or guess_format(source))
+
+
+def ticking(items: Iterable[T], seconds: float) -> Iterator[T | None]:
+    """`items` as they come, read on a thread, with a None whenever `seconds` pass without one: a slow
+    source (a pipe, a queue) then still lets a stream commit on time. Errors of the source are raised here."""
+    inbox: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=10_000)
+
+    def read() -> None:
+        try:
+            for item in items:
+                inbox.put(("item", item))
+            inbox.put(("end", None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            inbox.put(("error", e))
+
+    threading.Thread(target=read, name="llmk-rec-source", daemon=True).start()
+    while True:
+        try:
+            kind, value = inbox.get(timeout=seconds)
+        except queue.Empty:
+            yield None
+            continue
+        if kind == "end":
+            return
+        if kind == "error":
+            assert isinstance(value, BaseException)
+            raise value
+        yield value  # type: ignore[misc]
 
 
 def ratings(path: Path) -> list[Interaction]:

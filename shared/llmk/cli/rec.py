@@ -1,7 +1,8 @@
 """`llmk rec ...`: train, recommend, stream and evaluate a recommender kept in the parameter store.
 
 The store is reached as every command reaches it (llmk.cli.context.store_session: gRPC at
-LLMK_STORE_ADDRESS, else in process); failures print one line and exit non-zero through llmk.cli.main.run.
+LLMK_STORE_ADDRESS, else in process), recommendations through llmk.bootstrap (the rec worker at
+LLMK_REC_ADDRESS, else in process); failures print one line and exit non-zero through llmk.cli.main.run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llmk.cli.context import Json, store_session
+from llmk.cli.context import Json, deployment, store_session
 from llmk.config import Settings
 from llmk.errors import InvalidInput
 
@@ -81,13 +82,15 @@ def recommend(
     ] = False,
     json_: Json = False,
 ) -> None:
-    """Top-k items for USER with the version that answered; an unknown user gets the popular items."""
-    from services.rec.usecases import recommender
-
-    with store_session() as session:
-        served = recommender.serve(session.store, model, ref or None)
-        exclude = _seen(session.settings).items(model, user) if exclude_seen else frozenset()
-        answer = served.recommend(user, k, exclude)
+    """Top-k items for USER with the version that answered; an unknown user gets the popular items.
+    With LLMK_REC_ADDRESS set, the rec worker there answers (over gRPC)."""
+    settings = Settings()
+    exclude = _seen(settings).items(model, user) if exclude_seen else frozenset()
+    client = deployment(settings).rec(model, ref or None)
+    try:
+        answer = client.recommend(user, k, exclude)
+    finally:
+        client.close()
     if json_:
         _emit(answer.as_dict(), True)
         return
@@ -127,7 +130,9 @@ def stream(
             CommitPolicy(commit_every, commit_every_seconds),
             lambda version, entries: seen.add(model, streamer.applied_pairs),
         )
-        summary = streamer.consume(files.records(source, fmt or ("csv" if source == "-" else "")))
+        found = files.records(source, fmt or ("csv" if source == "-" else ""))
+        ticks = commit_every_seconds / 4 if commit_every_seconds else 0
+        summary = streamer.consume(files.ticking(found, ticks) if ticks else found)
     _emit(summary.as_dict(), json_)
 
 
