@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from llmk.errors import InvalidInput, NotFound
 from services.rec.interface import Interaction, Rejection
@@ -87,6 +87,44 @@ def titles(path: Path) -> dict[int, str]:
             return {int(row["movieId"]): row["title"] for row in reader}
         except (TypeError, ValueError) as e:
             raise InvalidInput(f"{path}: line {reader.line_num}: {e}") from None
+
+
+def item_texts(
+    movies: Path, tags: Path | None = None, until: int | None = None, most: int = 5
+) -> dict[int, str]:
+    """movieId -> "Title (year). Genres: A, B. Tags: x, y": what the LLM reads for an item's content vector.
+
+    Tags (tags.csv: userId,movieId,tag,timestamp) are the item's `most` most frequent ones; with `until`,
+    only tags given by then, so an evaluation reads nothing from the period it replays."""
+    found: dict[int, str] = {}
+    try:
+        with _open(movies) as f:
+            for row in csv.DictReader(f):
+                genres = row.get("genres", "").replace("|", ", ").replace("(no genres listed)", "")
+                found[int(row["movieId"])] = row["title"] + (f". Genres: {genres}." if genres else ".")
+        top = _top_tags(tags, until, most) if tags else {}
+    except (KeyError, TypeError, ValueError) as e:  # a missing column or a non-integer id
+        raise InvalidInput(f"{movies} or {tags}: expected MovieLens columns ({e!r})") from None
+    for item, best in top.items():
+        if item in found:
+            found[item] += f" Tags: {', '.join(best)}."
+    return found
+
+
+def _top_tags(tags: Path, until: int | None, most: int) -> dict[int, list[str]]:
+    counts: dict[int, dict[str, int]] = {}
+    with _open(tags) as f:
+        for row in csv.DictReader(f):
+            if until is None or int(row["timestamp"]) <= until:
+                per, tag = counts.setdefault(int(row["movieId"]), {}), row["tag"].strip().lower()
+                per[tag] = per.get(tag, 0) + 1
+    return {item: sorted(per, key=lambda t: (-per[t], t))[:most] for item, per in counts.items()}
+
+
+def _open(path: Path) -> TextIO:
+    if not path.is_file():
+        raise NotFound(f"no such file: {path}")
+    return path.open(encoding="utf-8", newline="")
 
 
 def split(rows: list[Interaction], held_out: float) -> tuple[list[Interaction], list[Interaction]]:

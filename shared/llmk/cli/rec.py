@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llmk.cli.context import Json, deployment, store_session
+from llmk.cli.context import Json, deployment, split_ref, store_session
 from llmk.config import Settings
 from llmk.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from services.rec.adapters.seen import SeenLog
 
 app = typer.Typer(
@@ -51,24 +53,44 @@ def train(
     max_items: Annotated[int, typer.Option(help="Item table rows (capacity for growth)")] = 16384,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 0.02,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and sampling")] = 0,
+    content_model: Annotated[
+        str, typer.Option(help="NAME[@REF] of a served LLM: place unrated --items by their text")
+    ] = "",
+    tags: Annotated[Path | None, typer.Option(help="tags.csv (userId,movieId,tag,timestamp)")] = None,
     json_: Json = False,
 ) -> None:
-    """Create MODEL's first version: BPR on the ratings' positives (rating >= 4)."""
+    """Create MODEL's first version: BPR on the ratings' positives (rating >= 4). With --content-model,
+    every item of --items that nobody rated gets a row placed from the LLM's reading of its text."""
     from services.rec.adapters import files
     from services.rec.interface import RecConfig
     from services.rec.usecases import recommender
     from services.rec.usecases.training import TrainSpec
 
+    if content_model and not items:
+        raise InvalidInput("--content-model reads the items' titles and genres: give --items too")
     rows = files.ratings(ratings)
     names = files.titles(items) if items else {}
     config = RecConfig(dim=dim, max_users=max_users, max_items=max_items, seed=seed)
+    content = _content(content_model, items, tags) if content_model and items else None
     with store_session() as session:
-        version = recommender.create(
-            session.store, model, rows, names, config, TrainSpec(epochs=epochs, batch_size=4096, lr=lr)
-        )
+        spec = TrainSpec(epochs=epochs, batch_size=4096, lr=lr)
+        version = recommender.create(session.store, model, rows, names, config, spec, content)
         seen = _seen(session.settings)
         seen.add(model, ((r.user, r.item) for r in rows))
     _emit({"model": model, "version": version.id, "ratings": len(rows), "dim": dim}, json_)
+
+
+def _content(llm: str, items: Path, tags: Path | None) -> dict[int, Tensor]:
+    """Content vectors of every item, by the LLM served as llmk.bootstrap says (here, or over gRPC)."""
+    from services.rec.adapters import files
+    from services.rec.usecases import content
+
+    name, ref = split_ref(llm)
+    client = deployment().inference(name, ref)
+    try:
+        return content.vectors(client, files.item_texts(items, tags))
+    finally:
+        client.close()
 
 
 @app.command()
