@@ -12,6 +12,7 @@ interactions keep the stream busy meanwhile.
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def _listening(proc: subprocess.Popen[str], log: Path, timeout: float = 120) -> 
             return found.group(1)
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"{proc.args} did not start: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"{proc.args!r} did not start: {log.read_text()[-2000:]}")
 
 
 @dataclass
@@ -143,23 +144,30 @@ def background(
         feed.send(r.user, r.item, r.rating)
 
 
-def served_seconds(feed: Feed, rec_address: str, model: str, item: int, probes: int) -> list[float]:
-    """Seconds from writing each probe's interaction to the worker answering for its user."""
+def served_seconds(
+    feed: Feed, rec_address: str, model: str, item: int, probes: int, spread: float = 1.0
+) -> list[float]:
+    """Seconds from writing each probe's interaction to the worker answering for its user. A first probe,
+    not counted, waits for the streamer process to be up (it starts reading only once it has loaded). Probes
+    are spaced by a random pause of up to `spread` seconds (the commit period), so they land at every phase
+    of it rather than always just after a commit."""
     from services.rec.rpc.client import GrpcRecClient
 
     client = GrpcRecClient(rec_address, model)
     found = []
+    pause = random.Random(0)
     try:
-        for n in range(probes):
-            user = FIRST_PROBE_USER + n
+        for n in range(-1, probes):
+            user = FIRST_PROBE_USER + n + 1
             sent = feed.send(user, item, 5.0)
-            deadline = sent + 60
+            deadline = sent + 120
             while client.recommend(user, k=1).popular:
                 if time.perf_counter() > deadline:
-                    raise RuntimeError(f"probe user {user} not served within 60 s")
+                    raise RuntimeError(f"probe user {user} not served within 120 s")
                 time.sleep(0.005)
-            found.append(time.perf_counter() - sent)
-            time.sleep(0.1)  # probes land at varied moments of the commit period
+            if n >= 0:
+                found.append(time.perf_counter() - sent)
+            time.sleep(pause.uniform(0, spread))
     finally:
         client.close()
     return found

@@ -31,7 +31,7 @@ def test_streamed_interactions_reach_a_worker_in_another_process(tmp_path: Path)
     with cluster(env, "m", train, commit_seconds=0.5) as running:
         assert running.stream.stdin is not None
         feed = Feed(running.stream.stdin, t0=10_000)
-        seconds = served_seconds(feed, running.rec_address, "m", item=3, probes=3)
+        seconds = served_seconds(feed, running.rec_address, "m", item=3, probes=2)
         remote = {**running.env, "LLMK_REC_ADDRESS": running.rec_address}
         answer = llmk(remote, "rec", "recommend", "--model", "m", "--user", "9000000", "--k", "3", "--json")
         wrong_model = llmk(remote, "rec", "recommend", "--model", "other", "--user", "1")
