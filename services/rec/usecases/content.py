@@ -21,7 +21,7 @@ from services.rec.usecases.model import ITEM_BIAS, ITEM_EMBEDDING, ITEM_IDS, Tab
 if TYPE_CHECKING:
     from services.inference.interface import InferenceClient
 
-# single words, so each costs one next-token probability in the LLM's classifier
+# single words (the classifier puts a space before each), so each is one next-token probability
 DESCRIPTORS = (
     "action", "adventure", "animation", "children", "comedy", "crime", "documentary", "drama", "fantasy",
     "horror", "music", "mystery", "romance", "science", "thriller", "war", "western", "love", "family",
@@ -37,9 +37,9 @@ def vectors(llm: InferenceClient, texts: Mapping[int, str], batch: int = 16) -> 
     found: dict[int, Tensor] = {}
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        answer = llm.classify([texts[i] for i in chunk], [f" {d}" for d in DESCRIPTORS], TEMPLATE)
+        answer = llm.classify([texts[i] for i in chunk], list(DESCRIPTORS), TEMPLATE)
         for item, scores in zip(chunk, answer.results, strict=True):
-            probs = torch.tensor([scores.probabilities[f" {d}"] for d in DESCRIPTORS])
+            probs = torch.tensor([scores.probabilities[d] for d in DESCRIPTORS])
             found[item] = probs.clamp_min(1e-9).log()
     return found
 
