@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # single words (the classifier puts a space before each), so each is one next-token probability
 DESCRIPTORS = (
     "action", "adventure", "animation", "children", "comedy", "crime", "documentary", "drama", "fantasy",
-    "horror", "music", "mystery", "romance", "science", "thriller", "war", "western", "love", "family",
+    "horror", "music", "mystery", "romance", "science", "suspense", "war", "western", "love", "family",
     "history", "space", "magic", "murder", "school", "sports", "politics", "superhero", "classic",
 )  # fmt: skip
 TEMPLATE = "Movie: {text}\nIn one word, this movie is about"
