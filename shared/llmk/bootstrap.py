@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from services.monitor.adapters.tables import MonitorDb
     from services.optimizer.interface import JobsClient
     from services.optimizer.main import Runtime
+    from services.rec.interface import RecClient
     from services.store.adapters.objects import ObjectStore
     from services.store.interface import HistoryClient, StoreClient
     from services.store.usecases.ports import Objects
@@ -50,6 +51,7 @@ class Deployment:
         self.store_is_remote = bool(settings.store_address)
         self.inference_is_remote = bool(settings.inference_address)
         self.optimizer_is_remote = bool(settings.optimizer_address)
+        self.rec_is_remote = bool(settings.rec_address)
 
     # the kernel: metadata database, version events, queues
 
@@ -255,6 +257,25 @@ class Deployment:
 
         return AlertPublisher(self.settings.broker_url)
 
+    # recommendation
+
+    def rec(self, model: str, ref: str | None = None) -> RecClient:
+        """`model`'s recommendations: the worker at LLMK_REC_ADDRESS (serving its branch head; `ref` must
+        then be empty), else the version at `ref` loaded in this process."""
+        s = self.settings
+        if not self.rec_is_remote:
+            from services.rec.usecases.local_client import LocalRecClient
+
+            return LocalRecClient(self.store(), model, ref)
+        if ref:
+            from llmk.errors import InvalidInput
+
+            raise InvalidInput("a rec worker serves its own branch: drop --ref, or unset LLMK_REC_ADDRESS")
+        from llmk.platform.security import Tls
+        from services.rec.rpc.client import GrpcRecClient
+
+        return GrpcRecClient(s.rec_address, model, s.auth_token, s.max_message_bytes, Tls.of(s))
+
     # services
 
     def serve(self, tier: str, worker: bool | None = None, queue_only: bool = False) -> None:
@@ -268,6 +289,10 @@ class Deployment:
             from services.support import main as support
 
             support.main(self)
+        elif tier == "rec":
+            from services.rec import main as rec
+
+            rec.main(self)
         elif tier == "inference":
             from services.inference import main as inference
 
@@ -289,12 +314,17 @@ def embedded(settings: Settings, home: Path) -> Settings:
 
 
 def reached_over_grpc(settings: Settings, **tiers: str) -> Settings:
-    """`settings` with the named tiers (store=, inference=, optimizer=) reached at those addresses."""
+    """`settings` with the named tiers (store=, inference=, optimizer=, rec=) reached at those addresses."""
     return settings.model_copy(update=_addresses(**tiers))
 
 
-def _addresses(store: str = "", inference: str = "", optimizer: str = "") -> dict[str, str]:
-    return {"store_address": store, "inference_address": inference, "optimizer_address": optimizer}
+def _addresses(store: str = "", inference: str = "", optimizer: str = "", rec: str = "") -> dict[str, str]:
+    return {
+        "store_address": store,
+        "inference_address": inference,
+        "optimizer_address": optimizer,
+        "rec_address": rec,
+    }
 
 
 def is_queue_url(source: str) -> bool:

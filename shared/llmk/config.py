@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     store_address: str = Field("", description="host:port of a store service; empty means in-process")
     inference_address: str = Field("", description="host:port of an inference service")
     optimizer_address: str = Field("", description="host:port of an optimizer service")
+    rec_address: str = Field("", description="host:port of a recommendation worker (llmk serve rec)")
     listen: str = Field("127.0.0.1:0", description="Address a `llmk serve` tier listens on")
     auth_token: str = Field("", description="Bearer token required on mutating calls when set")
     auth_reads: bool = Field(False, description="Require the token on reads too (health checks excepted)")
@@ -147,7 +148,7 @@ class Settings(BaseSettings):
     optimizer_worker: bool = Field(True, description="`llmk serve optimizer` also runs a job worker")
     optimizer_max_examples: int = Field(100_000, description="Most examples one feedback submission may hold")
 
-    @field_validator("store_address", "inference_address", "optimizer_address", "listen")
+    @field_validator("store_address", "inference_address", "optimizer_address", "rec_address", "listen")
     @classmethod
     def _port_in_range(cls, address: str, info: ValidationInfo) -> str:
         try:

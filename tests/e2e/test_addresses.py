@@ -32,7 +32,9 @@ def test_listening_may_ask_for_any_free_port() -> None:
         check_address("127.0.0.1:70000", listening=True)
 
 
-@pytest.mark.parametrize("field", ["store_address", "inference_address", "optimizer_address", "listen"])
+@pytest.mark.parametrize(
+    "field", ["store_address", "inference_address", "optimizer_address", "rec_address", "listen"]
+)
 def test_settings_refuse_a_port_out_of_range(field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(_env_file=None, **{field: "127.0.0.1:115687"})  # type: ignore[call-arg]

@@ -75,8 +75,10 @@ def test_train_recommend_stream_and_bad_input(tmp_path: Path) -> None:
         (NotFound.exit_code, ("rec", "train", "--model", "x", "--ratings", str(tmp_path / "none.csv"))),
         (InvalidInput.exit_code, ("rec", "recommend", "--model", "m", "--user", "1", "--k", "0")),
         (InvalidInput.exit_code, ("rec", "stream", "--model", "m", "--source", str(movies))),
+        (InvalidInput.exit_code, ("rec", "train", "-m", "x", "--ratings", f"{train}", "--content-model=l")),
     )
     assert errors[0]["popular_fallback"]
     assert "no such file" in errors[1]
     assert "k must be" in errors[2]
     assert "header lacks" in errors[3]
+    assert "give --items too" in errors[4]

@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING
 from llmk.domain.versions import CommitInfo
 from llmk.errors import InvalidInput
 from services.rec.interface import Interaction, RecConfig, Rejection, StreamSummary
+from services.rec.usecases.content import place_cold_items
 from services.rec.usecases.serving import Served
 from services.rec.usecases.streaming import META_KEY, CommitPolicy, Published, Streamer, Watermark
 from services.rec.usecases.training import TrainSpec, fit
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from llmk.domain.versions import Version
     from services.rec.usecases.model import Tables
     from services.store.interface import StoreClient
@@ -28,17 +31,21 @@ def create(
     titles: Mapping[int, str],
     config: RecConfig,
     spec: TrainSpec,
+    content: Mapping[int, Tensor] | None = None,
 ) -> Version:
-    """A new model whose first version is BPR trained on `ratings`; titles are stored as a model file."""
+    """A new model whose first version is BPR trained on `ratings`; titles are stored as a model file.
+    With `content` (item -> content vector), every titled item nobody rated gets a row placed from it."""
     if not ratings:
         raise InvalidInput("the ratings file holds no rating")
     tables = fit(ratings, config, spec)
+    cold = place_cold_items(tables, content, sorted(titles)) if content else []
     last = max(r.timestamp for r in ratings)
     mark = Watermark(last, {(r.user, r.item) for r in ratings if r.timestamp == last})
     known = {str(i): titles[i] for i in tables.items.of if i in titles}
     info = CommitInfo(
         author="llmk-rec-train",
-        message=f"rec train: {len(ratings)} ratings, {config.dim} dims, {spec.epochs} epochs",
+        message=f"rec train: {len(ratings)} ratings, {config.dim} dims, {spec.epochs} epochs, "
+        f"{len(cold)} items placed by content",
         metadata={META_KEY: mark.as_metadata()},
     )
     files = {TITLES_FILE: json.dumps(known, sort_keys=True).encode()}

@@ -107,9 +107,14 @@ class Streamer:
             self._apply(record)
         self.maybe_commit()
 
-    def consume(self, records: Iterable[Interaction | Rejection]) -> StreamSummary:
+    def consume(self, records: Iterable[Interaction | Rejection | None]) -> StreamSummary:
+        """Offer every record; a None is a tick from an idle source, so a timed commit is not held back
+        waiting for the next record."""
         for record in records:
-            self.offer(record)
+            if record is None:
+                self.maybe_commit()
+            else:
+                self.offer(record)
         self.commit()
         return self.summary
 

@@ -37,7 +37,7 @@ app.add_typer(db, name="db")
 app.add_typer(evaluate.evaluate, name="evaluate")
 app.add_typer(rec.app, name="rec")
 
-TIERS = ("store", "inference", "optimizer", "api")
+TIERS = ("store", "inference", "optimizer", "api", "rec")
 
 
 @db.command()
@@ -56,7 +56,7 @@ def upgrade() -> None:
 
 @app.command()
 def serve(
-    tier: Annotated[str, typer.Argument(help="store, inference, optimizer, or api (the support gateway)")],
+    tier: Annotated[str, typer.Argument(help="store, inference, optimizer, rec, or api (the gateway)")],
     listen: Annotated[str, typer.Option(help="host:port (default LLMK_LISTEN)")] = "",
     model: Annotated[str, typer.Option(help="NAME[@REF] to serve (default LLMK_SERVE_MODEL)")] = "",
     host: Annotated[str, typer.Option(help="api: the address to listen on")] = "127.0.0.1",
@@ -72,8 +72,8 @@ def serve(
         bool, typer.Option(help="optimizer: run only a job worker on the optimizer queue, no gRPC")
     ] = False,
 ) -> None:
-    """Run one tier as a gRPC service (health and reflection included), or `api`, the OpenAI-compatible
-    HTTP gateway and chat page, until SIGTERM."""
+    """Run one tier as a gRPC service (health and reflection included; `rec` serves --model's
+    recommendations), or `api`, the OpenAI-compatible HTTP gateway and chat page, until SIGTERM."""
     if tier not in TIERS:
         raise typer.BadParameter(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
     settings = Settings()

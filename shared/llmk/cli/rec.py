@@ -1,7 +1,8 @@
 """`llmk rec ...`: train, recommend, stream and evaluate a recommender kept in the parameter store.
 
 The store is reached as every command reaches it (llmk.cli.context.store_session: gRPC at
-LLMK_STORE_ADDRESS, else in process); failures print one line and exit non-zero through llmk.cli.main.run.
+LLMK_STORE_ADDRESS, else in process), recommendations through llmk.bootstrap (the rec worker at
+LLMK_REC_ADDRESS, else in process); failures print one line and exit non-zero through llmk.cli.main.run.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llmk.cli.context import Json, store_session
+from llmk.cli.context import Json, deployment, split_ref, store_session
 from llmk.config import Settings
 from llmk.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from services.rec.adapters.seen import SeenLog
 
 app = typer.Typer(
@@ -50,24 +53,44 @@ def train(
     max_items: Annotated[int, typer.Option(help="Item table rows (capacity for growth)")] = 16384,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 0.02,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and sampling")] = 0,
+    content_model: Annotated[
+        str, typer.Option(help="NAME[@REF] of a served LLM: place unrated --items by their text")
+    ] = "",
+    tags: Annotated[Path | None, typer.Option(help="tags.csv (userId,movieId,tag,timestamp)")] = None,
     json_: Json = False,
 ) -> None:
-    """Create MODEL's first version: BPR on the ratings' positives (rating >= 4)."""
+    """Create MODEL's first version: BPR on the ratings' positives (rating >= 4). With --content-model,
+    every item of --items that nobody rated gets a row placed from the LLM's reading of its text."""
     from services.rec.adapters import files
     from services.rec.interface import RecConfig
     from services.rec.usecases import recommender
     from services.rec.usecases.training import TrainSpec
 
+    if content_model and not items:
+        raise InvalidInput("--content-model reads the items' titles and genres: give --items too")
     rows = files.ratings(ratings)
     names = files.titles(items) if items else {}
     config = RecConfig(dim=dim, max_users=max_users, max_items=max_items, seed=seed)
+    content = _content(content_model, items, tags) if content_model and items else None
     with store_session() as session:
-        version = recommender.create(
-            session.store, model, rows, names, config, TrainSpec(epochs=epochs, batch_size=4096, lr=lr)
-        )
+        spec = TrainSpec(epochs=epochs, batch_size=4096, lr=lr)
+        version = recommender.create(session.store, model, rows, names, config, spec, content)
         seen = _seen(session.settings)
         seen.add(model, ((r.user, r.item) for r in rows))
     _emit({"model": model, "version": version.id, "ratings": len(rows), "dim": dim}, json_)
+
+
+def _content(llm: str, items: Path, tags: Path | None) -> dict[int, Tensor]:
+    """Content vectors of every item, by the LLM served as llmk.bootstrap says (here, or over gRPC)."""
+    from services.rec.adapters import files
+    from services.rec.usecases import content
+
+    name, ref = split_ref(llm)
+    client = deployment().inference(name, ref)
+    try:
+        return content.vectors(client, files.item_texts(items, tags))
+    finally:
+        client.close()
 
 
 @app.command()
@@ -81,13 +104,15 @@ def recommend(
     ] = False,
     json_: Json = False,
 ) -> None:
-    """Top-k items for USER with the version that answered; an unknown user gets the popular items."""
-    from services.rec.usecases import recommender
-
-    with store_session() as session:
-        served = recommender.serve(session.store, model, ref or None)
-        exclude = _seen(session.settings).items(model, user) if exclude_seen else frozenset()
-        answer = served.recommend(user, k, exclude)
+    """Top-k items for USER with the version that answered; an unknown user gets the popular items.
+    With LLMK_REC_ADDRESS set, the rec worker there answers (over gRPC)."""
+    settings = Settings()
+    exclude = _seen(settings).items(model, user) if exclude_seen else frozenset()
+    client = deployment(settings).rec(model, ref or None)
+    try:
+        answer = client.recommend(user, k, exclude)
+    finally:
+        client.close()
     if json_:
         _emit(answer.as_dict(), True)
         return
@@ -127,7 +152,9 @@ def stream(
             CommitPolicy(commit_every, commit_every_seconds),
             lambda version, entries: seen.add(model, streamer.applied_pairs),
         )
-        summary = streamer.consume(files.records(source, fmt or ("csv" if source == "-" else "")))
+        found = files.records(source, fmt or ("csv" if source == "-" else ""))
+        ticks = commit_every_seconds / 4 if commit_every_seconds else 0
+        summary = streamer.consume(files.ticking(found, ticks) if ticks else found)
     _emit(summary.as_dict(), json_)
 
 
