@@ -79,6 +79,9 @@ def demo(
     source: Annotated[
         str, typer.Option(help="Model to import: smollm2, or synthetic:llama-tiny for a quick dry run")
     ] = "smollm2",
+    dense_baseline: Annotated[
+        bool, typer.Option(help="Also fine-tune the trainable tensors densely on the feedback (minutes)")
+    ] = False,
     json_: Json = False,
 ) -> None:
     """Import SmolLM2, stream finance tweets through the monitor, send labels back, report what it learnt."""
@@ -97,6 +100,8 @@ def demo(
     optimizer = {**OPTIMIZER, "lr": lr, "topk": topk}
     with _tiers(settings, distributed, workers, branch, out) as tier_settings:
         result = _run(deployment(tier_settings), plan, branch, optimizer, json_)
+        _say("training the baselines on the same feedback rows", json_)
+        result.baselines = _baselines(deployment(tier_settings), plan, result.job, dense_baseline)
     setup = {
         "mode": "distributed" if distributed else "embedded",
         "inference_workers": workers if distributed else 1,
@@ -216,6 +221,7 @@ class Result:
     stored: dict[int, tuple[int, int]]
     alerts: list[AlertRecord]
     scored_twice: int
+    baselines: dict[str, dict[str, float]] | None = None
 
 
 def _run(
@@ -259,6 +265,31 @@ def _run(
         return Result(run, jobs.get_job(job.id), stored, repo.alerts(MODEL, run_id), twice)
 
 
+def _baselines(tiers: Deployment, plan: Plan, job: Job, dense: bool) -> dict[str, dict[str, float]]:
+    """What a user could do instead with exactly the rows the demo sent (gate and feedback), scored on the
+    same held-out rows: a bag of words, a probe on the imported model, and (asked for) a dense fine-tune."""
+    from llmk.domain.task_spec import packaged
+    from services.optimizer.interface import Example
+    from services.optimizer.usecases import baselines
+    from services.optimizer.usecases.feedback import load_trainer
+
+    task = packaged("sentiment")
+    train = plan.gate + [e for chunk in plan.feedback for e in chunk]
+    held = [Example(text=t, label=label) for t, label in plan.held_out]
+    store = tiers.store()
+    try:
+        trainer = load_trainer(store, MODEL, "1", task, sorted(job.tensors))
+    finally:
+        store.close()
+    out = {
+        "tfidf_lr": baselines.tfidf_lr(train, held, task.labels).as_dict(),
+        "linear_probe": baselines.linear_probe(trainer, train, held).as_dict(),
+    }
+    if dense:
+        out["dense"] = baselines.dense(trainer, train, held, lr=job.spec.optimizer.lr).as_dict()
+    return out
+
+
 def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float) -> dict[str, Any]:
     from services.monitor.adapters.charts import draw
     from services.monitor.usecases.report import build, write
@@ -266,7 +297,15 @@ def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float)
     run = result.run
     summary = run.monitor.summary
     report = build(
-        run.timeline, summary, result.job, result.stored, result.alerts, setup, wall, result.scored_twice
+        run.timeline,
+        summary,
+        result.job,
+        result.stored,
+        result.alerts,
+        setup,
+        wall,
+        result.scored_twice,
+        result.baselines,
     )
     write(out, report)
     draw(out, report, run.timeline.throughput)
