@@ -177,12 +177,49 @@ def measure_baselines(model: Model, recipe: Recipe, seed: int, dev: bool, dense:
     return out
 
 
+def rows_for_results(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The bench's rows: the recipe's held-out macro-F1 against each baseline, as ratios and differences."""
+    recipe, base = results[name], results["baselines"]
+    f1 = recipe["final"]["macro_f1"]
+    best = max(base["tfidf_lr"]["macro_f1"], base["linear_probe"]["macro_f1"])
+    out = [
+        {
+            "metric": f"recipe {name!r} held-out macro-F1",
+            "value": f1,
+            "unit": "",
+            "bytes_per_version": recipe["bytes_per_version"],
+            "zero_shot": recipe["zero_shot"]["macro_f1"],
+        },
+        {
+            "metric": "recipe minus best of TF-IDF+LR and linear probe (macro-F1)",
+            "value": round(f1 - best, 4),
+            "unit": "",
+            "baseline": best,
+            "goal": ">= 0.10",
+        },
+    ]
+    for key, figures in base.items():
+        out.append(
+            {
+                "metric": f"{key} held-out macro-F1",
+                "value": figures["macro_f1"],
+                "unit": "",
+                "accuracy": figures["accuracy"],
+                "ratio": round(f1 / figures["macro_f1"], 3),
+            }
+        )
+    if "dense" in base:
+        out[-1]["goal"] = "recipe >= 0.95x dense"
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dev", action="store_true", help="score on a dev split of train.csv (for decisions)")
     p.add_argument("--variant", action="append", help=f"recipes to run: {', '.join(VARIANTS)}")
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--dense", action="store_true", help="with --baselines: the dense fine-tune too")
+    p.add_argument("--write", action="store_true", help="bench/results/learning.json (first variant)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.manual_seed(0)
@@ -194,11 +231,16 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = measure(model, VARIANTS[name], a.seed, a.dev)
         print(name, json.dumps(results[name]), flush=True)
     if a.baselines:
-        results["baselines"] = measure_baselines(model, VARIANTS["demo"], a.seed, a.dev, a.dense)
+        results["baselines"] = measure_baselines(
+            model, VARIANTS[(a.variant or ["demo"])[0]], a.seed, a.dev, a.dense
+        )
         print("baselines", json.dumps(results["baselines"]), flush=True)
+    if a.write and a.variant and a.baselines:
+        command = "python -m bench.bench_learning " + " ".join(argv or [])
+        write("learning", rows_for_results(results, a.variant[0]), command)
+        (RESULTS / "learning-detail.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    _ = (RESULTS, write)

@@ -129,6 +129,13 @@ class Scorer:
             scores.append(picked.gather(1, torch.tensor(target)[:, None]).sum())
         return torch.stack(scores)
 
+    def share_cache(self, other: Scorer) -> None:
+        """Use `other`'s cache of frozen-layer outputs (same model below the same split), e.g. to compare
+        several training recipes without recomputing what none of them changes."""
+        if other.split != self.split:
+            raise InvalidInput(f"cannot share a cache split at layer {other.split} with one at {self.split}")
+        self._cache, self._cached = other._cache, other._cached
+
     def last_hidden(self, sequences: Sequence[list[int]]) -> Tensor:
         """The final (normed) hidden state at each sequence's last token, whole model: [B, D]."""
         ids, mask, positions = _left_pad([tuple(s) for s in sequences])
