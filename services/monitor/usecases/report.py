@@ -252,7 +252,7 @@ def _time_lines(t: dict[str, Any]) -> list[str]:
         "training_s": "the optimizer training (from the first feedback to its last step)",
         "evaluation_s": f"held-out passes ({t.get('evaluation_passes', 0)}, overlapping the stream)",
     }
-    return [f"- {words[k]}: {_f(t[k])} s" for k in words if k in t]
+    return [f"- {words[k]}: " + ("n/a" if t[k] is None else f"{t[k]:.1f} s") for k in words if k in t]
 
 
 def _alert_lines(alerts: list[dict[str, Any]]) -> list[str]:

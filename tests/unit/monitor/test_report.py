@@ -71,7 +71,7 @@ def test_baselines_and_the_time_split_are_in_both_reports() -> None:
     assert r["time_split"]["streaming_s"] == 70.0
     text = markdown(r)
     assert "TF-IDF + logistic regression 0.58 (accuracy 0.7)" in text
-    assert "- streaming: 70 s" in text
+    assert "- streaming: 70.0 s" in text
 
 
 def test_the_f1_line_joins_only_consecutive_measured_versions() -> None:
