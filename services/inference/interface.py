@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from llmk.domain.sampling import check_sampling
 from llmk.errors import InvalidInput
 
 
@@ -39,11 +40,18 @@ class GenerateRequest:
     temperature: float = 0.0  # 0 = greedy
     seed: int | None = None
     chat: bool = True  # apply the model's chat template to the prompt as one user turn
+    messages: tuple[
+        tuple[str, str], ...
+    ] = ()  # (role, content) turns: the chat template over them, not prompt
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    pin: str = ""  # a version (id, tag or branch) this answer must come from, besides the client's own ref
 
     def __post_init__(self) -> None:
         # checked here, not only by the worker: the gRPC request reads 0 as "the default"
         if self.max_tokens < 1:
             raise InvalidInput(f"max_tokens must be at least 1, got {self.max_tokens}")
+        check_sampling(self.temperature)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,11 @@ class InferenceClient(Protocol):
         ...
 
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
-        """Text pieces as they are produced, then one Finished."""
+        """Text pieces as they are produced, then one Finished. Closing the iterator early cancels it."""
+        ...
+
+    def version(self) -> int:
+        """The version answering now (0 when none): pin a request to it to know its version first."""
         ...
 
     def close(self) -> None: ...

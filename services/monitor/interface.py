@@ -34,13 +34,20 @@ class RejectRecord:
 
 @dataclass(frozen=True)
 class Evidence:
-    """An item that moved a ticker's mood, and the words that drove its label (occlusion attributions)."""
+    """An item that moved a ticker's mood, and the words that drove its label (occlusion attributions).
+
+    The explanation runs on the version serving when the alert opens, which may be newer than the one that
+    scored the item: both are kept, so the stored score is never contradicted by a later version's."""
 
     item_id: str
     text: str
-    label: str
+    label: str  # the alert's direction, as the explanation's version scores the text
     probability: float
     top_tokens: list[tuple[str, float]]  # (word, drop in the label's probability without it)
+    version: int = 0  # the version that computed the explanation
+    scored_label: str = ""  # the stored score: its label, the label's probability, and its version
+    scored_probability: float = 0.0
+    scored_version: int = 0
 
 
 @dataclass(frozen=True)

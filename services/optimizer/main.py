@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from celery import Celery
+from celery.signals import worker_shutting_down
 
 from llmk.platform.grpc_server import make_server
 from llmk.platform.queue_workers import InProcessWorker
@@ -124,7 +125,7 @@ def main(deployment: Deployment) -> None:
     )
     if worker:
         resume_unfinished(runtime)
-    log.warning("llmk optimizer serving on port %d (queue %s)", port, settings.optimizer_queue)
+    log.info("llmk optimizer serving on port %d (queue %s)", port, settings.optimizer_queue)
     print(f"llmk optimizer listening on {settings.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     if settings.metrics_port:
         print(f"llmk optimizer metrics on port {runtime.metrics.serve(settings.metrics_port)}", flush=True)
@@ -132,8 +133,17 @@ def main(deployment: Deployment) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=5).wait()
-    if worker:
+    shut_down(runtime, worker, server)
+
+
+def shut_down(runtime: Runtime, worker: InProcessWorker | None, server: grpc.Server | None = None) -> None:
+    """Stop within seconds (Kubernetes gives 30): the running job ends its current step, which is already
+    persisted, and its task returns with the job queued again, so its message is acknowledged while the
+    broker connection is still up and another worker (or this one, restarted) continues the job."""
+    runtime.runner.stopping.set()
+    if server is not None:
+        server.stop(grace=5).wait()
+    if worker is not None:
         worker.stop()
     runtime.close()
 
@@ -142,6 +152,8 @@ def run_worker(deployment: Deployment) -> None:
     """A standalone Celery worker on the optimizer queue (blocks; Celery handles the signals)."""
     settings = deployment.settings
     runtime = wire(deployment)
+    # Celery's warm shutdown waits for the running task: let it end after its current step
+    worker_shutting_down.connect(lambda **_: runtime.runner.stopping.set(), weak=False)
     try:
         runtime.app.worker_main(
             ["worker", "--queues", settings.optimizer_queue, "--pool", "threads", "--concurrency", "1",

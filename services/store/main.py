@@ -49,7 +49,7 @@ def main(deployment: Deployment) -> None:
     scrubber = Scrubber(store, settings.scrub_interval_seconds, metrics).start()
     if settings.metrics_port:
         print(f"llmk store metrics on port {metrics.serve(settings.metrics_port)}", flush=True)
-    log.warning("llmk store serving on port %d (database %s)", port, settings.sqlalchemy_url.split("@")[-1])
+    log.info("llmk store serving on port %d (database %s)", port, settings.sqlalchemy_url.split("@")[-1])
     print(f"llmk store listening on {settings.listen.rsplit(':', 1)[0]}:{port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

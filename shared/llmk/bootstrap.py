@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmk.config import Settings
+from llmk.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -54,14 +55,27 @@ class Deployment:
 
     @cached_property
     def engine(self) -> Engine:
-        """The metadata database, migrated once per deployment when auto_migrate is on."""
+        """The metadata database, migrated once per deployment when auto_migrate is on. A URL SQLAlchemy
+        cannot use is InvalidInput and a database that does not answer Unavailable, each naming the
+        setting, never a driver's traceback."""
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
         from llmk.platform.database import make_engine
         from llmk.platform.migrate import upgrade
 
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(self.settings.sqlalchemy_url)
-        if self.settings.auto_migrate:
-            upgrade(engine)
+        where = self.settings.sqlalchemy_url.rpartition("@")[2]  # never the password
+        try:
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+            engine = make_engine(self.settings.sqlalchemy_url)
+            if self.settings.auto_migrate:
+                upgrade(engine)
+        except (ArgumentError, NoSuchModuleError) as e:
+            raise InvalidInput(f"LLMK_DATABASE_URL is not a URL llmk can use ({where}): {e}") from None
+        except OperationalError as e:
+            reason = str(e.orig or e).strip().splitlines()[0]
+            raise Unavailable(
+                f"the database at {where} does not answer (LLMK_DATABASE_URL): {reason}"
+            ) from None
         return engine
 
     def events(self) -> LocalEvents | AmqpEvents:
@@ -95,7 +109,11 @@ class Deployment:
         from services.store.adapters.objects import ObjectStore
 
         folder = Path(s.objects_url) if s.objects_url else s.objects_path
-        return ObjectStore(folder, s.max_header_bytes, readonly=readonly)
+        try:
+            return ObjectStore(folder, s.max_header_bytes, readonly=readonly)
+        except OSError as e:
+            what = "LLMK_OBJECTS_URL" if s.objects_url else "LLMK_OBJECT_DIR or LLMK_HOME"
+            raise InvalidInput(f"the object folder {folder} cannot be used ({what}): {e.strerror}") from None
 
     def reader_objects(self) -> Objects | None:
         """What a client of a remote store reads objects from itself: the bucket, or the store's folder as
@@ -154,13 +172,14 @@ class Deployment:
 
     # inference
 
-    def inference(self, model: str, ref: str | None) -> InferenceClient:
-        """`model` at `ref`: the worker at LLMK_INFERENCE_ADDRESS, else a Host in this process."""
+    def inference(self, model: str, ref: str | None, shared: bool = False) -> InferenceClient:
+        """`model` at `ref`: the worker at LLMK_INFERENCE_ADDRESS, else a Host in this process (`shared`:
+        one for many callers, such as a gateway, that follows the branch; else one for one command)."""
         s = self.settings
         if not self.inference_is_remote:
             from services.inference.usecases.local_client import LocalInferenceClient
 
-            return LocalInferenceClient(s, self.store(), model, ref)
+            return LocalInferenceClient(s, self.store(), model, ref, self.events() if shared else None)
         from llmk.platform.security import Tls
         from services.inference.rpc.client import GrpcInferenceClient
 
@@ -245,6 +264,10 @@ class Deployment:
             from services.store import main as store
 
             store.main(self)
+        elif tier == "api":
+            from services.support import main as support
+
+            support.main(self)
         elif tier == "inference":
             from services.inference import main as inference
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmk.domain.addresses import check_address
+from llmk.errors import InvalidInput
 
 
 class Settings(BaseSettings):
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(
         16 << 30, description="Most tensor bytes one commit or import stream may declare; larger is refused"
     )
+    max_import_file_bytes: int = Field(
+        256 << 20, description="Largest config or tokenizer file an import reads from a model folder"
+    )
 
     # inference
     device: str = Field("", description="cpu, cuda, cuda:N; empty picks CUDA when present")
@@ -103,7 +109,9 @@ class Settings(BaseSettings):
     version_poll_seconds: float = Field(
         30.0, description="Workers also check their branch head this often (missed events); 0 = never"
     )
-    metrics_port: int = Field(0, description="Port of the Prometheus /metrics endpoint; 0 = none")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 = none"
+    )
     inference_queue: str = Field("inference", description="Celery queue of classify and generate tasks")
     inference_worker: bool = Field(False, description="`llmk serve inference` also consumes the Celery queue")
     result_backend: str = Field(
@@ -134,6 +142,14 @@ class Settings(BaseSettings):
         "share of the cores beside inference workers in one process",
     )
     optimizer_max_examples: int = Field(100_000, description="Most examples one feedback submission may hold")
+
+    @field_validator("store_address", "inference_address", "optimizer_address", "listen")
+    @classmethod
+    def _port_in_range(cls, address: str, info: ValidationInfo) -> str:
+        try:
+            return check_address(address, listening=info.field_name == "listen")
+        except InvalidInput as e:  # pydantic reports ValueErrors as the setting's error
+            raise ValueError(str(e)) from None
 
     @property
     def objects_path(self) -> Path:

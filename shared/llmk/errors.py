@@ -31,6 +31,10 @@ class InvalidDelta(InvalidInput):
     pass
 
 
+class TooLarge(InvalidInput):
+    """A request over a size limit (HTTP 413): send less."""
+
+
 class Frozen(LlmkError):
     exit_code = 6
 

@@ -63,6 +63,36 @@ def test_every_item_read_is_scored_or_rejected_with_its_reason(env: dict[str, st
     ]
 
 
+def test_rejected_lists_every_refused_item_with_its_reason(env: dict[str, str]) -> None:
+    oversized = json.dumps({"id": "big-1", "text": "x" * 50_000}).encode()  # the id is in the part read
+    lines = b'{"text": "$XYZ rallies", "id": "ok1"}\n' + oversized + b'\n{"text": "", "id": "e1"}\n'
+    summary = llmk(env, "monitor", "-m", "tiny", "--source", "-", "--format", "jsonl", "--json", stdin=lines)
+    found = llmk(env, "rejected", "--model", "tiny", "--run", summary["run"], "--json")
+    assert [(r["item_id"], r["reason"]) for r in found] == [
+        ("big-1", "a line over 17408 bytes, far over the 4096-byte item limit"),
+        ("e1", "empty text"),
+    ]
+    assert "empty text" in llmk(env, "rejected", "--run", summary["run"])  # the table for people
+
+
+def test_feedback_add_says_how_many_rows_a_first_version_needs(env: dict[str, str], tmp_path: Path) -> None:
+    from llmk.cli.feedback import BATCH
+    from services.optimizer.interface import JobSpec
+
+    assert JobSpec.__dataclass_fields__["batch_size"].default == BATCH
+    ten = tmp_path / "ten.csv"
+    ten.write_text("text,label\n" + "\n".join(f"$ACME note {i},{i % 3}" for i in range(10)) + "\n")
+    args = ("feedback", "add", "--model", "tiny", "--branch", "few", "--file", str(ten))
+    llmk(env, "store", "branch", "tiny", "few", "--from", "main", "--json")
+    error = llmk(env, *args, code=2)
+    assert "holds out the first --holdout 48" in error
+    assert "at least 112 rows" in error
+    job = llmk(env, *args, "--holdout", "4", "--json")
+    assert (job["step"], job["versions"]) == (0, [])
+    assert job["until_next_version"].startswith("58 more examples: the job steps on each 16")
+    assert "48 + 64 = 112 rows" in " ".join(llmk(env, "feedback", "add", "--help").split())
+
+
 def test_json_lines_from_standard_input(env: dict[str, str]) -> None:
     lines = b'{"text": "$XYZ rallies", "id": "j1"}\nnot json\n{"headline": "no text"}\n{"text": "fine"}\n'
     summary = llmk(
@@ -127,6 +157,31 @@ def test_demo_dry_run_with_the_tiny_model_writes_the_report(env: dict[str, str],
     assert set(report["baselines"]) == {"tfidf_lr", "linear_probe"}  # dense only with --dense-baseline
     assert report["time_split"]["streaming_s"] > 0
     assert "None" not in (out / "report.md").read_text()
+
+
+def test_a_demo_that_does_not_settle_fails_loudly_and_ends_its_job(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "demo"
+    args = (
+        "demo",
+        "--source",
+        "synthetic:llama-tiny",
+        "--out",
+        str(out),
+        "--stream",
+        "20",
+        "--feedback",
+        "64",
+    )
+    error = llmk(env, *args, "--held-out", "32", "--settle-seconds", "0", "--json", code=11)
+    assert "the demo did not finish: the optimizer trained" in error
+    report = json.loads((out / "report.json").read_text())
+    assert report["unsettled"].startswith("the optimizer trained")
+    assert report["served_at_end"] is not None
+    assert f"version {report['served_at_end']} was serving at the end" in error
+    jobs = llmk({**env, "LLMK_HOME": str(out / "home")}, "jobs", "--json")
+    assert [j["status"] for j in jobs] == ["cancelled"]  # a later optimizer does not resume it
 
 
 def test_train_uses_the_model_task_unless_told_otherwise(env: dict[str, str], tmp_path: Path) -> None:

@@ -338,15 +338,30 @@ class Generator:
             seq.fed += len(chunk)
         done = [i for i, s in enumerate(seqs) if not s.prefilling]
         if done:
-            first = sample_batch(logits[done], [seqs[i].params for i in done], [seqs[i].rng for i in done])
-            for i, token in zip(done, first, strict=True):
-                self._deliver(seqs[i], token)
+            for seq, token in self._sample([seqs[i] for i in done], logits[done]):
+                self._deliver(seq, token)
 
     def _decode(self, seqs: list[_Sequence]) -> None:
         logits = self.model.decode_step([s.slot for s in seqs], [s.token_ids[-1] for s in seqs])  # [B, V]
-        tokens = sample_batch(logits, [s.params for s in seqs], [s.rng for s in seqs])
-        for seq, token in zip(seqs, tokens, strict=True):
+        for seq, token in self._sample(seqs, logits):
             self._deliver(seq, token)
+
+    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[tuple[_Sequence, int]]:
+        """A token for each sequence (logits [B, V]). When sampling fails, each row is drawn again alone and
+        a sequence that still fails fails alone: one request never ends the others' generations."""
+        try:
+            tokens = sample_batch(logits, [s.params for s in seqs], [s.rng for s in seqs])
+            return list(zip(seqs, tokens, strict=True))
+        except Exception:
+            _log.exception("sampling failed; drawing each sequence's token alone")
+        chosen = []
+        for row, seq in enumerate(seqs):
+            try:
+                chosen.append((seq, sample_batch(logits[row : row + 1], [seq.params], [seq.rng])[0]))
+            except Exception as error:
+                self._release(seq)
+                seq.stream.put(error)
+        return chosen
 
     def _deliver(self, seq: _Sequence, token: int) -> None:
         seq.token_ids.append(token)

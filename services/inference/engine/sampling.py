@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from llmk.errors import InvalidInput
+from llmk.domain.sampling import check_sampling
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,7 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh random seed
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InvalidInput(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InvalidInput(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InvalidInput(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling(self.temperature, self.top_p, self.top_k)
 
     @property
     def greedy(self) -> bool:

@@ -43,9 +43,14 @@ class GrpcInferenceClient(ServiceClient):
         results = [LabelScores(r.label, dict(r.probabilities), r.prompt_tokens) for r in reply.results]
         return Classification(reply.version, results)
 
+    @translate
+    def version(self) -> int:
+        return int(self.stub.Info(pb.InfoRequest()).version)
+
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
+        call = self.stub.Generate(self._generate_request(request))
         try:
-            for chunk in self.stub.Generate(self._generate_request(request)):
+            for chunk in call:
                 if chunk.text:
                     yield chunk.text
                 if chunk.done:
@@ -54,16 +59,22 @@ class GrpcInferenceClient(ServiceClient):
                     )
         except grpc.RpcError as e:  # a stream fails while it is read, not when it is opened
             raise from_rpc_error(e) from None
+        finally:
+            call.cancel()  # a no-op once the stream ended; else the worker frees the sequence
 
     def _generate_request(self, r: GenerateRequest) -> pb.GenerateRequest:
         fields: dict[str, Any] = dict(
             model=self.model,
-            version=self.ref,
+            version=r.pin or self.ref,
             max_tokens=r.max_tokens,
             temperature=r.temperature,
+            top_p=r.top_p,
             seed=r.seed,
+            stop=list(r.stop),
         )
-        if r.chat:
+        if r.messages:
+            fields["messages"] = [pb.ChatMessage(role=role, content=text) for role, text in r.messages]
+        elif r.chat:
             fields["messages"] = [pb.ChatMessage(role="user", content=r.prompt)]
         else:
             fields["prompt"] = r.prompt

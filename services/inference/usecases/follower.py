@@ -5,7 +5,8 @@ sends only what the worker lacks: the typed entries from the served version to t
 low-rank entries are applied to plain weights in place (see patching.py); a weight held in another form
 (int8, pruned, offloaded) or a full entry gets its whole new value. When the new version is not reached by
 entries alone (a rollback or a squash lies between), the whole values of the tensors that changed are
-fetched: the names come from an unbroken chain of events, else from the store. Everything is read before
+fetched, as the store names them. An event is a hint: the worker moves to the branch head the store
+reports, never to the version an event names. Everything is read before
 anything stops; then, with no sequence decoding (the generator paused) and no batch computing (the batcher's
 lock held), it is written and checked, and the new version is stamped, so no answer mixes two versions. All
 or nothing: on a failure the tensors already written are read back from the store at the served version,
@@ -91,18 +92,19 @@ class Follower:
             served = self.current()
             if served is None or not served.branch:
                 return
-            mine = [e for e in events if e.model == served.name and e.branch == served.branch]
-            newest = max((e.version for e in mine), default=served.version)
-            if check_head:
-                newest = max(newest, self.store.head(served.name, served.branch))
-            if newest > served.version:
-                self._update(served, newest, changed_since(served.version, newest, mine))
+            mine = any(e.model == served.name and e.branch == served.branch for e in events)
+            if not (mine or check_head):
+                return
+            # An event is only a hint (anyone on the exchange can publish one): the store's head is the
+            # authority, so the worker moves only where the branch did, backwards only after a rollback.
+            head = self.store.head(served.name, served.branch)
+            if head != served.version:
+                self._update(served, head)
 
-    def _update(self, served: Served, target: int, named: list[str] | None) -> None:
-        """`named`: the tensors changed since the served version, from the events (None: unknown)."""
+    def _update(self, served: Served, target: int) -> None:
         start = time.perf_counter()
         try:
-            patch, values = self._read(served, target, named)
+            patch, values = self._read(served, target)
             read = time.perf_counter()
             with served.generator.paused(self.settings.update_drain_seconds), served.batcher.lock:
                 drained = time.perf_counter()
@@ -125,23 +127,18 @@ class Follower:
             *((read - start) * 1000, (drained - read) * 1000, (applied - drained) * 1000),
         )
 
-    def _read(
-        self, served: Served, target: int, named: list[str] | None
-    ) -> tuple[Patch, dict[str, torch.Tensor]]:
+    def _read(self, served: Served, target: int) -> tuple[Patch, dict[str, torch.Tensor]]:
         """The entries to apply in place, and the whole values of the other changed tensors."""
         steps = self.store.steps(served.name, served.version, target)
         if steps is not None:
             patch = plan(served.model, steps)
-        else:
-            patch = Patch(whole=set(named if named is not None else self._changed(served, target)))
+        else:  # the store names what changed: an event's list could be forged
+            patch = Patch(whole=set(self.store.changed(served.name, served.version, target)))
         names = sorted(patch.whole)
         values = self.store.fetch(served.name, str(target), names=names) if names else {}
         if missing := sorted(set(names) - set(values)):
             raise InvalidDelta(f"version {target} lacks tensor(s) {missing[:5]} that the served model needs")
         return patch, values
-
-    def _changed(self, served: Served, target: int) -> list[str]:
-        return self.store.changed(served.name, served.version, target)
 
     def _apply(self, served: Served, patch: Patch, values: dict[str, torch.Tensor]) -> None:
         done: list[str] = []
@@ -165,21 +162,6 @@ class Follower:
         except Exception as e:
             served.broken = f"a failed update could not be undone ({e}); reload the model"
             log.exception("%s", served.broken)
-
-
-def changed_since(served: int, target: int, events: list[VersionEvent]) -> list[str] | None:
-    """The union of the changed tensors along an unbroken chain of events from `served` to `target`; None
-    for a gap."""
-    names: set[str] = set()
-    current = served
-    for e in sorted(events, key=lambda e: e.version):
-        if e.version <= current:  # the same event twice, or one the worker already serves
-            continue
-        if e.parent != current or e.changed is None:
-            return None
-        names.update(e.changed)
-        current = e.version
-    return sorted(names) if current == target else None
 
 
 def _write_all(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> None:

@@ -4,6 +4,7 @@ caller (the CLI's embedded mode), answering the same records as rpc.client.GrpcI
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from llmk.config import Settings
 from services.inference.engine.generator import Request
@@ -15,11 +16,18 @@ from services.store.interface import StoreClient
 class LocalInferenceClient:
     """`model` at `ref` (default: its main branch), built from `store` (closed with this client)."""
 
-    def __init__(self, settings: Settings, store: StoreClient, model: str, ref: str | None = None):
+    def __init__(
+        self, settings: Settings, store: StoreClient, model: str, ref: str | None = None, events: Any = None
+    ):
+        """With `events` (a server such as the support API): the settings' sequences, following the branch;
+        without, one sequence and no following, as a command serves itself."""
         self.model, self.ref = model, ref or ""
         self.store = store
-        one_caller = settings.model_copy(update={"max_sequences": 1, "version_poll_seconds": 0.0})
-        self.host = Host(one_caller, self.store)
+        if events is not None:
+            self.host = Host(settings, self.store, events)
+        else:
+            one_caller = settings.model_copy(update={"max_sequences": 1, "version_poll_seconds": 0.0})
+            self.host = Host(one_caller, self.store)
         try:
             self.host.load(model, ref)
         except BaseException:
@@ -36,13 +44,31 @@ class LocalInferenceClient:
     def generate(self, request: GenerateRequest) -> Iterator[str | Finished]:
         r = request
         wanted = Request(
-            r.prompt, chat=r.chat, max_tokens=r.max_tokens, temperature=r.temperature, seed=r.seed
+            r.prompt,
+            messages=[{"role": role, "content": text} for role, text in r.messages] or None,
+            chat=r.chat,
+            max_tokens=r.max_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            seed=r.seed,
+            stop=r.stop,
         )
-        for item in self.host.generate(wanted, self.model, self.ref):
-            if isinstance(item, str):
-                yield item
-            else:
-                yield Finished(item.version, item.finish_reason, item.prompt_tokens, item.completion_tokens)
+        generation = self.host.generate(wanted, self.model, r.pin or self.ref)
+        done = False
+        try:
+            for item in generation:
+                if isinstance(item, str):
+                    yield item
+                else:
+                    done = True
+                    end = item
+                    yield Finished(end.version, end.finish_reason, end.prompt_tokens, end.completion_tokens)
+        finally:
+            if not done:  # the caller stopped reading (a client went away): free the sequence's slot
+                generation.cancel()
+
+    def version(self) -> int:
+        return self.host.info().version
 
     def close(self) -> None:
         self.host.close()

@@ -187,7 +187,17 @@ def _score(r: ScoreRow) -> ScoreRecord:
 
 def _alert(r: AlertRow) -> AlertRecord:
     evidence = [
-        Evidence(e["item_id"], e["text"], e["label"], e["probability"], [tuple(t) for t in e["top_tokens"]])
+        Evidence(
+            e["item_id"],
+            e["text"],
+            e["label"],
+            e["probability"],
+            [tuple(t) for t in e["top_tokens"]],
+            e.get("version", int(r.version)),
+            e.get("scored_label", ""),
+            e.get("scored_probability", 0.0),
+            e.get("scored_version", 0),
+        )
         for e in r.evidence
     ]
     cleared = utc(r.cleared) if r.cleared else None

@@ -51,6 +51,7 @@ class Change:
     share: float
     mentions: int
     items: tuple[Scored, ...]  # the window's items for this ticker that carry the direction's label
+    reason: str = ""  # why it cleared, in words
 
 
 @dataclass
@@ -96,9 +97,22 @@ class Moods:
             if key not in self.open and mentions >= r.min_mentions and share >= r.threshold:
                 self.open.add(key)
                 yield Change(ticker, direction, False, share, mentions, self._evidence(ticker, direction))
-            elif key in self.open and (mentions < r.min_mentions or share < r.threshold - r.hysteresis):
+            elif key in self.open and (why := self._why_cleared(share, mentions)):
                 self.open.discard(key)
-                yield Change(ticker, direction, True, share, mentions, ())
+                yield Change(ticker, direction, True, share, mentions, (), why)
+
+    def _why_cleared(self, share: float, mentions: int) -> str:
+        """Why an open alert clears now, or "" while it holds."""
+        r = self.rules
+        if mentions < r.min_mentions:
+            return f"too few mentions: {mentions} in the window, fewer than --min-mentions {r.min_mentions}"
+        floor = r.threshold - r.hysteresis
+        if share < floor:
+            return (
+                f"share {share:.2f} fell below {floor:.2f} (threshold {r.threshold:.2f} minus hysteresis "
+                f"{r.hysteresis:.2f})"
+            )
+        return ""
 
     def _evidence(self, ticker: str, direction: str) -> tuple[Scored, ...]:
         """The items that moved the share most: the direction's items, most confident first."""

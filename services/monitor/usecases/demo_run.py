@@ -82,6 +82,8 @@ class DemoRun:
         self._stop = threading.Event()
         self._streaming = threading.Event()  # cleared while a held-out pass runs: the stream waits for it
         self._streaming.set()
+        self.unsettled = ""  # what did not finish in time, in words ("" when everything settled)
+        self.served_at_end: int | None = None  # the version the workers serve when the run ends
 
     # ---- the run
 
@@ -102,11 +104,12 @@ class DemoRun:
         t.stream_seconds = time.monotonic() - began
         self.phase = "stream done; waiting for the optimizer and the last evaluation"
         began = time.monotonic()
-        self._settle(settle_seconds)
+        self.unsettled = self._settle(settle_seconds)
         t.settle_seconds = time.monotonic() - began
         self._stop.set()
         evaluator.join(timeout=600)
-        self.phase = "done"
+        self.served_at_end = self._probe()
+        self.phase = "done" if not self.unsettled else f"did not settle: {self.unsettled}"
         self.show(self)
         return t
 
@@ -137,23 +140,35 @@ class DemoRun:
 
     # ---- the optimizer
 
-    def _settle(self, timeout: float) -> None:
-        """Until the optimizer has trained on every full batch and the branch head is served and scored."""
+    def _settle(self, timeout: float) -> str:
+        """Until the optimizer has trained on every full batch and the branch head is served and scored;
+        what did not settle by the deadline, in words, or ""."""
         deadline = time.monotonic() + timeout
         t = self.timeline
-        while time.monotonic() < deadline:
+        while True:
             job = self.job = self.jobs.get_job(self.job_id)
-            if job.done or job.step >= job.items // job.spec.batch_size:
+            batches = job.items // job.spec.batch_size
+            trained = job.done or job.step >= batches
+            head = self.branch_head()
+            if trained:
                 if t.trained_at is None:
                     t.trained_at = t.now()
-                head = self.branch_head()
                 if head not in t.served_at and self._probe() == head:
                     t.served_at[head] = t.now()
                 if head in t.scores:
-                    return
+                    return ""
+            if time.monotonic() >= deadline:
+                break
             self.show(self)
             time.sleep(1.0)
-        log.warning("the optimizer or the evaluation did not settle within %.0f s", timeout)
+        if not trained:
+            why = f"the optimizer trained {job.step} of {batches} steps (job {job.id}, {job.status})"
+        elif head not in t.served_at:
+            why = f"the workers did not serve the branch head, version {head}"
+        else:
+            why = f"the held-out evaluation of version {head} did not finish"
+        log.info("%s within %.0f s", why, timeout)  # the caller reports it
+        return f"{why} within {timeout:.0f} s"
 
     def _probe(self) -> int:
         """The version serving now, from a one-text request."""

@@ -121,14 +121,15 @@ class Monitor:
         """Score `items` to their end (or until `stop` is set); returns the counts.
 
         Items travel in groups of `group` texts per message (fewer when the source is slow); a None from
-        `items` means the source is idle: every item in flight is finished meanwhile."""
+        `items` means the source is idle: every item in flight is finished and every alert whose
+        evidence is on its way opens meanwhile, so alerts never wait for the next message."""
         self._pending: deque[tuple[list[tuple[Item, float]], Pending]] = deque()
         self._group: list[tuple[Item, float]] = []
         for entry in items:
-            if entry is None:
+            if entry is None:  # the source is idle: finish what is in flight, open what it explains
                 self._send()
                 self._finish(0)
-                self._open_explained(wait=False)
+                self._open_explained(wait=True)  # ready() may not see answers nobody waits on (rpc://)
                 continue
             self.summary.read += 1
             if isinstance(entry, Rejected):
@@ -223,9 +224,7 @@ class Monitor:
             self._open[key] = self._open_alert(self._opening.pop(key))
         if (opened := self._open.pop(key, None)) is not None:
             self.repo.clear_alert(opened.id, datetime.now(UTC))
-            log.warning(
-                "alert cleared: %s %s (share %.2f of %d mentions)", *key, change.share, change.mentions
-            )
+            log.warning("alert cleared: %s %s: %s", *key, change.reason)
 
     def _ask_why(self, change: Change) -> Opening:
         """Send the occluded variants of the items that moved the mood most, without waiting for them."""
@@ -283,9 +282,9 @@ class Monitor:
                 log.warning("could not explain item %s: %s", scored.item_id, e)
                 continue
             version = why.version
-            out.append(
-                Evidence(scored.item_id, scored.text, why.label, round(why.probability, 4), why.top(5))
-            )
+            stored = (scored.label, round(scored.probability, 4), scored.version)
+            explained = (why.label, round(why.probability, 4), why.top(5), why.version)
+            out.append(Evidence(scored.item_id, scored.text, *explained, *stored))
         return out, version
 
 

@@ -161,6 +161,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['scored_twice']} scored twice, {r['lost']} lost; whole run {r['wall_seconds']} s.",
         "",
         *_count_lines(r),
+        *_end_lines(r),
         "",
         "| version | served at (s) | macro-F1 | accuracy | bytes stored | full copy |",
         "|---|---|---|---|---|---|",
@@ -219,6 +220,15 @@ def _count_lines(r: dict[str, Any]) -> list[str]:
         f"only the newest head between batches, so a version replaced before then is never served); "
         f"{scored} of them have a held-out figure.",
     ]
+
+
+def _end_lines(r: dict[str, Any]) -> list[str]:
+    lines = []
+    if r.get("served_at_end") is not None:
+        lines.append(f"At the end the workers served version {r['served_at_end']}.")
+    if r.get("unsettled"):
+        lines.append(f"The run did not finish its work: {r['unsettled']}.")
+    return ["", *lines] if lines else []
 
 
 def _not_scored_lines(r: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from llmk.domain.names import check_text
 from llmk.errors import Conflict, FailedPrecondition, NotFound
 from llmk.platform.database import Base
 from llmk.platform.sessions import transaction, utc
@@ -86,6 +87,7 @@ class JobsDb:
 
     @staticmethod
     def _row(s: Session, job_id: str, lock: bool = False) -> JobRow:
+        check_text(job_id, "job id", 32)  # the id column's width; PostgreSQL would refuse a NUL with its SQL
         row = s.get(JobRow, job_id, with_for_update=lock)
         if row is None:
             raise NotFound(f"unknown job {job_id!r}")
@@ -130,6 +132,8 @@ class JobsDb:
                     f"job {job_id} is at step {row.step} under another worker (expected step {expected_step})"
                 )
             for key, value in fields.items():
+                if key == "status" and row.status in TERMINAL:
+                    continue  # cancelled while its step ran: a finished job keeps its outcome
                 setattr(row, key, _column_value(value))
             row.updated_at = datetime.now(UTC)
             return _job(row)

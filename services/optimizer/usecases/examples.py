@@ -22,6 +22,9 @@ def check_examples(task: TaskSpec, examples: Sequence[Example], limit: int) -> N
 
 
 def _check_one(task: TaskSpec, i: int, example: Example) -> None:
+    for name, value in vars(example).items():
+        if isinstance(value, str) and (why := _string_problem(value)):
+            raise InvalidInput(f"example {i}: the {name} {why}")
     if task.kind == CLASSIFICATION:
         if not example.text:
             raise InvalidInput(f"example {i} has no text")
@@ -32,6 +35,17 @@ def _check_one(task: TaskSpec, i: int, example: Example) -> None:
             )
     elif not example.prompt or not example.completion:
         raise InvalidInput(f"example {i}: a completion example needs both a prompt and a completion")
+
+
+def _string_problem(text: str) -> str:
+    """Why a database or a tokenizer would refuse `text` ("" when nothing would)."""
+    if "\x00" in text:
+        return "holds a NUL byte"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"holds a lone surrogate ({text[e.start]!a})"
+    return ""
 
 
 def encode(examples: Iterable[Example]) -> bytes:

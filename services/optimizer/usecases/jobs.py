@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Protocol
 import torch
 
 from llmk.domain.deltas import Delta
-from llmk.domain.names import any_match
+from llmk.domain.names import IDEMPOTENCY_KEY_MAX, NAME_MAX, any_match, check_text
 from llmk.domain.versions import CommitInfo, Model, Ref, Version
 from llmk.errors import FailedPrecondition, Frozen, InvalidInput, LlmkError
 from services.optimizer.interface import (
@@ -101,6 +101,7 @@ class JobService:
         self, spec: JobSpec, validation: Sequence[Example] = (), idempotency_key: str | None = None
     ) -> Job:
         """Resolve the trainable tensors now, so a job for a missing model or frozen tensors fails at once."""
+        check_text(idempotency_key or "", "idempotency key", IDEMPOTENCY_KEY_MAX)
         if idempotency_key and (existing := self.repo.by_key(idempotency_key)):
             return existing
         job = Job(uuid.uuid4().hex, spec, idempotency_key=idempotency_key)
@@ -116,6 +117,9 @@ class JobService:
         return self.repo.get(job_id)
 
     def list_jobs(self, model: str | None = None, limit: int = 100) -> list[Job]:
+        if limit < 0:
+            raise InvalidInput(f"limit must be 0 or more, got {limit}")
+        check_text(model or "", "model name", NAME_MAX)
         return self.repo.find(model, limit)
 
     def cancel_job(self, job_id: str) -> Job:
@@ -131,10 +135,8 @@ class JobService:
         if isinstance(job, Submission):
             return job
         assert job.spec.task is not None
-        try:
-            example_blobs.check_examples(job.spec.task, examples, self.max_examples)
-        except LlmkError as e:
-            self._fail(job, e)
+        # A refused submission changes nothing: the job keeps what it accepted and takes the next one.
+        example_blobs.check_examples(job.spec.task, examples, self.max_examples)
         sha, _ = self.blobs.put_bytes(example_blobs.encode(examples))
         return self._accept(job, idempotency_key, sha, len(examples))
 
@@ -162,6 +164,7 @@ class JobService:
     def _accepting(self, job_id: str, kind: str, key: str) -> Job | Submission:
         if not key:
             raise InvalidInput("every submission needs an idempotency key")
+        check_text(key, "idempotency key", IDEMPOTENCY_KEY_MAX)
         job = self.repo.get(job_id)
         if (seen := self.repo.input_by_key(job_id, key)) is not None:
             return Submission(job, seen, duplicate=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -39,7 +40,9 @@ OWNER = "::job/"  # a state file's marker key, followed by the job id
 
 @dataclass(frozen=True)
 class RunResult:
-    status: str  # IDLE: nothing to do until new input; MORE: run again (time budget used); BUSY: leased
+    status: (
+        str  # IDLE: nothing to do until new input; MORE: run again (budget used, or stopping); BUSY: leased
+    )
     retry_in: float = 0.0
 
 
@@ -81,6 +84,8 @@ class JobRunner:
         self.clock = clock
         self.owner = uuid.uuid4().hex
         self._session: Session | None = None
+        # set when the process is asked to stop: the running job ends after its current (persisted) step
+        self.stopping = threading.Event()
 
     def run(self, job_id: str) -> RunResult:
         """Advance the job as far as its inputs and the time budget allow."""
@@ -91,6 +96,8 @@ class JobRunner:
             return RunResult(IDLE)
         if job.done:
             return RunResult(IDLE)
+        if self.stopping.is_set():  # stopping: the job goes back to the queue for another worker
+            return RunResult(MORE)
         wait = self.repo.acquire(job_id, self.owner, self.lease_seconds)
         if wait > 0:
             return RunResult(BUSY, wait)
@@ -133,7 +140,7 @@ class JobRunner:
             self._step(session, job, batch)
             if self.repo.acquire(job_id, self.owner, self.lease_seconds) > 0:
                 return RunResult(IDLE)
-            if self.clock() >= deadline:
+            if self.clock() >= deadline or self.stopping.is_set():
                 return RunResult(MORE)
 
     # loading ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from llmk.domain.names import NAME_MAX, check_text
 from llmk.domain.versions import Entry, Model, Ref, Snapshot, Version
 from llmk.errors import AlreadyExists, Conflict, NotFound
 from llmk.platform.database import EntryRow, ModelRow, RefRow, SnapshotRow, VersionRow
@@ -80,6 +81,7 @@ class Catalog:
 
     @staticmethod
     def _model_row(s: Session, name: str) -> ModelRow:
+        check_text(name, "model name", NAME_MAX)  # PostgreSQL would refuse a NUL with its SQL
         row = s.scalar(select(ModelRow).where(ModelRow.name == name))
         if row is None:
             raise NotFound(f"unknown model {name!r}")

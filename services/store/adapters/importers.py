@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -38,16 +39,21 @@ class Imported:
     source: str = ""
 
 
-def load_source(source: str, max_header_bytes: int = 100 * 1024 * 1024) -> Imported:
+def load_source(
+    source: str, max_header_bytes: int = 100 * 1024 * 1024, max_file_bytes: int = 256 << 20
+) -> Imported:
+    """`max_file_bytes` (LLMK_MAX_IMPORT_FILE_BYTES) caps each config or tokenizer file of a folder."""
     if source == "smollm2":
         return _gguf(smollm2_path(), source)
     if source.startswith("synthetic:"):
         return _synthetic(source.removeprefix("synthetic:"))
     path = Path(source)
     if path.is_dir():
-        return _hf_folder(path, max_header_bytes)
+        return _hf_folder(path, max_header_bytes, max_file_bytes)
     if not path.exists():
         raise NotFound(f"no such file or folder: {source} (or use smollm2, synthetic:llama-tiny)")
+    if not path.is_file():
+        raise InvalidInput(f"{source}: not a regular file")
     if path.suffix == ".gguf":
         return _gguf(path, source)
     if path.suffix == ".safetensors":
@@ -75,16 +81,51 @@ def _synthetic(preset: str) -> Imported:
     )
 
 
-def _hf_folder(path: Path, max_header_bytes: int) -> Imported:
+def _hf_folder(path: Path, max_header_bytes: int, max_file_bytes: int) -> Imported:
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise InvalidInput(f"{path}: no .safetensors files in this folder")
     tensors: dict[str, torch.Tensor] = {}
     for shard in shards:
+        _regular_inside(path, shard)
         tensors.update(read_safetensors(shard, max_header_bytes))
-    files = {f.name: f.read_bytes() for f in path.iterdir() if f.name in ("config.json", *TOKENIZER_FILES)}
-    config = json.loads(files["config.json"]) if "config.json" in files else {}
-    return Imported(tensors, config, files, str(path))
+    names = ("config.json", *TOKENIZER_FILES)
+    files = {f.name: _read_small(path, f, max_file_bytes) for f in path.iterdir() if f.name in names}
+    return Imported(tensors, _config(path, files.get("config.json", b"{}")), files, str(path))
+
+
+def _regular_inside(folder: Path, f: Path) -> os.stat_result:
+    """The file's status, once it is known to be a regular file inside `folder` (links may point within it):
+    a link out of the folder would store and serve whatever it names, a device or a pipe would never end."""
+    if not f.resolve().is_relative_to(folder.resolve()):
+        raise InvalidInput(
+            f"{f}: a link to {f.resolve()}, outside the model folder; copy the file in instead"
+        )
+    status = f.stat()
+    if not stat.S_ISREG(status.st_mode):
+        raise InvalidInput(f"{f}: not a regular file")
+    return status
+
+
+def _read_small(folder: Path, f: Path, max_bytes: int) -> bytes:
+    too_big = f"{f}: over LLMK_MAX_IMPORT_FILE_BYTES ({max_bytes} bytes)"
+    if _regular_inside(folder, f).st_size > max_bytes:
+        raise InvalidInput(too_big)
+    with f.open("rb") as stream:
+        data = stream.read(max_bytes + 1)  # the file may have grown since its size was read
+    if len(data) > max_bytes:
+        raise InvalidInput(too_big)
+    return data
+
+
+def _config(folder: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        config = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        config = None
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{folder / 'config.json'}: not a JSON object")
+    return config
 
 
 # What transformers and the gguf package raise on a file they cannot read, once the header is sound

@@ -214,6 +214,8 @@ def _json(text: str, field: str) -> dict:
         value = json.loads(text or "{}")
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{field} is not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInput(f"{field} is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{field} must be a JSON object, not {type(value).__name__}")
     return value

@@ -17,6 +17,8 @@ def check_target(out: Path) -> None:
     """Refuse a path that cannot take the file before any tensor is read."""
     if out.is_dir():
         raise InvalidInput(f"--out {out} is a folder; name the file to write (e.g. {out / 'm.safetensors'})")
+    if out.exists() and not out.is_file():  # renaming over a device or a pipe would replace it
+        raise InvalidInput(f"--out {out} exists and is not a regular file (a device, a pipe or a socket)")
     if not out.parent.is_dir():
         raise NotFound(f"--out {out}: folder {out.parent} does not exist; create it first")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from llmk.domain.names import check_name
+from llmk.domain.names import NAME_MAX, check_name, check_text
 from llmk.domain.versions import MAIN, Model, Ref, Version
 from llmk.errors import InvalidInput, NotFound
 from services.store.usecases.ports import Catalog
@@ -21,10 +21,14 @@ class History:
         self.catalog = catalog
 
     def model(self, name: str) -> Model:
+        if self.catalog.ref(name, MAIN) is None:  # no model row either, or an import that died half-way
+            raise NotFound(f"unknown model {name!r}")
         return self.catalog.model(name)
 
     def models(self) -> list[Model]:
-        return self.catalog.models()
+        """Models with a main branch: one without is an import that died before its first version, which
+        `create_model` (and so `import --if-missing`) takes over."""
+        return [m for m in self.catalog.models() if self.catalog.ref(m.name, MAIN) is not None]
 
     def unfreeze(self, model: str, patterns: list[str]) -> Model:
         """Remove freeze patterns, each exactly as it was given to `freeze`."""
@@ -38,6 +42,7 @@ class History:
     def resolve(self, model: str, ref: str | None = None) -> int:
         """A version id from a branch, a tag or a number (default: the main branch)."""
         ref = ref or MAIN
+        check_text(ref, "ref", NAME_MAX)
         found = self.catalog.ref(model, ref)
         if found is not None:
             return found.version
@@ -60,6 +65,8 @@ class History:
         return self.catalog.create_ref(model, name, "tag", self.resolve(model, ref))
 
     def log(self, model: str, ref: str | None = None, limit: int = 100) -> list[Version]:
+        if limit < 0:
+            raise InvalidInput(f"limit must be 0 or more, got {limit}")
         by_id = {v.id: v for v in self.catalog.versions(model)}
         out: list[Version] = []
         vid: int | None = self.resolve(model, ref)
@@ -72,7 +79,8 @@ class History:
         """The version a branch points at: one row read, no entries (what followers poll)."""
         found = self.catalog.ref(model, branch)
         if found is None or found.kind != "branch":
-            raise NotFound(f"model {model!r} has no branch {branch!r}")
+            tag = f" ({branch!r} is a tag, and tags never move)" if found else ""
+            raise NotFound(f"model {model!r} has no branch {branch!r}{tag}")
         return found.version
 
     def changed(self, model: str, a: int, b: int) -> list[str]:

@@ -111,7 +111,9 @@ class Store(History):
         p = materialize.plan(self.catalog, self.objects, model, self.resolve(model), lambda _: True)
         names = [*p.lineage, *p.snapshot_names]
         unmatched = [pat for pat in patterns if not any(matches(n, pat) for n in names)]
-        if not patterns or unmatched:
+        if not patterns or "" in patterns:  # an empty selector matches every tensor
+            raise InvalidInput("freeze needs a non-empty pattern (a tensor name, prefix or glob)")
+        if unmatched:
             raise InvalidInput(f"freeze pattern(s) {unmatched} match no tensor of {model!r}@main")
         log.warning("model %r: frozen %s", model, patterns)
         return self.catalog.update_model(model, frozen=sorted(set(m.frozen) | set(patterns)))
@@ -246,7 +248,7 @@ class Store(History):
         info = CommitInfo(author=author)
         info.check()
         target = self.resolve(model, to)
-        head = self.resolve(model, branch)
+        head = self.head(model, branch)  # a tag never moves: NotFound names the branch
         frozen = self.catalog.model(model).frozen
         changed = frozen_changes(self.catalog, self.objects, model, head, target, frozen) if frozen else []
         if changed and not force_frozen:

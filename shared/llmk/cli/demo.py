@@ -26,7 +26,7 @@ from llmk.bootstrap import embedded, reached_over_grpc
 from llmk.cli.context import Json, deployment
 from llmk.cli.output import console, emit
 from llmk.config import Settings
-from llmk.errors import InvalidInput
+from llmk.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
     from llmk.bootstrap import Deployment
@@ -79,6 +79,9 @@ def demo(
     source: Annotated[
         str, typer.Option(help="Model to import: smollm2, or synthetic:llama-tiny for a quick dry run")
     ] = "smollm2",
+    settle_seconds: Annotated[
+        float, typer.Option(help="After the stream, how long to wait for the optimizer and the evaluation")
+    ] = 600.0,
     dense_baseline: Annotated[
         bool, typer.Option(help="Also fine-tune the trainable tensors densely on the feedback (minutes)")
     ] = False,
@@ -90,6 +93,8 @@ def demo(
     if workers < 1 or stream < 1 or feedback < 64 or held_out < 32:
         raise InvalidInput("need --workers >= 1, --stream >= 1, --feedback >= 64 and --held-out >= 32")
     started = time.monotonic()
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"--out {out} is a file: name a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(out, distributed)
     task = packaged("sentiment")
@@ -99,7 +104,7 @@ def demo(
     _import(settings, source, branch)
     optimizer = {**OPTIMIZER, "lr": lr, "topk": topk}
     with _tiers(settings, distributed, workers, branch, out) as tier_settings:
-        result = _run(deployment(tier_settings), plan, branch, optimizer, json_)
+        result = _run(deployment(tier_settings), plan, branch, optimizer, json_, settle_seconds)
         _say("training the baselines on the same feedback rows", json_)
         result.baselines = _baselines(deployment(tier_settings), plan, result.job, dense_baseline)
     setup = {
@@ -117,6 +122,11 @@ def demo(
     report = _write_report(out, result, setup, time.monotonic() - started)
     headline = [{"figure": k, "value": v} for k, v in _headline(report, out).items()]
     emit(json_, report, headline, title="llmk demo")
+    if result.run.unsettled:  # the report is written, but the run did not finish its work
+        raise Unavailable(
+            f"the demo did not finish: {result.run.unsettled}; version {result.run.served_at_end} was "
+            f"serving at the end (report in {out})"
+        )
 
 
 def make_plan(task: TaskSpec, stream: int, feedback: int, held_out: int, seed: int) -> Plan:
@@ -182,7 +192,7 @@ def _import(settings: Settings, source: str, branch: str) -> None:
     store = deployment(settings).store()
     try:
         if not any(m.name == MODEL for m in store.models()):
-            imported = load_source(source, settings.max_header_bytes)
+            imported = load_source(source, settings.max_header_bytes, settings.max_import_file_bytes)
             task = {TASK_KEY: encode_task(packaged("sentiment"))}
             info = CommitInfo(message=f"import {imported.source}", metadata=task)
             store.create_model(MODEL, imported.tensors, imported.config, imported.files, info)
@@ -230,6 +240,7 @@ def _run(
     branch: str,
     optimizer_spec: dict[str, Any],
     json_: bool,
+    settle_seconds: float = 600.0,
 ) -> Result:
     from llmk.cli.feedback import job_spec
     from llmk.domain.task_spec import packaged
@@ -258,7 +269,10 @@ def _run(
         run = DemoRun(
             plan, scoring, monitor, jobs, job.id, lambda: store.version(MODEL, branch).id, dashboard.update
         )
-        run.run()
+        try:
+            run.run(settle_seconds)
+        finally:  # the demo's job ends with it: a later optimizer must not resume it
+            jobs.cancel_job(job.id)
         stored = {s.version: (s.stored_bytes, s.full_bytes) for s in store.stats(MODEL)}
         scores = repo.scores(MODEL, None, None, run_id)
         twice = len(scores) - len({s.item_id for s in scores})
@@ -307,6 +321,7 @@ def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float)
         result.scored_twice,
         result.baselines,
     )
+    report |= {"served_at_end": run.served_at_end, "unsettled": run.unsettled or None}
     write(out, report)
     draw(out, report, run.timeline.throughput)
     return report
@@ -314,7 +329,7 @@ def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float)
 
 def _headline(report: dict[str, Any], out: Path) -> dict[str, Any]:
     keys = ["zero_shot_macro_f1", "final_macro_f1", "macro_f1_gain", "in", "scored", "rejected"]
-    keys += ["scored_twice", "wall_seconds"]
+    keys += ["scored_twice", "wall_seconds", "served_at_end", "unsettled"]
     shown = {k: report[k] for k in keys}
     return {**shown, "versions": len(report["versions"]), "alerts": len(report["alerts"]), "report": str(out)}
 

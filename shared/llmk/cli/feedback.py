@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from llmk.domain.task_spec import TaskSpec
     from services.optimizer.interface import Example, Job, JobsClient, JobSpec
 
+BATCH = 16  # examples per optimizer step (JobSpec's default batch size)
 app = typer.Typer(help="Labelled feedback for a served model.", no_args_is_help=True)
 
 
@@ -33,7 +34,14 @@ def add(
         Path, typer.Option(help="CSV with text,label (a numeric label indexes the task's labels)")
     ],
     branch: Annotated[str, typer.Option(help="Serving branch the versions go to")] = "main",
-    holdout: Annotated[int, typer.Option(help="Rows of the first file kept for the validation gate")] = 48,
+    holdout: Annotated[
+        int,
+        typer.Option(
+            help="Rows of the first file kept for the validation gate (a new job). The optimizer then steps "
+            f"on each {BATCH} rows and commits a version every --commit-every steps: with the defaults, a "
+            f"first file needs 48 + {4 * BATCH} = {48 + 4 * BATCH} rows for a first version"
+        ),
+    ] = 48,
     lr: Annotated[float, typer.Option(help="Learning rate (for a new job)")] = 1e-4,
     topk: Annotated[float, typer.Option(help="Fraction of each tensor's update committed (new job)")] = 0.05,
     commit_every: Annotated[int, typer.Option(help="Optimizer steps per version (new job)")] = 4,
@@ -53,12 +61,16 @@ def add(
     from llmk.cli.context import deployment, history
     from llmk.cli.train import read_examples
     from llmk.domain.task_spec import require_task
+    from services.optimizer.usecases.examples import check_examples
 
+    if holdout < 0:
+        raise InvalidInput(f"--holdout must be 0 or more, got {holdout}")
     tiers = deployment()
     embedded = tiers.trains_in_process
     with history() as h:  # the task alone: metadata, no tensors
         task = require_task(h, model, branch)
     examples = read_examples(file, task)
+    check_examples(task, examples, tiers.settings.optimizer_max_examples)  # the whole file, before any job
     spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance)
     with tiers.jobs(worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
@@ -77,7 +89,21 @@ def add(
             "versions": [c.version for c in job.commits],
             "head_version": job.head_version,
             "metric": job.metric,
+            "until_next_version": until_next_version(job),
         },
+    )
+
+
+def until_next_version(job: Job) -> str:
+    """What the job still needs before it commits again, in words (labels wait until a batch fills)."""
+    s = job.spec
+    due = (job.step // s.commit_every + 1) * s.commit_every * s.batch_size
+    missing = due - job.items
+    if missing <= 0:
+        return "enough examples: training"
+    return (
+        f"{missing} more examples: the job steps on each {s.batch_size} and commits a version every "
+        f"{s.commit_every} steps ({job.items} received)"
     )
 
 
@@ -124,7 +150,12 @@ def standing_job(
                 )
             return job, examples
     if len(examples) <= holdout:
-        raise InvalidInput(f"{len(examples)} examples: a new job needs more than --holdout {holdout}")
+        needed = holdout + spec.batch_size * spec.commit_every
+        raise InvalidInput(
+            f"{len(examples)} examples: a new job holds out the first --holdout {holdout} for its validation "
+            f"gate and trains on the rest, {spec.batch_size} per step, a version every --commit-every "
+            f"{spec.commit_every} steps: send at least {needed} rows for a first version, or lower --holdout"
+        )
     validation, rest = examples[:holdout], examples[holdout:]
     return jobs.create_job(spec, validation), rest
 

@@ -29,8 +29,10 @@ def health(
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from llmk.config import Settings
+    from llmk.domain.addresses import check_address
     from llmk.platform.security import Tls, open_channel
 
+    check_address(address)
     with open_channel(address, [], Tls.of(Settings())) as channel:  # TLS when LLMK_TLS_* say so
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(

@@ -11,11 +11,13 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from llmk.cli import demo, feedback, health, infer, monitor, store, task, train
+from llmk.cli import demo, evaluate, feedback, health, infer, monitor, rec, store, task, train
 from llmk.cli.context import deployment
 from llmk.config import Settings
-from llmk.errors import LlmkError
+from llmk.domain.addresses import check_address
+from llmk.errors import InvalidInput, LlmkError
 
 app = typer.Typer(
     help="llmk: versioned LLM parameters, inference workers and an online optimizer.",
@@ -32,8 +34,10 @@ demo.register(app)
 health.register(app)
 db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
+app.add_typer(evaluate.evaluate, name="evaluate")
+app.add_typer(rec.app, name="rec")
 
-TIERS = ("store", "inference", "optimizer")
+TIERS = ("store", "inference", "optimizer", "api")
 
 
 @db.command()
@@ -52,8 +56,11 @@ def upgrade() -> None:
 
 @app.command()
 def serve(
-    tier: Annotated[str, typer.Argument(help="store, inference or optimizer")],
+    tier: Annotated[str, typer.Argument(help="store, inference, optimizer, or api (the support gateway)")],
     listen: Annotated[str, typer.Option(help="host:port (default LLMK_LISTEN)")] = "",
+    model: Annotated[str, typer.Option(help="NAME[@REF] to serve (default LLMK_SERVE_MODEL)")] = "",
+    host: Annotated[str, typer.Option(help="api: the address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="api: the port to listen on")] = 8000,
     worker: Annotated[
         bool | None,
         typer.Option(
@@ -65,12 +72,17 @@ def serve(
         bool, typer.Option(help="optimizer: run only a job worker on the optimizer queue, no gRPC")
     ] = False,
 ) -> None:
-    """Run one tier as a gRPC service (health and reflection included) until SIGTERM."""
+    """Run one tier as a gRPC service (health and reflection included), or `api`, the OpenAI-compatible
+    HTTP gateway and chat page, until SIGTERM."""
     if tier not in TIERS:
         raise typer.BadParameter(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
     settings = Settings()
+    if tier == "api" and not listen:
+        listen = f"{host}:{port}"
     if listen:
-        settings.listen = listen
+        settings.listen = check_address(listen, "--listen", listening=True)
+    if model:
+        settings.serve_model = model
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     deployment(settings).serve(tier, worker, queue_only)
 
@@ -82,8 +94,17 @@ def run() -> None:
     except LlmkError as e:
         print(f"llmk: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except ValidationError as e:  # a bad LLMK_* value: name the setting, never a pydantic report
+        print(f"llmk: error: {setting_error(e)}", file=sys.stderr)
+        sys.exit(InvalidInput.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def setting_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    name = "LLMK_" + "_".join(str(part) for part in first["loc"]).upper()
+    return f"{name}: {first['msg'].removeprefix('Value error, ')}"
 
 
 if __name__ == "__main__":

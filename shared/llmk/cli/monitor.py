@@ -1,4 +1,5 @@
-"""`llmk monitor`, `llmk scores`, `llmk alerts`: score a stream of finance news, watch tickers' mood.
+"""`llmk monitor`, `llmk scores`, `llmk rejected`, `llmk alerts`: score a stream of finance news, watch
+tickers' mood.
 
 Items go through the inference queue: in the embedded mode (LLMK_BROKER_URL=memory://) the command runs
 an inference worker on threads of its own process; with RabbitMQ, `llmk serve inference` workers consuming
@@ -7,6 +8,7 @@ the queue answer (start as many as you need).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import uuid
@@ -19,11 +21,12 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from llmk.bootstrap import Deployment, is_queue_url
-from llmk.cli.context import Json, deployment, split_ref
+from llmk.cli.context import Json, deployment, history, split_ref
 from llmk.cli.output import emit
 from llmk.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    from services.monitor.interface import Evidence
     from services.monitor.usecases.items import Item, Rejected
     from services.monitor.usecases.monitor import MonitorConfig, Summary
 
@@ -32,6 +35,7 @@ def register(app: typer.Typer) -> None:
     app.command()(monitor)
     app.command()(scores)
     app.command()(alerts)
+    app.command()(rejected)
 
 
 def monitor(
@@ -75,7 +79,20 @@ def monitor(
         app = tiers.inference_queue()
         workers = tiers.inference_workers(app, name, ref)
         summary = run_monitor(tiers, config, app, workers, items, run, progress=not json_)
-    emit(json_, summary.as_dict())
+    emit(json_, {**summary.as_dict(), "training": _training(name, summary.version)})
+
+
+def _training(model: str, version: int | None) -> str:
+    """Whether the version that answered was trained by feedback for its task (zero-shot answers warn)."""
+    from llmk.domain.task_spec import training_note
+
+    if version is None:
+        return "no version answered"
+    try:
+        with history() as h:
+            return training_note(h, model, str(version))
+    except NotFound:
+        return f"version {version} of {model!r} is not in the store"
 
 
 def run_monitor(
@@ -135,6 +152,20 @@ def scores(
     emit(json_, records, rows, title="scored items")
 
 
+def rejected(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's items")] = None,
+    run: Annotated[str | None, typer.Option(help="Only items of this monitor run")] = None,
+    json_: Json = False,
+) -> None:
+    """Items the monitor refused, oldest first, each with why (not UTF-8, too long, no text...)."""
+    found = deployment().monitor_repo().rejects(model, run)
+    rows = [
+        {"id": r.item_id, "run": r.run, "reason": r.reason, "rejected_at": r.rejected_at, "raw": r.raw[:60]}
+        for r in found
+    ]
+    emit(json_, found, rows, title="rejected items")
+
+
 def alerts(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's alerts")] = None,
     run: Annotated[str | None, typer.Option(help="Only alerts of this monitor run")] = None,
@@ -142,6 +173,7 @@ def alerts(
 ) -> None:
     """Alerts, oldest first, each with the items that raised it and the words that drove their labels."""
     found = deployment().monitor_repo().alerts(model, run)
+    notes = {(a.model, a.version): _training(a.model, a.version) for a in found}
     rows = [
         {
             "ticker": a.ticker,
@@ -150,13 +182,24 @@ def alerts(
             "cleared": a.cleared or "",
             "version": a.version,
             "share": a.share,
-            "why": "; ".join(
-                f"{e.text[:50]} [{', '.join(w for w, _ in e.top_tokens[:3])}]" for e in a.evidence
-            ),
+            "why": "; ".join(evidence_line(e) for e in a.evidence),
+            "model": notes[a.model, a.version],
         }
         for a in found
     ]
-    emit(json_, found, rows, title="alerts")
+    shown = [{**dataclasses.asdict(a), "training": notes[a.model, a.version]} for a in found]
+    emit(json_, shown, rows, title="alerts")
+
+
+def evidence_line(e: Evidence) -> str:
+    """An evidence item as stored (label, probability, version) and, when a newer version explained it,
+    that version's probability beside it: the two are different models' answers, both true."""
+    words = ", ".join(w for w, _ in e.top_tokens[:3])
+    stored = f"scored {e.scored_label} {e.scored_probability:.3f} by version {e.scored_version}"
+    line = f"{e.text[:50]} [{words}] {stored}"
+    if e.version != e.scored_version:
+        line += f"; explained on version {e.version}: {e.label} {e.probability:.3f}"
+    return line
 
 
 @contextmanager

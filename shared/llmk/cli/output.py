@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+PIPE_WIDTH = 100_000
 
 
 def plain(obj: Any) -> Any:
@@ -44,7 +45,8 @@ def emit(as_json: bool, data: Any, rows: list[dict[str, Any]] | None = None, tit
         table.add_column(str(col))
     for r in rows:
         table.add_row(*(_cell(v) for v in r.values()))
-    console.print(table)
+    # a terminal: its own width; a pipe or a file: the table's natural width, never cut at 80 columns
+    Console(width=None if sys.stdout.isatty() else PIPE_WIDTH).print(table)
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def import_(
             return
         gguf = source == "smollm2" or source.endswith(".gguf")
         with stage(f"reading {source}" + (" (dequantizing GGUF: 10-20 s for SmolLM2)" if gguf else "")):
-            imported = load_source(source, c.settings.max_header_bytes)
+            imported = load_source(source, c.settings.max_header_bytes, c.settings.max_import_file_bytes)
         info = CommitInfo(
             message=message or f"import {imported.source}",
             metadata={"source": imported.source, **metadata},

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmk.cli.context import Json, split_ref, store_session
+from llmk.cli.context import Json, history, split_ref, store_session
 from llmk.cli.output import emit
 
 app = typer.Typer(
@@ -22,12 +22,13 @@ def show(
     json_: Json = False,
 ) -> None:
     """Print the task in force at a version (the one set by it or its nearest ancestor)."""
-    from llmk.domain.task_spec import encode_task, require_task
+    from llmk.domain.task_spec import encode_task, require_task, training_note
 
     name, ref = split_ref(model)
-    with store_session() as c:
-        task = require_task(c.store, name, ref)
-    fields = {"model": name, **encode_task(task)}
+    with history() as h:
+        task = require_task(h, name, ref)
+        training = training_note(h, name, ref)
+    fields = {"model": name, **encode_task(task), "training": training}
     emit(json_, fields, [{"field": k, "value": repr(v) if k == "template" else v} for k, v in fields.items()])
 
 

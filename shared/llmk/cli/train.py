@@ -139,16 +139,33 @@ def read_examples(path: Path, task: TaskSpec) -> list[Example]:
     from llmk.domain.task_spec import CLASSIFICATION
     from services.optimizer.interface import Example
 
-    if not path.is_file():
-        raise NotFound(f"no such file: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
     columns = ("text", "label") if task.kind == CLASSIFICATION else ("prompt", "completion")
-    if rows and not set(columns) <= set(rows[0]):
-        raise InvalidInput(f"{path}: expected columns {','.join(columns)}, found {','.join(rows[0])}")
+    rows = _csv_rows(path, columns)
     if task.kind != CLASSIFICATION:
         return [Example(prompt=r["prompt"], completion=r["completion"]) for r in rows]
     return [Example(text=r["text"], label=_label(r["label"].strip(), task.labels)) for r in rows]
+
+
+def _csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The file's rows, each with every one of `columns`; one clear error for any unreadable file."""
+    if not path.is_file():
+        raise NotFound(f"no such file: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as f:  # a byte order mark is skipped
+        reader = csv.DictReader(f)
+        try:
+            rows = list(reader)
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{path}: not UTF-8 ({e.reason}) after line {reader.line_num}") from None
+        except csv.Error as e:
+            raise InvalidInput(f"{path}: line {reader.line_num}: {e}") from None
+    if rows and not set(columns) <= set(reader.fieldnames or ()):
+        found = ",".join(reader.fieldnames or ()).encode("unicode_escape").decode()[:200]
+        raise InvalidInput(f"{path}: expected columns {','.join(columns)}, found {found}")
+    for n, row in enumerate(rows, start=1):
+        if (missing := [c for c in columns if row[c] is None]) or None in row:
+            what = f"no {missing[0]}" if missing else "more fields than the header"
+            raise InvalidInput(f"{path}: row {n} has {what}")
+    return rows
 
 
 def _label(raw: str, labels: tuple[str, ...]) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
@@ -84,3 +85,26 @@ def check_text(value: str, what: str, limit: int) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput(f"{what} is not valid Unicode text (a lone surrogate)") from None
+
+
+JSON_DEPTH_MAX = 32  # metadata is a flat record in practice; deep nesting only strains parsers
+
+
+def check_json(value: object, what: str) -> None:
+    """JSON both backends store and read back alike: finite numbers only, nested at most JSON_DEPTH_MAX."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > JSON_DEPTH_MAX:
+            raise InvalidInput(f"{what} is nested more than {JSON_DEPTH_MAX} levels deep")
+        level = [v for item in level for v in _children(item)]
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError) as e:  # NaN or Infinity, or a value JSON has no form for
+        raise InvalidInput(f"{what} is not storable JSON: {e}") from None
+
+
+def _children(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value) if isinstance(value, list | tuple) else []

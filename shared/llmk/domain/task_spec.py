@@ -128,6 +128,26 @@ def task_of(store: VersionLog, model: str, ref: str | None = None) -> TaskSpec |
     return None
 
 
+TRAINED_BY = "job"  # metadata of a version an optimizer job committed to the serving branch (gate passed)
+
+
+def training_note(store: VersionLog, model: str, ref: str | None = None) -> str:
+    """Whether feedback has trained the version at `ref` for its task: the nearest ancestor an optimizer
+    job committed after the task was set (a job commits to the serving branch only when its held-out gate
+    passed), with its gate figure; otherwise a warning that the served answers are zero-shot."""
+    for version in store.log(model, ref, HISTORY_LIMIT):
+        if TRAINED_BY in version.metadata:
+            metric = version.metadata.get("metric")
+            figure = f", held-out gate metric {metric:.3f}" if isinstance(metric, int | float) else ""
+            return f"trained by feedback: version {version.id} passed its gate{figure}"
+        if TASK_KEY in version.metadata:
+            break
+    return (
+        "untrained for this task: no version trained by feedback has passed its gate yet, so answers are "
+        "zero-shot (send labelled feedback: llmk feedback add)"
+    )
+
+
 def require_task(store: VersionLog, model: str, ref: str | None = None) -> TaskSpec:
     task = task_of(store, model, ref)
     if task is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from llmk.domain.names import AUTHOR_MAX, IDEMPOTENCY_KEY_MAX, MESSAGE_MAX, check_text
+from llmk.domain.names import AUTHOR_MAX, IDEMPOTENCY_KEY_MAX, MESSAGE_MAX, check_json, check_text
 from llmk.errors import InvalidInput
 
 MAIN = "main"  # the branch a model is created on
@@ -29,6 +29,7 @@ class CommitInfo:
         check_text(self.author, "author", AUTHOR_MAX)
         check_text(self.message, "commit message", MESSAGE_MAX)
         check_text(self.idempotency_key or "", "idempotency key", IDEMPOTENCY_KEY_MAX)
+        check_json(self.metadata or {}, "commit metadata")
 
 
 @dataclass(frozen=True)

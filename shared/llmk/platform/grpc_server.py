@@ -99,7 +99,8 @@ def make_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         interceptors=[ErrorInterceptor(token, set(mutating), auth_reads)],
-        options=message_options(max_message_bytes),
+        # Off, so that a second server on a taken port fails to start instead of sharing its connections.
+        options=[*message_options(max_message_bytes), ("grpc.so_reuseport", 0)],
     )
     for add in register:
         add(server)
@@ -109,9 +110,14 @@ def make_server(
     for name in [*names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = (
-        server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
-    )
+    try:
+        port = (
+            server.add_secure_port(address, server_credentials(tls))
+            if tls
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError:  # gRPC raises when it cannot bind; older releases returned 0
+        port = 0
     if port == 0:
-        raise errors.Unavailable(f"could not listen on {address}")
+        raise errors.Unavailable(f"could not listen on {address}: the port is taken or the address is bad")
     return server, port

@@ -9,6 +9,7 @@ when it has one.
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class Tls:
 def server_credentials(tls: Tls) -> grpc.ServerCredentials:
     if not (tls.cert and tls.key):
         raise InvalidInput("a TLS server needs both LLMK_TLS_CERT and LLMK_TLS_KEY")
+    _check_pair(tls.cert, tls.key)
     return grpc.ssl_server_credentials(
         [(_read(tls.key, "LLMK_TLS_KEY"), _read(tls.cert, "LLMK_TLS_CERT"))],
         root_certificates=_read(tls.ca, "LLMK_TLS_CA") if tls.ca else None,
@@ -121,6 +123,18 @@ class _Bearer(
     intercept_unary_stream = _call
     intercept_stream_unary = _call
     intercept_stream_stream = _call
+
+
+def _check_pair(cert: Path, key: Path) -> None:
+    """The key must belong to the certificate: gRPC would only say it cannot listen on the port."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        raise InvalidInput(
+            f"LLMK_TLS_KEY {key} does not match LLMK_TLS_CERT {cert}, or either is not PEM: {e.reason}"
+        ) from None
+    except OSError as e:
+        raise InvalidInput(f"LLMK_TLS_CERT or LLMK_TLS_KEY: cannot read {e.filename}: {e.strerror}") from None
 
 
 def _read(path: Path | None, setting: str) -> bytes:

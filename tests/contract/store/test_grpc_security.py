@@ -147,3 +147,20 @@ def test_llmk_health_checks_a_tls_server_with_the_tls_settings(
     plain = subprocess.run(llmk, env=env, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 11
     assert plain.stderr.startswith("llmk: error: ")
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_in_one_line(
+    settings: Settings, pki: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMK_")}
+    env |= {
+        "LLMK_HOME": str(settings.home),
+        "LLMK_TLS_CERT": str(pki / "server.pem"),
+        "LLMK_TLS_KEY": str(pki / "client.key"),  # another certificate's key
+        "PYTHONPATH": "shared:.",
+    }
+    command = [sys.executable, "-m", "llmk.cli.main", "serve", "store", "--listen", "127.0.0.1:0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("llmk: error: LLMK_TLS_KEY")
+    assert "does not match LLMK_TLS_CERT" in done.stderr

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import torch
-from tests.contract.store.contract_support import flip_in_place
 
 from llmk.bootstrap import Deployment
 from llmk.config import Settings
 from llmk.errors import Corrupt
+from tests.contract.store.contract_support import flip_in_place
 from tests.s3_server import S3Server, objects_settings
 
 Damage = Callable[[str], None]

@@ -12,13 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 from celery.contrib.testing.worker import start_worker
-from inference_processes import ServiceProcess, free_port
 from kombu import Connection
 
 from llmk.bootstrap import Deployment
 from llmk.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.queue import tasks
 from services.inference.usecases.host import Host
+from tests.integration.inference.inference_processes import ServiceProcess, free_port
 from tests.unit.inference.hosting import LABELS, TEXTS, perturbed, settings_for
 
 pytestmark = pytest.mark.rabbitmq

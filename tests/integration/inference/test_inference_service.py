@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from inference_processes import ROOT, ServiceProcess, free_port
 
 from llmk.v1 import inference_pb2, inference_pb2_grpc
+from tests.integration.inference.inference_processes import ROOT, ServiceProcess, free_port
 from tests.unit.inference.hosting import LABELS, perturbed, settings_for
 
 LLMK = [sys.executable, "-m", "llmk.cli.main"]

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inference_processes import ServiceProcess
 from sqlalchemy import text
 
 from llmk.bootstrap import Deployment
@@ -19,6 +18,7 @@ from services.inference.queue.client import QueuedClassifier
 from services.monitor.adapters.tables import MonitorDb
 from services.monitor.usecases.items import Item
 from services.monitor.usecases.monitor import Monitor, MonitorConfig, Summary
+from tests.integration.inference.inference_processes import ServiceProcess
 from tests.unit.inference.hosting import settings_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(600)]

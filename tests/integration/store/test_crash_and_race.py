@@ -15,7 +15,11 @@ from collections import Counter
 
 import pytest
 import torch
-from store_processes import (
+
+from llmk.bootstrap import Deployment
+from llmk.domain.versions import CommitInfo
+from services.store.usecases.store import Store
+from tests.integration.store.store_processes import (
     COLS,
     ROWS,
     TARGET,
@@ -25,10 +29,6 @@ from store_processes import (
     read_and_collect_forever,
     redeliver,
 )
-
-from llmk.bootstrap import Deployment
-from llmk.domain.versions import CommitInfo
-from services.store.usecases.store import Store
 
 pytestmark = pytest.mark.timeout(300)
 KILLS = 50

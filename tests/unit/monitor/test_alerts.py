@@ -29,6 +29,7 @@ def test_an_alert_opens_at_the_threshold_with_enough_mentions_and_clears_on_reco
     assert moods.add(scored(5, "positive")) == []  # 3/6 = 0.5: not yet below 0.6 - 0.1
     cleared = moods.add(scored(6, "positive"))  # 3/7
     assert [(c.direction, c.cleared) for c in cleared] == [("negative", True)]
+    assert cleared[0].reason == "share 0.43 fell below 0.50 (threshold 0.60 minus hysteresis 0.10)"
 
 
 def test_items_leaving_the_window_clear_an_alert_and_other_tickers_are_unaffected() -> None:
@@ -42,3 +43,4 @@ def test_items_leaving_the_window_clear_an_alert_and_other_tickers_are_unaffecte
         ("OTHER", "negative", False),
         ("XYZ", "positive", True),
     ]
+    assert changes[1].reason == "too few mentions: 1 in the window, fewer than --min-mentions 2"

@@ -72,3 +72,32 @@ def test_an_alert_opens_once_explained_without_holding_up_the_stream(tmp_path: P
     assert alert.direction == "negative"
     assert len(alert.evidence) == 3
     assert all(e.top_tokens[0][0] == "falls" for e in alert.evidence)
+
+
+class NewerExplains(SlowToExplain):
+    """The stream is scored by version 1; by the time the alert is explained, version 3 serves, which
+    gives the same texts another probability."""
+
+    def submit(self, texts: Sequence[str]) -> Answer:
+        stream = all(t in STREAM for t in texts)
+        results = [self._scores(t) for t in texts]
+        if not stream:
+            results = [{**r, "probabilities": {**r["probabilities"], "negative": 0.3}} for r in results]
+        return Answer({"version": 1 if stream else 3, "results": results}, lambda: True)
+
+
+def test_evidence_shows_the_stored_score_and_its_version_beside_the_explanations(tmp_path: Path) -> None:
+    from llmk.cli.monitor import evidence_line
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'llmk.db'}")
+    upgrade(engine)
+    repo = MonitorDb(engine)
+    config = MonitorConfig("m", AlertRules(window=4, threshold=0.6, min_mentions=3), group=1, in_flight=1)
+    Monitor(repo, NewerExplains(), config, "r").run(Item(f"i{n}", t) for n, t in enumerate(STREAM))
+    [alert] = repo.alerts("m", "r")
+    e = alert.evidence[0]
+    assert (e.scored_label, e.scored_probability, e.scored_version) == ("negative", 0.9, 1)
+    assert (e.label, e.probability, e.version) == ("negative", 0.3, 3)
+    line = evidence_line(e)
+    assert "scored negative 0.900 by version 1" in line
+    assert "explained on version 3: negative 0.300" in line

@@ -1,4 +1,5 @@
-"""Fixtures: a store home holding the tiny model, and worker processes stopped at teardown."""
+"""Fixtures the integration suites share: a store home holding the tiny model, and inference worker
+processes stopped at teardown."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inference_processes import ServiceProcess, start_service
 
+from tests.integration.inference.inference_processes import ServiceProcess, start_service
 from tests.unit.inference.hosting import create_tiny, settings_for
 
 
