@@ -61,7 +61,6 @@ class Session:
     validation: list[Example] = field(default_factory=list)
     metric: float | None = None
     rebase: bool = False  # the serving branch moved under the job: reload from its new head
-    served: dict[str, Tensor] | None = None  # the head's values while deferred steps move the job's own
 
 
 class JobRunner:
@@ -219,12 +218,8 @@ class JobRunner:
             step_deltas = optimizer_step(spec.optimizer, s.params, grads, s.state)
             if number % spec.commit_every and number != spec.steps:
                 defer(s.state, step_deltas)
-                self._move_locally(s, step_deltas)
                 self._advance(s, job, number, None)
                 return
-            if s.served is not None:  # the residuals hold every deferred step: commit from the served values
-                self._set(s, s.served)
-                s.served = None
             update = compress(s.params, step_deltas, s.state, spec.topk, spec.rank)
             record = self._commit(s, job, number, update, loss, batch)
         except LlmkError as e:
@@ -232,16 +227,6 @@ class JobRunner:
                 raise
             raise type(e)(f"step {number}: {e}") from None
         self._advance(s, job, number, record)
-
-    def _move_locally(self, s: Session, step_deltas: dict[str, Tensor]) -> None:
-        """A deferred step moves the job's own weights (not the served ones), so the next step's gradient
-        is taken where training has got to rather than at the last version: a version then moves by what
-        its steps learnt, not by commit_every updates computed at stale weights."""
-        if s.trainer is None:
-            return
-        if s.served is None:
-            s.served = {n: v.clone() for n, v in s.params.items()}
-        self._set(s, {n: v + step_deltas[n].to(v.dtype) for n, v in s.params.items()})
 
     def _gradients(self, s: Session, job: Job, batch: list[Any]) -> tuple[float | None, dict[str, Tensor]]:
         if s.trainer is not None:

@@ -1,5 +1,5 @@
-"""The job runner driven step by step, with no queue worker beside it: its torch threads (the embedded
-optimizer trains on a bounded share of the cores) and where deferred steps leave the job's weights."""
+"""The job runner driven with no queue worker beside it: the embedded optimizer trains on a bounded share
+of the cores (its torch threads are set where each job runs; the caller keeps its own)."""
 
 from __future__ import annotations
 
@@ -54,32 +54,3 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt.store.create_model("tiny", imported.tensors, imported.config, imported.files)
     yield rt
     rt.close()
-
-
-def test_deferred_steps_move_the_jobs_weights_and_versions_commit_from_the_served_ones(
-    runtime: Runtime,
-) -> None:
-    """Between commits the job trains at the weights its deferred steps reached (not at the last version);
-    a commit starts from the served values, so what the store serves is still exactly what the job holds."""
-    head = runtime.store.version("tiny", "main").id
-    job = runtime.jobs.create_job(
-        JobSpec(
-            model="tiny", task=TASK, steps=2, batch_size=8, commit_every=2, optimizer=OptimizerSpec(lr=1e-2)
-        )
-    )
-    runtime.jobs.submit_feedback(job.id, examples(16), "local")
-    names = sorted(job.tensors)
-    served = runtime.store.fetch("tiny", str(head), names=names)
-    runner = runtime.runner
-    runner.budget_seconds = 0.0  # one step per run
-    runner.run(job.id)
-    session = runner._session
-    assert session is not None
-    assert session.served is not None
-    assert all(torch.equal(session.served[n], served[n]) for n in names)
-    assert any(not torch.equal(session.params[n], served[n]) for n in names)  # moved by step 1
-    assert runtime.store.version("tiny", "main").id == head  # and nothing committed yet
-    runner.run(job.id)
-    committed = runtime.store.fetch("tiny", "main", names=names)
-    assert runtime.jobs.get_job(job.id).commits[0].step == 2
-    assert all(torch.equal(session.params[n], committed[n]) for n in names)
