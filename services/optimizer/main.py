@@ -63,7 +63,14 @@ def wire(deployment: Deployment) -> Runtime:
     jobs = JobService(
         repo, store, blobs, scheduler(app, settings.optimizer_queue), settings.optimizer_max_examples
     )
-    runner = JobRunner(repo, store, blobs, settings.optimizer_lease_seconds, settings.optimizer_task_seconds)
+    runner = JobRunner(
+        repo,
+        store,
+        blobs,
+        settings.optimizer_lease_seconds,
+        settings.optimizer_task_seconds,
+        threads=settings.optimizer_threads,
+    )
     metrics = Metrics()
     register_tasks(app, runner, jobs.fail, metrics)
     return Runtime(deployment, app, jobs, runner, store, metrics)

@@ -308,8 +308,11 @@ class Deployment:
 
 
 def embedded(settings: Settings, home: Path) -> Settings:
-    """`settings` with every tier in this process: SQLite and objects under `home`, the in-process broker."""
-    update = {"home": home, "database_url": "", "object_dir": None, "broker_url": "memory://"}
+    """`settings` with every tier in this process: SQLite and objects under `home`, the in-process broker.
+    The optimizer's training gets one torch thread unless told otherwise: it shares the cores with the
+    inference worker, whose batches would otherwise wait behind a training step."""
+    update: dict[str, Any] = {"home": home, "database_url": "", "object_dir": None, "broker_url": "memory://"}
+    update["optimizer_threads"] = settings.optimizer_threads or 1
     return settings.model_copy(update={**update, **_addresses()})
 
 

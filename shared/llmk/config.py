@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         60.0, description="A job task hands over to a fresh task after running this long"
     )
     optimizer_worker: bool = Field(True, description="`llmk serve optimizer` also runs a job worker")
+    optimizer_threads: int = Field(
+        0,
+        ge=0,
+        description="Torch threads a job's training may use (0: torch's default); bounds the optimizer's "
+        "share of the cores beside inference workers in one process",
+    )
     optimizer_max_examples: int = Field(100_000, description="Most examples one feedback submission may hold")
 
     @field_validator("store_address", "inference_address", "optimizer_address", "rec_address", "listen")

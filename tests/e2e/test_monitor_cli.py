@@ -154,6 +154,9 @@ def test_demo_dry_run_with_the_tiny_model_writes_the_report(env: dict[str, str],
     assert {"version", "macro_f1", "accuracy"} <= set(report["versions"][0])
     assert json.loads((out / "report.json").read_text())["in"] == 40
     assert all((out / name).stat().st_size > 1000 for name in ("f1.png", "throughput.png", "bytes.png"))
+    assert set(report["baselines"]) == {"tfidf_lr", "linear_probe"}  # dense only with --dense-baseline
+    assert report["time_split"]["streaming_s"] > 0
+    assert "None" not in (out / "report.md").read_text()
 
 
 def test_a_demo_that_does_not_settle_fails_loudly_and_ends_its_job(

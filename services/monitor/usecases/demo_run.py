@@ -53,6 +53,10 @@ class Timeline:
     stream_started: float = 0.0  # seconds since the run started
     stream_seconds: float = 0.0
     throughput: list[tuple[float, int]] = field(default_factory=list)  # (t, items scored)
+    settle_seconds: float = 0.0  # after the stream: waiting for the optimizer and the last evaluation
+    trained_at: float | None = None  # when the job was first seen past its last full batch
+    evaluation_seconds: float = 0.0  # every held-out pass, including those a newer version cut short
+    evaluation_passes: int = 0
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -76,6 +80,8 @@ class DemoRun:
         self.job: Job | None = None
         self.phase = "starting"
         self._stop = threading.Event()
+        self._streaming = threading.Event()  # cleared while a held-out pass runs: the stream waits for it
+        self._streaming.set()
         self.unsettled = ""  # what did not finish in time, in words ("" when everything settled)
         self.served_at_end: int | None = None  # the version the workers serve when the run ends
 
@@ -97,7 +103,9 @@ class DemoRun:
         self.monitor.run(self._stream_with_feedback())
         t.stream_seconds = time.monotonic() - began
         self.phase = "stream done; waiting for the optimizer and the last evaluation"
+        began = time.monotonic()
         self.unsettled = self._settle(settle_seconds)
+        t.settle_seconds = time.monotonic() - began
         self._stop.set()
         evaluator.join(timeout=600)
         self.served_at_end = self._probe()
@@ -111,6 +119,7 @@ class DemoRun:
             while marks and i >= marks[0]:
                 self._send(len(self.timeline.sent_at))
                 marks.pop(0)
+            self._streaming.wait(600)
             yield item
 
     def _send(self, chunk: int) -> None:
@@ -142,6 +151,8 @@ class DemoRun:
             trained = job.done or job.step >= batches
             head = self.branch_head()
             if trained:
+                if t.trained_at is None:
+                    t.trained_at = t.now()
                 if head not in t.served_at and self._probe() == head:
                     t.served_at[head] = t.now()
                 if head in t.scores:
@@ -167,9 +178,21 @@ class DemoRun:
 
     def _evaluate_until_one_version(self) -> Score:
         while True:
-            score = evaluate(self.scoring, *self._held_out(), self.plan.labels)
+            score = self._pass()
             if score is not None:
                 return score
+
+    def _pass(self) -> Score | None:
+        """One held-out pass with the stream held back, so its requests do not queue behind the stream's
+        (a pass behind a full stream took about as long as a version lasted, and lost most versions)."""
+        began = time.monotonic()
+        self._streaming.clear()
+        try:
+            return evaluate(self.scoring, *self._held_out(), self.plan.labels)
+        finally:
+            self._streaming.set()
+            self.timeline.evaluation_seconds += time.monotonic() - began
+            self.timeline.evaluation_passes += 1
 
     def _evaluate_new_versions(self) -> None:
         """Score each newly served version once; a version replaced mid-pass is skipped for the newer one."""
@@ -178,7 +201,7 @@ class DemoRun:
             if newest in self.timeline.scores:
                 self._stop.wait(0.5)
                 continue
-            score = evaluate(self.scoring, *self._held_out(), self.plan.labels)
+            score = self._pass()
             if score is not None:
                 self.timeline.scores[score.version] = score
                 self.timeline.served_at.setdefault(score.version, self.timeline.now())

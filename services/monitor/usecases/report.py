@@ -23,6 +23,7 @@ def build(
     setup: dict[str, Any],
     wall_seconds: float,
     scored_twice: int,
+    baselines: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     zero = timeline.zero_shot
     versions = [_version(v, timeline, stored) for v in sorted(timeline.served_at)]
@@ -47,6 +48,8 @@ def build(
         "tiers": _tiers(timeline, summary, job),
         "feedback_to_served_seconds": _feedback_latency(timeline, job),
         "alerts": [_alert(a) for a in alerts],
+        "baselines": baselines or {},
+        "time_split": _time_split(timeline),
         "setup": setup,
     }
 
@@ -59,8 +62,35 @@ def _version(v: int, t: Timeline, stored: dict[int, tuple[int, int]]) -> dict[st
         "served_at_s": round(t.served_at[v], 1),
         "macro_f1": _r(score.macro_f1) if score else None,
         "accuracy": _r(score.accuracy) if score else None,
+        "not_scored_because": None if score else _why_not_scored(v, t),
         "bytes_stored": size,
         "bytes_full_copy": full,
+    }
+
+
+def _why_not_scored(v: int, t: Timeline) -> str:
+    later = sorted(u for u in t.served_at if u > v)
+    if not later:
+        return "the run ended before a held-out pass finished on it"
+    gap = t.served_at[later[0]] - t.served_at[v]
+    return (
+        f"version {later[0]} replaced it {gap:.1f} s after it was first served, before a held-out pass "
+        "answered by it alone finished"
+    )
+
+
+def _time_split(t: Timeline) -> dict[str, Any]:
+    """Wall-clock spans of the run's phases; they overlap (the optimizer trains while the stream flows)."""
+    first_sent, trained = (t.sent_at[0] if t.sent_at else None), t.trained_at
+    return {
+        "zero_shot_evaluation_s": _r(t.stream_started),
+        "streaming_s": _r(t.stream_seconds),
+        "settling_s": _r(t.settle_seconds),
+        "training_s": _r(trained - first_sent) if first_sent is not None and trained is not None else None,
+        "evaluation_s": _r(t.evaluation_seconds),
+        "evaluation_passes": t.evaluation_passes,
+        "note": "spans overlap: the optimizer trains and held-out passes run while the stream flows; "
+        "training_s runs from the first feedback sent to the job's last step seen",
     }
 
 
@@ -124,38 +154,137 @@ def markdown(r: dict[str, Any]) -> str:
         "# llmk finance monitor: demo report",
         "",
         f"Held-out macro-F1 (a sample of {r['setup'].get('held_out_rows')} valid.csv rows, never feedback):",
-        f"zero-shot **{r['zero_shot_macro_f1']}** (version {r['zero_shot_version']}) -> last served "
-        f"**{r['final_macro_f1']}** (version {r['final_version']}), gain {r['macro_f1_gain']}.",
+        _headline(r),
+        *_baseline_lines(r),
         "",
         f"Stream: {r['in']} in, {r['scored']} scored, {r['rejected']} rejected, "
         f"{r['scored_twice']} scored twice, {r['lost']} lost; whole run {r['wall_seconds']} s.",
+        "",
+        *_count_lines(r),
+        *_end_lines(r),
         "",
         "| version | served at (s) | macro-F1 | accuracy | bytes stored | full copy |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {v['version']} | {v['served_at_s']} | {v['macro_f1']} | {v['accuracy']} | {v['bytes_stored']:,} "
-        f"| {v['bytes_full_copy']:,} |"
+        f"| {v['version']} | {v['served_at_s']} | {_scored(v, 'macro_f1')} | {_scored(v, 'accuracy')} "
+        f"| {v['bytes_stored']:,} | {v['bytes_full_copy']:,} |"
         for v in r["versions"]
     ]
-    lines += ["", "## Tiers", "", "```json", json.dumps(r["tiers"], indent=2), "```", ""]
+    lines += ["", *_not_scored_lines(r), BYTES_NOTE, ""]
+    lines += ["## Time", "", *_time_lines(r.get("time_split", {})), ""]
+    lines += ["## Tiers", "", "```json", json.dumps(r["tiers"], indent=2), "```", ""]
     lines += ["## Feedback to served", ""]
     lines += [
         f"- chunk {f['chunk']} ({f['examples']} examples) sent at {f['sent_at_s']} s: "
-        f"served after {f['seconds']} s"
+        + (
+            f"served after {f['seconds']} s"
+            if f["seconds"] is not None
+            else "no served version trained on it"
+        )
         for f in r["feedback_to_served_seconds"]
     ]
-    lines += ["", "## Alerts", ""]
-    for a in r["alerts"]:
+    lines += ["", "## Alerts", "", *_alert_lines(r["alerts"])]
+    lines += ["", "Charts: f1.png (held-out figures per version), throughput.png, bytes.png.", ""]
+    return "\n".join(lines)
+
+
+def _headline(r: dict[str, Any]) -> str:
+    if r["zero_shot_macro_f1"] is None:
+        return "no version was scored: the zero-shot held-out pass did not finish."
+    zero = f"zero-shot **{_f(r['zero_shot_macro_f1'])}** (version {r['zero_shot_version']})"
+    if r["final_version"] == r["zero_shot_version"]:
+        return f"{zero}; no later version was scored."
+    return (
+        f"{zero} -> last scored **{_f(r['final_macro_f1'])}** (version {r['final_version']}), "
+        f"gain {_f(r['macro_f1_gain'])}."
+    )
+
+
+BYTES_NOTE = (
+    "Bytes stored are the object files a version adds (safetensors files: tensor data plus each file's "
+    "header); a full copy counts tensor data only. So the imported version is stored a little larger than "
+    "a full copy (its headers), and each later version stores only its sparse or low-rank entries."
+)
+
+
+def _count_lines(r: dict[str, Any]) -> list[str]:
+    o = r["tiers"]["optimizer"]
+    scored = sum(v["macro_f1"] is not None for v in r["versions"])
+    return [
+        f"Versions: the optimizer committed {o['versions_committed']} (one every "
+        f"{r['setup'].get('optimizer', {}).get('commit_every', '?')} steps); its gate promoted "
+        f"{o['versions_promoted']} to the serving branch and held the other "
+        f"{o['versions_committed'] - o['versions_promoted']} back on candidate branches; the workers served "
+        f"{len(r['versions'])} (the imported version and the promoted ones they picked up: a worker applies "
+        f"only the newest head between batches, so a version replaced before then is never served); "
+        f"{scored} of them have a held-out figure.",
+    ]
+
+
+def _end_lines(r: dict[str, Any]) -> list[str]:
+    lines = []
+    if r.get("served_at_end") is not None:
+        lines.append(f"At the end the workers served version {r['served_at_end']}.")
+    if r.get("unsettled"):
+        lines.append(f"The run did not finish its work: {r['unsettled']}.")
+    return ["", *lines] if lines else []
+
+
+def _not_scored_lines(r: dict[str, Any]) -> list[str]:
+    return [
+        f"Version {v['version']} has no held-out figure: {v['not_scored_because']}."
+        for v in r["versions"]
+        if v["macro_f1"] is None
+    ]
+
+
+def _baseline_lines(r: dict[str, Any]) -> list[str]:
+    names = {"tfidf_lr": "TF-IDF + logistic regression", "linear_probe": "linear probe on the frozen model"}
+    names["dense"] = "dense fine-tune of the same tensors"
+    shown = [
+        f"{names.get(k, k)} {_f(b['macro_f1'])} (accuracy {_f(b['accuracy'])})"
+        for k, b in r.get("baselines", {}).items()
+    ]
+    if not shown:
+        return []
+    head = (
+        "Baselines, trained on exactly the feedback rows the demo sent and scored on the same held-out rows:"
+    )
+    return ["", head, *[f"- {line}" for line in shown]]
+
+
+def _time_lines(t: dict[str, Any]) -> list[str]:
+    words = {
+        "zero_shot_evaluation_s": "zero-shot held-out pass, before the stream",
+        "streaming_s": "streaming",
+        "settling_s": "after the stream, waiting for the optimizer's last version and its held-out pass",
+        "training_s": "the optimizer training (from the first feedback to its last step)",
+        "evaluation_s": f"held-out passes ({t.get('evaluation_passes', 0)}, overlapping the stream)",
+    }
+    return [f"- {words[k]}: " + ("n/a" if t[k] is None else f"{t[k]:.1f} s") for k in words if k in t]
+
+
+def _alert_lines(alerts: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for a in alerts:
         lines.append(
             f"- **{a['ticker']}** {a['direction']} (share {a['share']}, {a['mentions']} mentions, "
-            f"version {a['version']}), opened {a['opened']}, cleared {a['cleared']}"
+            f"version {a['version']}), opened {a['opened']}, "
+            + (f"cleared {a['cleared']}" if a["cleared"] else "still open at the end")
         )
         for e in a["evidence"]:
             words = ", ".join(f"{w} ({s:+.3f})" for w, s in e["top_tokens"])
             lines.append(f"  - {e['text'][:120]!r}: {e['label']} {e['probability']:.2f}; words: {words}")
-    lines += ["", "Charts: f1.png (held-out figures per version), throughput.png, bytes.png.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _scored(v: dict[str, Any], key: str) -> str:
+    return "not scored" if v[key] is None else f"{v[key]:.4f}"
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}".rstrip("0").rstrip(".") if isinstance(x, float) else str(x)
 
 
 def _r(x: float | None) -> float | None:

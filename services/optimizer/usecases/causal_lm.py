@@ -129,6 +129,22 @@ class Scorer:
             scores.append(picked.gather(1, torch.tensor(target)[:, None]).sum())
         return torch.stack(scores)
 
+    def share_cache(self, other: Scorer) -> None:
+        """Use `other`'s cache of frozen-layer outputs (same model below the same split), e.g. to compare
+        several training recipes without recomputing what none of them changes."""
+        if other.split != self.split:
+            raise InvalidInput(f"cannot share a cache split at layer {other.split} with one at {self.split}")
+        self._cache, self._cached = other._cache, other._cached
+
+    def last_hidden(self, sequences: Sequence[list[int]]) -> Tensor:
+        """The final (normed) hidden state at each sequence's last token, whole model: [B, D]."""
+        ids, mask, positions = _left_pad([tuple(s) for s in sequences])
+        with torch.no_grad():
+            out = self.model.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            )
+        return out.last_hidden_state[:, -1].float()
+
     def _last_logits(self, sequences: list[Tokens], keep: int) -> Tensor:
         """Logits of the last `keep` positions of each sequence, left-padded into one batch: [B, keep, V]."""
         ids, mask, positions = _left_pad(sequences)

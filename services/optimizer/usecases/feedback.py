@@ -101,17 +101,17 @@ class FeedbackTrainer:
 
     def _label_scores(self, batch: Sequence[Example]) -> Tensor:
         """log p(label | prompt) for every example and label: [N, L]."""
-        prompts = [self._prompt(e.text) for e in batch]
+        prompts = [self.prompt_ids(e.text) for e in batch]
         contexts = [p for p in prompts for _ in self.label_ids]
         targets = [ids for _ in prompts for ids in self.label_ids]
         return self.scorer.logprobs(contexts, targets).view(len(batch), len(self.label_ids))
 
     def _completion_logprob(self, batch: Sequence[Example]) -> tuple[Tensor, int]:
         targets = [self._encode(e.completion, "completion") for e in batch]
-        scores = self.scorer.logprobs([self._prompt(e.prompt) for e in batch], targets)
+        scores = self.scorer.logprobs([self.prompt_ids(e.prompt) for e in batch], targets)
         return scores.sum(), sum(len(t) for t in targets)
 
-    def _prompt(self, text: str) -> list[int]:
+    def prompt_ids(self, text: str) -> list[int]:
         """The template around the example's text, the text cut to its first `max_tokens` tokens."""
         ids = self.tokenizer.encode(text)
         if len(ids) > self.task.max_tokens:

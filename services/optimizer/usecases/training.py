@@ -83,7 +83,9 @@ class JobRunner:
         lease_seconds: float = 120.0,
         budget_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        threads: int = 0,
     ):
+        self.threads = threads  # torch's thread count is per calling thread: set where each job runs
         self.repo = repo
         self.store = store
         self.blobs = blobs
@@ -109,6 +111,8 @@ class JobRunner:
         wait = self.repo.acquire(job_id, self.owner, self.lease_seconds)
         if wait > 0:
             return RunResult(BUSY, wait)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         try:
             return self._run(job_id)
         except Unavailable:

@@ -42,9 +42,10 @@ log = logging.getLogger("llmk.demo")
 # How the demo's optimizer job trains (a standing feedback job, like `llmk feedback add` creates): the last
 # four layers' MLPs, 5% of each update committed, a version every 4 steps. Steps between commits add up at the
 # last committed weights, so a version moves about commit_every x lr. Measured on SmolLM2 with this plan (gate
-# macro-F1 of successive versions, 96 balanced rows): lr 2.5e-4 gave 0.42 for the first version and then
-# overshot (0.21-0.35, held back); lr 1e-4 climbed 0.32, 0.41, 0.39, 0.40, 0.42, 0.49 with most versions
-# promoted. The feedback is class-balanced: analysts label what matters, not the neutral two-thirds.
+# macro-F1 of successive versions, 96 balanced rows; bench/results/learning-notes.md for held-out): lr 2.5e-4
+# gave 0.42 for the first version and then overshot (0.21-0.35, held back); lr 1e-4 climbed 0.32, 0.41, 0.39,
+# 0.40, 0.42, 0.49 with most versions promoted. The feedback is class-balanced: analysts label what matters,
+# not the neutral two-thirds.
 OPTIMIZER_LR, OPTIMIZER_TOPK = 1e-4, 0.05
 OPTIMIZER: dict[str, Any] = {
     "lr": OPTIMIZER_LR,
@@ -82,6 +83,9 @@ def demo(
     settle_seconds: Annotated[
         float, typer.Option(help="After the stream, how long to wait for the optimizer and the evaluation")
     ] = 600.0,
+    dense_baseline: Annotated[
+        bool, typer.Option(help="Also fine-tune the trainable tensors densely on the feedback (minutes)")
+    ] = False,
     json_: Json = False,
 ) -> None:
     """Import SmolLM2, stream finance tweets through the monitor, send labels back, report what it learnt."""
@@ -102,6 +106,8 @@ def demo(
     optimizer = {**OPTIMIZER, "lr": lr, "topk": topk}
     with _tiers(settings, distributed, workers, branch, out) as tier_settings:
         result = _run(deployment(tier_settings), plan, branch, optimizer, json_, settle_seconds)
+        _say("training the baselines on the same feedback rows", json_)
+        result.baselines = _baselines(deployment(tier_settings), plan, result.job, dense_baseline)
     setup = {
         "mode": "distributed" if distributed else "embedded",
         "inference_workers": workers if distributed else 1,
@@ -226,6 +232,7 @@ class Result:
     stored: dict[int, tuple[int, int]]
     alerts: list[AlertRecord]
     scored_twice: int
+    baselines: dict[str, dict[str, float]] | None = None
 
 
 def _run(
@@ -273,6 +280,31 @@ def _run(
         return Result(run, jobs.get_job(job.id), stored, repo.alerts(MODEL, run_id), twice)
 
 
+def _baselines(tiers: Deployment, plan: Plan, job: Job, dense: bool) -> dict[str, dict[str, float]]:
+    """What a user could do instead with exactly the rows the demo sent (gate and feedback), scored on the
+    same held-out rows: a bag of words, a probe on the imported model, and (asked for) a dense fine-tune."""
+    from llmk.domain.task_spec import packaged
+    from services.optimizer.interface import Example
+    from services.optimizer.usecases import baselines
+    from services.optimizer.usecases.feedback import load_trainer
+
+    task = packaged("sentiment")
+    train = plan.gate + [e for chunk in plan.feedback for e in chunk]
+    held = [Example(text=t, label=label) for t, label in plan.held_out]
+    store = tiers.store()
+    try:
+        trainer = load_trainer(store, MODEL, "1", task, sorted(job.tensors))
+    finally:
+        store.close()
+    out = {
+        "tfidf_lr": baselines.tfidf_lr(train, held, task.labels).as_dict(),
+        "linear_probe": baselines.linear_probe(trainer, train, held).as_dict(),
+    }
+    if dense:
+        out["dense"] = baselines.dense(trainer, train, held, lr=job.spec.optimizer.lr).as_dict()
+    return out
+
+
 def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float) -> dict[str, Any]:
     from services.monitor.adapters.charts import draw
     from services.monitor.usecases.report import build, write
@@ -280,7 +312,15 @@ def _write_report(out: Path, result: Result, setup: dict[str, Any], wall: float)
     run = result.run
     summary = run.monitor.summary
     report = build(
-        run.timeline, summary, result.job, result.stored, result.alerts, setup, wall, result.scored_twice
+        run.timeline,
+        summary,
+        result.job,
+        result.stored,
+        result.alerts,
+        setup,
+        wall,
+        result.scored_twice,
+        result.baselines,
     )
     report |= {"served_at_end": run.served_at_end, "unsettled": run.unsettled or None}
     write(out, report)
