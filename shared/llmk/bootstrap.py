@@ -35,9 +35,8 @@ if TYPE_CHECKING:
     from services.store.usecases.store import Store
 
 AMQP = ("amqp", "pyamqp")
-_local_events: dict[
-    str, LocalEvents
-] = {}  # one in-process bus per broker URL: a store and its workers share it
+# one in-process bus per broker URL: a store and its workers in one process share it
+_local_events: dict[str, LocalEvents] = {}
 
 
 class Deployment:
