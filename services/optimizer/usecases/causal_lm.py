@@ -12,13 +12,16 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from llmk.domain.names import check_file_name
 from llmk.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from services.optimizer.interface import Example
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -226,3 +229,45 @@ def _pad_left(hidden: list[Tensor], length: int) -> Tensor:
     for i, h in enumerate(hidden):
         out[i, length - h.shape[0] :] = h
     return out
+
+
+class TrainableModel:
+    """A causal LM whose named tensors alone get gradients; a subclass says what loss a batch gives."""
+
+    def __init__(self, model: Any, tokenizer: Tokenizer, trainable: Sequence[str]):
+        self.model, self.tokenizer = model, tokenizer
+        params = dict(model.named_parameters())
+        missing = sorted(set(trainable) - set(params))
+        if missing:
+            raise InvalidInput(f"trainable tensors {missing[:5]} are not parameters of the model")
+        self.params = {name: params[name] for name in trainable}
+        for p in self.params.values():
+            p.requires_grad_(True)
+        layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        self.scorer = Scorer(model, first_trainable_layer(list(trainable), layers))
+
+    def values(self) -> dict[str, Tensor]:
+        """The trainable tensors' current values (live views: clone before changing them)."""
+        return {name: p.detach() for name, p in self.params.items()}
+
+    def set_values(self, values: Mapping[str, Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in values.items():
+                self.params[name].copy_(value)
+
+    def loss_and_grads(self, batch: Sequence[Example]) -> tuple[float, dict[str, Tensor]]:
+        for p in self.params.values():
+            p.grad = None
+        loss = self._loss(batch)
+        loss.backward()
+        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in self.params.items()}
+        for p in self.params.values():
+            p.grad = None
+        return float(loss.detach()), grads
+
+    def loss(self, batch: Sequence[Example]) -> float:
+        with torch.no_grad():
+            return float(self._loss(batch))
+
+    def _loss(self, batch: Sequence[Example]) -> Tensor:
+        raise NotImplementedError

@@ -7,7 +7,7 @@ trains the log-likelihood of the target text; its metric is the mean log-probabi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,10 +19,9 @@ from llmk.domain.task_spec import CLASSIFICATION, TaskSpec
 from llmk.errors import InvalidInput
 from services.optimizer.interface import Example
 from services.optimizer.usecases.causal_lm import (
-    Scorer,
     Tokenizer,
+    TrainableModel,
     build_model,
-    first_trainable_layer,
     load_tokenizer,
 )
 from services.optimizer.usecases.jobs import ParameterStore
@@ -30,46 +29,13 @@ from services.optimizer.usecases.jobs import ParameterStore
 EVAL_BATCH = 16
 
 
-class FeedbackTrainer:
+class FeedbackTrainer(TrainableModel):
     """A model, its tokenizer and a task; only the tensors named trainable ever get gradients."""
 
     def __init__(self, model: Any, tokenizer: Tokenizer, task: TaskSpec, trainable: Sequence[str]):
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, trainable)
         self.task = task
-        params = dict(model.named_parameters())
-        missing = sorted(set(trainable) - set(params))
-        if missing:
-            raise InvalidInput(f"trainable tensors {missing[:5]} are not parameters of the model")
-        self.params = {name: params[name] for name in trainable}
-        for p in self.params.values():
-            p.requires_grad_(True)
         self.label_ids = [self._encode(task.label_prefix + label, "label") for label in task.labels]
-        layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-        self.scorer = Scorer(model, first_trainable_layer(list(trainable), layers))
-
-    def values(self) -> dict[str, Tensor]:
-        """The trainable tensors' current values (live views: clone before changing them)."""
-        return {name: p.detach() for name, p in self.params.items()}
-
-    def set_values(self, values: Mapping[str, Tensor]) -> None:
-        with torch.no_grad():
-            for name, value in values.items():
-                self.params[name].copy_(value)
-
-    def loss_and_grads(self, batch: Sequence[Example]) -> tuple[float, dict[str, Tensor]]:
-        for p in self.params.values():
-            p.grad = None
-        loss = self._loss(batch)
-        loss.backward()
-        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in self.params.items()}
-        for p in self.params.values():
-            p.grad = None
-        return float(loss.detach()), grads
-
-    def loss(self, batch: Sequence[Example]) -> float:
-        with torch.no_grad():
-            return float(self._loss(batch))
 
     def evaluate(self, examples: Sequence[Example]) -> float:
         """Macro-F1 over the labels (classification) or mean log-prob per target token (completion)."""

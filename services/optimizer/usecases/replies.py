@@ -13,7 +13,7 @@ log-probability per token of up-rated held-out replies (higher is better), so th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,10 +23,9 @@ from llmk.errors import InvalidInput
 from services.optimizer.interface import DOWN, UP, Example
 from services.optimizer.usecases.causal_lm import (
     HfTokenizer,
-    Scorer,
     Tokenizer,
+    TrainableModel,
     build_model,
-    first_trainable_layer,
     load_tokenizer,
 )
 
@@ -71,45 +70,15 @@ def check_replies(examples: Sequence[Example], limit: int) -> None:
             raise InvalidInput(f"example {i}: rating must be {UP!r} or {DOWN!r}, got {example.rating!r}")
 
 
-class ReplyTrainer:
+class ReplyTrainer(TrainableModel):
     """A model and its tokenizer; only the tensors named trainable get gradients; the reference is the
     values they had when the trainer was made."""
 
     def __init__(self, model: Any, tokenizer: Tokenizer, trainable: Sequence[str], beta: float = BETA):
-        self.model, self.tokenizer, self.beta = model, tokenizer, beta
-        params = dict(model.named_parameters())
-        missing = sorted(set(trainable) - set(params))
-        if missing:
-            raise InvalidInput(f"trainable tensors {missing[:5]} are not parameters of the model")
-        self.params = {name: params[name] for name in trainable}
-        for p in self.params.values():
-            p.requires_grad_(True)
+        super().__init__(model, tokenizer, trainable)
+        self.beta = beta
         self.reference = {name: p.detach().clone() for name, p in self.params.items()}
-        layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-        self.scorer = Scorer(model, first_trainable_layer(list(trainable), layers))
         self._ref: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
-
-    def values(self) -> dict[str, Tensor]:
-        return {name: p.detach() for name, p in self.params.items()}
-
-    def set_values(self, values: Mapping[str, Tensor]) -> None:
-        with torch.no_grad():
-            for name, value in values.items():
-                self.params[name].copy_(value)
-
-    def loss_and_grads(self, batch: Sequence[Example]) -> tuple[float, dict[str, Tensor]]:
-        for p in self.params.values():
-            p.grad = None
-        loss = self._loss(batch)
-        loss.backward()
-        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in self.params.items()}
-        for p in self.params.values():
-            p.grad = None
-        return float(loss.detach()), grads
-
-    def loss(self, batch: Sequence[Example]) -> float:
-        with torch.no_grad():
-            return float(self._loss(batch))
 
     def evaluate(self, examples: Sequence[Example]) -> float:
         """Mean log-probability per token of the up-rated replies (corrections are up-rated)."""
