@@ -56,11 +56,16 @@ OPTIMIZER: dict[str, Any] = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(demo)
+app = typer.Typer(
+    help="Demonstrations that import SmolLM2 and report what the kernel learnt. Without a subcommand: "
+    "the finance sentiment monitor (`llmk demo --out DIR`).",
+    invoke_without_command=True,
+)
 
 
+@app.callback()
 def demo(
+    ctx: typer.Context,
     out: Annotated[
         Path, typer.Option(help="Folder for the report, the charts and (embedded) the store")
     ] = Path("llmk-demo"),
@@ -90,6 +95,9 @@ def demo(
 ) -> None:
     """Import SmolLM2, stream finance tweets through the monitor, send labels back, report what it learnt."""
     from llmk.domain.task_spec import packaged
+
+    if ctx.invoked_subcommand is not None:  # `llmk demo rec ...`: the options above belong to the monitor
+        return
 
     if workers < 1 or stream < 1 or feedback < 64 or held_out < 32:
         raise InvalidInput("need --workers >= 1, --stream >= 1, --feedback >= 64 and --held-out >= 32")
