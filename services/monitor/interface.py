@@ -63,6 +63,7 @@ class AlertRecord:
     cleared: datetime | None = None
     run: str = ""
     id: int = 0
+    cleared_reason: str = ""  # too few mentions, or the share fell below threshold minus hysteresis
 
 
 class MonitorRepo(Protocol):
@@ -72,7 +73,7 @@ class MonitorRepo(Protocol):
 
     def add_reject(self, record: RejectRecord) -> None: ...
     def open_alert(self, record: AlertRecord) -> AlertRecord: ...
-    def clear_alert(self, alert_id: int, cleared: datetime) -> None: ...
+    def clear_alert(self, alert_id: int, cleared: datetime, reason: str) -> None: ...
     def scores(
         self, model: str | None, ticker: str | None, since: datetime | None, run: str | None = None
     ) -> list[ScoreRecord]: ...

@@ -58,6 +58,7 @@ class AlertRow(Base):
     direction: Mapped[str] = mapped_column(String(32))
     opened: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cleared: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cleared_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     version: Mapped[int] = mapped_column(BigInteger)
     share: Mapped[float] = mapped_column(Float)
     mentions: Mapped[int] = mapped_column(BigInteger)
@@ -125,12 +126,13 @@ class MonitorDb:
             s.flush()
             return dataclasses.replace(r, id=row.id)
 
-    def clear_alert(self, alert_id: int, cleared: datetime) -> None:
+    def clear_alert(self, alert_id: int, cleared: datetime, reason: str) -> None:
         with self._tx() as s:
             row = s.get(AlertRow, alert_id)
             if row is None:
                 raise NotFound(f"no alert {alert_id}")
             row.cleared = cleared
+            row.cleared_reason = reason
 
     def scores(
         self, model: str | None, ticker: str | None, since: datetime | None, run: str | None = None
@@ -213,4 +215,5 @@ def _alert(r: AlertRow) -> AlertRecord:
         cleared,
         r.run,
         int(r.id),
+        r.cleared_reason or "",
     )

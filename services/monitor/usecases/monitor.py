@@ -223,7 +223,7 @@ class Monitor:
         if key in self._opening:  # cleared before its explanation came back: open it first
             self._open[key] = self._open_alert(self._opening.pop(key))
         if (opened := self._open.pop(key, None)) is not None:
-            self.repo.clear_alert(opened.id, datetime.now(UTC))
+            self.repo.clear_alert(opened.id, datetime.now(UTC), change.reason)
             log.warning("alert cleared: %s %s: %s", *key, change.reason)
 
     def _ask_why(self, change: Change) -> Opening:

@@ -271,7 +271,7 @@ def _alert_lines(alerts: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"- **{a['ticker']}** {a['direction']} (share {a['share']}, {a['mentions']} mentions, "
             f"version {a['version']}), opened {a['opened']}, "
-            + (f"cleared {a['cleared']}" if a["cleared"] else "still open at the end")
+            + (f"cleared {a['cleared']}: {a['cleared_reason']}" if a["cleared"] else "still open at the end")
         )
         for e in a["evidence"]:
             words = ", ".join(f"{w} ({s:+.3f})" for w, s in e["top_tokens"])

@@ -179,7 +179,7 @@ def alerts(
             "ticker": a.ticker,
             "direction": a.direction,
             "opened": a.opened,
-            "cleared": a.cleared or "",
+            "cleared": f"{a.cleared} ({a.cleared_reason})" if a.cleared else "",
             "version": a.version,
             "share": a.share,
             "why": "; ".join(evidence_line(e) for e in a.evidence),

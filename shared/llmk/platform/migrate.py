@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 SCRIPTS = Path(__file__).with_name("migrations")
-HEAD = "0005"
+HEAD = "0006"
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -87,6 +87,7 @@ def test_a_ticker_turning_negative_opens_an_explained_alert_that_clears_when_new
     assert alert.ticker == "ACME"
     assert alert.mentions >= 3
     assert alert.cleared is not None
+    assert "fell below" in alert.cleared_reason  # the good news took the negative share down
     assert alert.version == host.info().version
     assert len(alert.evidence) == 2
     assert all(e.text in BAD for e in alert.evidence)

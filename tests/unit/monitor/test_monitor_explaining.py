@@ -101,3 +101,35 @@ def test_evidence_shows_the_stored_score_and_its_version_beside_the_explanations
     line = evidence_line(e)
     assert "scored negative 0.900 by version 1" in line
     assert "explained on version 3: negative 0.300" in line
+
+
+def test_a_cleared_alert_keeps_why_it_cleared(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'llmk.db'}")
+    upgrade(engine)
+    repo = MonitorDb(engine)
+    turned = STREAM[:4] + [f"$ACME recovers, item {i}" for i in range(4)]
+    config = MonitorConfig("m", AlertRules(window=4, threshold=0.6, min_mentions=3), group=1, in_flight=1)
+    Monitor(repo, Turning(turned[:4]), config, "r", on_progress=None).run(
+        Item(f"i{n}", t) for n, t in enumerate(turned)
+    )
+    [alert] = [a for a in repo.alerts("m", "r") if a.direction == "negative"]
+    assert alert.cleared is not None
+    assert alert.cleared_reason.startswith("share ")
+    assert "fell below 0.50 (threshold 0.60 minus hysteresis 0.10)" in alert.cleared_reason
+
+
+class Turning(SlowToExplain):
+    """Negative news first, then positive: every answer ready at once."""
+
+    def __init__(self, bad: list[str]) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def submit(self, texts: Sequence[str]) -> Answer:
+        return Answer({"version": 1, "results": [self._turning(t) for t in texts]}, lambda: True)
+
+    def _turning(self, text: str) -> dict[str, Any]:
+        if "recovers" in text:
+            probabilities = {"negative": 0.1, "positive": 0.8, "neutral": 0.1}
+            return {"label": "positive", "probabilities": probabilities, "prompt_tokens": 4}
+        return self._scores(text)
