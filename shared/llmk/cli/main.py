@@ -66,7 +66,8 @@ def serve(
         bool | None,
         typer.Option(
             "--worker/--no-worker",
-            help="inference: also consume the Celery inference queue (default LLMK_INFERENCE_WORKER)",
+            help="inference, rec: also consume the tier's Celery queue (default LLMK_INFERENCE_WORKER, "
+            "LLMK_REC_WORKER)",
         ),
     ] = None,
     queue_only: Annotated[
