@@ -37,7 +37,7 @@ class AutogradStreamer(Streamer):
 
     def _step(self, user: int, item: int) -> None:
         t, config = self.tables.t, self.tables.config
-        drawn = torch.randint(len(self.tables.items), (config.negatives,), generator=self._generator)
+        drawn = torch.randint(len(self.tables.items), (config.online_negatives,), generator=self._generator)
         negatives = drawn[drawn != item].unique()
         if negatives.numel() == 0:
             return

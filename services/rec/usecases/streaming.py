@@ -163,7 +163,7 @@ class Streamer:
     def _step(self, user: int, item: int) -> None:
         """One BPR step by SGD on the user's row and the positive's and sampled negatives' rows."""
         t, config = self.tables.t, self.tables.config
-        drawn = torch.randint(len(self.tables.items), (config.negatives,), generator=self._generator)
+        drawn = torch.randint(len(self.tables.items), (config.online_negatives,), generator=self._generator)
         negatives = drawn[drawn != item].unique()
         if negatives.numel() == 0:
             return

@@ -102,7 +102,7 @@ def test_stream_commits_only_changed_rows_and_appends_new_ids(store: Store, mode
     assert {e.kind for e in entries.values()} == {Kind.ROWS_SET.value}
     assert entries[USER_IDS].nnz == 1
     assert entries[ITEM_IDS].nnz == 1
-    assert entries[ITEM_EMBEDDING].nnz <= (1 + CONFIG.negatives) * CONFIG.dim
+    assert entries[ITEM_EMBEDDING].nnz <= (1 + CONFIG.online_negatives) * CONFIG.dim
     tensors = store.fetch(model)
     assert tensors[USER_IDS][30] == 100
     assert tensors[ITEM_IDS][40] == 45
