@@ -8,7 +8,7 @@ GENERATED := shared/llmk/v1/.generated
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build here.
 TORCH ?= torch==2.13.0
 
-.PHONY: install proto lint test test-fast fuzz demo demo-store bench images up down clean serve-store
+.PHONY: install proto lint test test-fast fuzz demo demo-rec demo-store bench images up down clean serve-store
 
 install: $(GENERATED)  # the generated gRPC code is part of a working install
 
@@ -54,6 +54,9 @@ fuzz: proto
 
 demo: proto
 	HF_HUB_OFFLINE=1 $(BIN)/llmk demo --out demo-out $(DEMO_ARGS)
+
+demo-rec: proto
+	$(BIN)/llmk demo rec --out demo-rec-out $(DEMO_ARGS)
 
 demo-store: proto
 	HF_HUB_OFFLINE=1 bash infra/demo.sh

@@ -5,12 +5,14 @@ the last 10% is replayed in time order (prequential: recommend first, then learn
 same interactions and excludes the same seen items. `--part latency` measures, with the store, a rec worker
 and the streamer as separate processes (bench/rec_latency.py), interaction-to-served seconds and the gRPC
 `recommend` latency, on SQLite and, when they answer, PostgreSQL + RabbitMQ. Each part updates its keys of
-bench/results/rec.json. `--part cold` compares cold items placed by SmolLM2's content vectors with zero rows
-and random placement (bench/rec_cold.py).
+bench/results/rec.json. `--part throughput` measures how many interactions per second `rec stream` keeps
+up with (bench/rec_throughput.py). `--part cold` compares cold items placed by SmolLM2's content vectors
+with zero rows and random placement (bench/rec_cold.py).
 
     PYTHONPATH=shared:. OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.bench_rec [--every 50] [--epochs 20]
     PYTHONPATH=shared:. OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.bench_rec --part latency
     PYTHONPATH=shared:. OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.bench_rec --part cold
+    PYTHONPATH=shared:. OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.bench_rec --part throughput
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from bench import rec_latency as lat
 from bench.rec_cold import cold_start
+from bench.rec_throughput import throughput
 from services.rec.adapters import files
 from services.rec.interface import RecConfig
 from services.rec.usecases import recommender
@@ -42,7 +45,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50, help="interactions per version while online")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--part", choices=("accuracy", "latency", "cold", "all"), default="all")
+    parser.add_argument("--part", choices=("accuracy", "latency", "cold", "throughput", "all"), default="all")
     parser.add_argument("--warm-items", type=int, default=600, help="cold: items to fit on")
     parser.add_argument("--probes", type=int, default=60, help="interaction-to-served probes per backend")
     args = parser.parse_args()
@@ -60,6 +63,14 @@ def main() -> None:
             "command": "PYTHONPATH=shared:. OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.bench_rec "
             f"--part cold --epochs {args.epochs} --warm-items {args.warm_items}",
             **cold_start(args.epochs, args.dim, args.warm_items),
+        }
+    if args.part in ("throughput", "all"):
+        rows_ = files.ratings(files.MOVIELENS / "ratings.csv")
+        report["stream_throughput"] = {
+            "command": "PYTHONPATH=shared:. OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.bench_rec "
+            "--part throughput",
+            "load_average_before": [round(x, 2) for x in os.getloadavg()],
+            **throughput(*files.split(rows_, 0.1)),
         }
     report["bench"], report["rows"] = "rec", rows(report)
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +98,11 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         asked = pg["recommend_grpc_ms_k10_all_items"]
         found.append(dict(metric="recommend over gRPC p50, k=10, all items", value=asked["p50"], unit="ms"))
         found[-1]["goal"] = "< 20 ms"
+    if flow := report.get("stream_throughput"):
+        found.append(dict(metric="rec stream interactions/s (commit every 1 s)"))
+        found[-1] |= {"value": flow["closed_form_per_second"], "goal": ">= 500"}
+        found[-1] |= {"baseline": f"autograd step {flow['autograd_baseline_per_second']}"}
+        found[-1]["ratio"] = flow["closed_form_over_autograd"]
     if cold := report.get("cold_start"):
         ndcg = {name: s["ndcg_at_10"] for name, s in cold["systems"].items()}
         ratio = round(ndcg["content_rows"] / max(ndcg["random_rank_expected"], 1e-9), 2)

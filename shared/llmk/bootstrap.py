@@ -258,28 +258,47 @@ class Deployment:
 
     # recommendation
 
-    def rec(self, model: str, ref: str | None = None) -> RecClient:
-        """`model`'s recommendations: the worker at LLMK_REC_ADDRESS (serving its branch head; `ref` must
-        then be empty), else the version at `ref` loaded in this process."""
+    def rec(self, model: str, ref: str | None = None, queued: bool = False) -> RecClient:
+        """`model`'s recommendations: through the rec queue (`queued`: any worker consuming it answers), the
+        worker at LLMK_REC_ADDRESS (serving its branch head; `ref` must then be empty), else the version at
+        `ref` loaded in this process."""
         s = self.settings
+        if queued:
+            if ref:
+                raise InvalidInput("a queued rec worker serves its own branch: drop --ref")
+            from services.rec.queue.client import QueuedRecClient
+
+            return QueuedRecClient(self.rec_queue(), model)
         if not self.rec_is_remote:
             from services.rec.usecases.local_client import LocalRecClient
 
             return LocalRecClient(self.store(), model, ref)
         if ref:
-            from llmk.errors import InvalidInput
-
             raise InvalidInput("a rec worker serves its own branch: drop --ref, or unset LLMK_REC_ADDRESS")
         from llmk.platform.security import Tls
         from services.rec.rpc.client import GrpcRecClient
 
         return GrpcRecClient(s.rec_address, model, s.auth_token, s.max_message_bytes, Tls.of(s))
 
+    def rec_queue(self) -> Celery:
+        """The rec queue as producers see it (workers register the recommend task on it)."""
+        return self.celery("llmk.rec", self.settings.rec_queue, results=True)
+
+    def rec_workers(self, app: Celery, model: str, ref: str | None) -> AbstractContextManager[Any]:
+        """With an in-process broker, a rec worker consuming `app`'s queue on this process's threads;
+        otherwise the deployment's (`llmk serve rec --worker`)."""
+        if not self.broker_in_process:
+            return nullcontext()
+        from services.rec.main import embedded_worker
+
+        return embedded_worker(self, app, model, ref)
+
     # services
 
     def serve(self, tier: str, worker: bool | None = None, queue_only: bool = False) -> None:
-        """Run `tier` as a service until SIGTERM. `worker`: the inference service also consumes the queue
-        (default LLMK_INFERENCE_WORKER); `queue_only`: the optimizer runs only its queue worker."""
+        """Run `tier` as a service until SIGTERM. `worker`: the inference or rec service also consumes its
+        queue (default LLMK_INFERENCE_WORKER, LLMK_REC_WORKER); `queue_only`: the optimizer runs only its
+        queue worker."""
         if tier == "store":
             from services.store import main as store
 
@@ -291,7 +310,7 @@ class Deployment:
         elif tier == "rec":
             from services.rec import main as rec
 
-            rec.main(self)
+            rec.main(self, worker)
         elif tier == "inference":
             from services.inference import main as inference
 

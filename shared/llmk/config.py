@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     )
     inference_queue: str = Field("inference", description="Celery queue of classify and generate tasks")
     inference_worker: bool = Field(False, description="`llmk serve inference` also consumes the Celery queue")
+    rec_queue: str = Field("rec", description="Celery queue of recommend tasks")
+    rec_worker: bool = Field(False, description="`llmk serve rec` also consumes the Celery rec queue")
     result_backend: str = Field(
         "", description="Celery result backend; empty = rpc:// on AMQP brokers, cache+memory:// otherwise"
     )

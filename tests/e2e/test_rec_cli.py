@@ -82,3 +82,19 @@ def test_train_recommend_stream_and_bad_input(tmp_path: Path) -> None:
     assert "k must be" in errors[2]
     assert "header lacks" in errors[3]
     assert "give --items too" in errors[4]
+
+
+def test_recommend_through_the_embedded_queue(tmp_path: Path) -> None:
+    """`--queue` with the in-process broker: a rec worker on the command's threads answers the task."""
+    env = cli_env(tmp_path / "home")
+    train = _ratings(tmp_path / "train.csv", range(10), 1000)
+    ok(env, "rec", "train", "--model", "m", "--ratings", str(train), "--epochs", "3")
+    direct, queued, refused = batch(
+        env,
+        (OK, ("rec", "recommend", "--model", "m", "--user", "1", "--k", "3")),
+        (OK, ("rec", "recommend", "--model", "m", "--user", "1", "--k", "3", "--queue")),
+        (InvalidInput.exit_code, ("rec", "recommend", "--model", "m", "--user", "1", "--k", "0", "--queue")),
+    )
+    assert queued == direct
+    assert queued["version"] == 1
+    assert "k must be" in refused

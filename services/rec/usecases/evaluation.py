@@ -57,8 +57,10 @@ def prequential(
     systems: dict[str, System],
     k: int,
     threshold: float,
+    after: Callable[[Interaction, dict[str, Score]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Each system's scores over the positives of `stream`; `history` only fills the seen-item sets."""
+    """Each system's scores over the positives of `stream`; `history` only fills the seen-item sets.
+    `after`, if given, sees the running scores after each interaction (a demo's timeline)."""
     seen: dict[int, set[int]] = defaultdict(set)
     for r in history:
         seen[r.user].add(r.item)
@@ -71,6 +73,8 @@ def prequential(
         seen[r.user].add(r.item)
         for system in systems.values():
             system.learn(r)
+        if after is not None:
+            after(r, scores)
     return {name: {**s.as_dict(k), "interactions": len(stream)} for name, s in scores.items()}
 
 

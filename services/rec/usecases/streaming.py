@@ -29,7 +29,7 @@ from services.rec.usecases.model import (
     Tables,
     touched_bytes,
 )
-from services.rec.usecases.training import bpr_gradients
+from services.rec.usecases.training import bpr_row_gradients
 
 META_KEY = "rec"
 
@@ -163,7 +163,7 @@ class Streamer:
     def _step(self, user: int, item: int) -> None:
         """One BPR step by SGD on the user's row and the positive's and sampled negatives' rows."""
         t, config = self.tables.t, self.tables.config
-        drawn = torch.randint(len(self.tables.items), (config.negatives,), generator=self._generator)
+        drawn = torch.randint(len(self.tables.items), (config.online_negatives,), generator=self._generator)
         negatives = drawn[drawn != item].unique()
         if negatives.numel() == 0:
             return
@@ -173,8 +173,7 @@ class Streamer:
             "item": t[ITEM_EMBEDDING][rows],
             "bias": t[ITEM_BIAS][rows],
         }
-        local_neg = torch.arange(1, rows.numel())[None, :]
-        grads = bpr_gradients(params, torch.tensor([0]), torch.tensor([0]), local_neg, config.weight_decay)
+        grads = bpr_row_gradients(params["user"], params["item"], params["bias"], config.weight_decay)
         updates = optimizer_step(self._sgd, params, grads, {})
         t[USER_EMBEDDING][user] += updates["user"][0]
         t[ITEM_EMBEDDING][rows] += updates["item"]

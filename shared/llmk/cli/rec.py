@@ -102,17 +102,30 @@ def recommend(
     exclude_seen: Annotated[
         bool, typer.Option("--exclude-seen", help="Leave out items the user rated")
     ] = False,
+    queue: Annotated[
+        bool, typer.Option("--queue", help="Ask through the rec queue (LLMK_BROKER_URL, LLMK_REC_QUEUE)")
+    ] = False,
     json_: Json = False,
 ) -> None:
     """Top-k items for USER with the version that answered; an unknown user gets the popular items.
-    With LLMK_REC_ADDRESS set, the rec worker there answers (over gRPC)."""
+    With LLMK_REC_ADDRESS set, the rec worker there answers (over gRPC); with --queue, a worker consuming
+    the rec queue (`llmk serve rec --worker`; with the in-process broker, one started here)."""
     settings = Settings()
     exclude = _seen(settings).items(model, user) if exclude_seen else frozenset()
-    client = deployment(settings).rec(model, ref or None)
-    try:
-        answer = client.recommend(user, k, exclude)
-    finally:
-        client.close()
+    tiers = deployment(settings)
+    if queue:
+        if ref and not tiers.broker_in_process:
+            raise InvalidInput("a queued rec worker serves its own branch: drop --ref")
+        app = tiers.rec_queue()
+        with tiers.rec_workers(app, model, ref or None):
+            client = tiers.rec(model, None, queued=True)
+            answer = client.recommend(user, k, exclude)
+    else:
+        client = tiers.rec(model, ref or None)
+        try:
+            answer = client.recommend(user, k, exclude)
+        finally:
+            client.close()
     if json_:
         _emit(answer.as_dict(), True)
         return

@@ -102,7 +102,7 @@ def test_stream_commits_only_changed_rows_and_appends_new_ids(store: Store, mode
     assert {e.kind for e in entries.values()} == {Kind.ROWS_SET.value}
     assert entries[USER_IDS].nnz == 1
     assert entries[ITEM_IDS].nnz == 1
-    assert entries[ITEM_EMBEDDING].nnz <= (1 + CONFIG.negatives) * CONFIG.dim
+    assert entries[ITEM_EMBEDDING].nnz <= (1 + CONFIG.online_negatives) * CONFIG.dim
     tensors = store.fetch(model)
     assert tensors[USER_IDS][30] == 100
     assert tensors[ITEM_IDS][40] == 45
@@ -221,3 +221,16 @@ def test_loading_a_model_that_is_no_recommender_is_refused(store: Store) -> None
         recommender.load(store, "missing")
     with pytest.raises(InvalidInput, match="lacks tensors"):
         Tables({"w": torch.zeros(2)}, CONFIG)
+
+
+def test_the_online_steps_closed_form_gradients_equal_autograds() -> None:
+    from services.rec.usecases.training import bpr_gradients, bpr_row_gradients
+
+    generator = torch.Generator().manual_seed(3)
+    user, items, bias = (torch.randn(*s, generator=generator) for s in ((1, 8), (5, 8), (5,)))
+    params = {"user": user, "item": items, "bias": bias}
+    negatives = torch.arange(1, 5)[None, :]
+    expected = bpr_gradients(params, torch.tensor([0]), torch.tensor([0]), negatives, 1e-3)
+    found = bpr_row_gradients(user, items, bias, 1e-3)
+    for name in ("user", "item", "bias"):
+        torch.testing.assert_close(found[name], expected[name])
