@@ -106,14 +106,15 @@ def test_gpu_profile_reserves_a_gpu_for_a_cuda_inference_worker() -> None:
 
 def test_named_volumes_hold_the_database_and_minio_holds_the_objects() -> None:
     assert {"pgdata", "minio"} <= set(SPEC["volumes"])
-    assert "objects" not in SPEC["volumes"], "no tier shares an object disk any more"
+    assert not {"objects", "optimizer"} & set(SPEC["volumes"]), "no tier shares a disk any more"
     assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     assert SERVICES["minio"]["volumes"] == ["minio:/data"]
     assert SERVICES["minio"]["command"][:2] == ["server", "/data"]
     for name, service in LLMK.items():
         assert not any("objects" in v for v in service.get("volumes", [])), name
         env = service["environment"]
-        assert not {"LLMK_OBJECT_DIR", "LLMK_STORE_OBJECT_DIR"} & set(env), name
+        assert not {"LLMK_OBJECT_DIR", "LLMK_STORE_OBJECT_DIR", "LLMK_OPTIMIZER_STATE_DIR"} & set(env), name
+        assert "volumes" not in service, f"{name}: objects and optimizer state are in the bucket"
 
 
 @pytest.mark.parametrize("name", sorted(LLMK))

@@ -157,7 +157,10 @@ def test_objects_are_in_a_bucket_not_on_a_shared_volume_and_disruptions_are_boun
     config = llmk_config(overlay)
     Location.parse(config["LLMK_OBJECTS_URL"])  # an s3:// URL, or this raises
     assert "LLMK_OBJECT_DIR" not in config
-    assert "llmk-objects" not in of_kind(overlay, "PersistentVolumeClaim"), "no shared object volume"
+    assert not of_kind(overlay, "PersistentVolumeClaim"), (
+        "no shared volume: objects and state are in the bucket"
+    )
+    assert "LLMK_OPTIMIZER_STATE_DIR" not in config, "optimizer state goes to the bucket, beside the objects"
     budgets = of_kind(overlay, "PodDisruptionBudget")
     assert {"llmk-store", "llmk-inference"} <= set(budgets)
     for obj in objects(overlay):
