@@ -23,7 +23,7 @@ import torch
 from llmk.errors import Corrupt
 
 BLOCK = 256 * 1024  # the unit of download, check and cache: small, so a layer's edges cost little
-WINDOW = 64 << 20  # how far one request reads ahead through ranges a reader said it will want
+WINDOW = 128 << 20  # how far one request reads ahead through ranges a reader said it will want
 MAGIC = b"LLMKBLK1"
 _HEAD = struct.Struct("<8s32sQQ")  # magic, object sha256, object size, block size
 
