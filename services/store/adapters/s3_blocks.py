@@ -193,19 +193,18 @@ class BlockReader:
         return found if found is not None and self.manifest.check(i, found) else None
 
     def _download(self, first: int, last: int) -> dict[int, bytes]:
-        sha, out = self.manifest.sha, {}
-        buf, i = bytearray(), first
+        out, pending, i = {}, bytearray(), first
         for chunk in self._fetch(first * BLOCK, min((last + 1) * BLOCK, self.manifest.size)):
-            buf += chunk
             self.downloaded += len(chunk)
-            while len(buf) >= BLOCK or (i == last and len(buf) == self._block_len(i)):
-                block, buf = bytes(buf[: self._block_len(i)]), buf[self._block_len(i) :]
-                out[i] = self._checked(i, block)
-                i += 1
-                if i > last:
-                    break
+            pending += chunk
+            used = 0  # cut whole blocks off the front, then drop them once per chunk (not per block)
+            while i <= last and len(pending) - used >= self._block_len(i):
+                n = self._block_len(i)
+                out[i] = self._checked(i, bytes(pending[used : used + n]))
+                used, i = used + n, i + 1
+            del pending[:used]
         if i <= last:
-            raise Corrupt(f"object {sha[:12]} is shorter than its manifest says (truncated?)")
+            raise Corrupt(f"object {self.manifest.sha[:12]} is shorter than its manifest says (truncated?)")
         return out
 
     def _block_len(self, i: int) -> int:
