@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from services.optimizer.interface import JobsClient
     from services.optimizer.main import Runtime
     from services.rec.interface import RecClient
-    from services.store.adapters.objects import ObjectStore
     from services.store.interface import HistoryClient, StoreClient
     from services.store.usecases.ports import Objects
     from services.store.usecases.store import Store
@@ -202,11 +201,17 @@ class Deployment:
 
     # optimizer
 
-    def optimizer_state(self) -> ObjectStore:
-        """Where optimizer jobs keep their state and examples: content-addressed files of their own."""
+    def optimizer_state(self) -> Objects:
+        """Where optimizer jobs keep their state and examples: content-addressed files of their own, in
+        LLMK_OPTIMIZER_STATE_DIR when set, else beside the objects: under optimizer/ in their bucket
+        (so optimizer replicas on any machine resume any job), or the folder home/optimizer."""
         from services.store.adapters.objects import ObjectStore
 
         s = self.settings
+        if s.objects_url.startswith("s3://") and s.optimizer_state_dir is None:
+            from services.store.adapters.objects_s3 import open_bucket_objects
+
+            return open_bucket_objects(s, subfolder="optimizer")
         return ObjectStore(s.optimizer_state_path, s.max_header_bytes)
 
     def optimizer(self) -> Runtime:

@@ -138,8 +138,9 @@ class Settings(BaseSettings):
     optimizer_queue: str = Field("optimizer", description="Celery queue the optimizer's job tasks go to")
     optimizer_state_dir: Path | None = Field(
         None,
-        description="Optimizer state and job inputs (safetensors files); default home/optimizer. "
-        "Workers on several machines need it on shared storage",
+        description="Optimizer state and job inputs (safetensors files) in this folder; unset: under "
+        "optimizer/ in the LLMK_OBJECTS_URL bucket when objects are on S3 (replicas on any machine resume "
+        "any job), else home/optimizer",
     )
     optimizer_lease_seconds: float = Field(
         120.0, description="A job's worker lease; a killed worker's job resumes elsewhere after this"

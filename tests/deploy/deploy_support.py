@@ -36,6 +36,12 @@ def llmk_services(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: s for n, s in spec["services"].items() if str(s.get("image", "")).startswith(LLMK_IMAGES)}
 
 
+# The only variables besides LLMK_ settings a container may set: the S3 credentials and region, which boto3
+# reads itself from the standard places (so profiles, instance roles and web identities work unchanged);
+# llmk's Settings deliberately never holds them. Any other name is a typo or a setting llmk does not read.
+AWS_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"})
+
+
 def settings_variables() -> set[str]:
     from llmk.config import Settings
 

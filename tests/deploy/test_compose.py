@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlparse
 
 import pytest
 import yaml
 from deploy_support import (
+    AWS_VARIABLES,
     ROOT,
     TIERS,
     check_llmk_command,
@@ -22,11 +24,11 @@ SERVICES = SPEC["services"]
 LLMK = llmk_services(SPEC)
 DEFINITIONS = json.loads((ROOT / "infra" / "rabbitmq" / "definitions.json").read_text())
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
-ONE_SHOT = {"migrate", "import"}
+ONE_SHOT = {"bucket", "migrate", "import"}
 
 
 def test_every_tier_and_its_infrastructure_is_a_service() -> None:
-    assert set(TIERS) | ONE_SHOT | {"postgres", "rabbitmq", "prometheus"} <= set(SERVICES)
+    assert set(TIERS) | ONE_SHOT | {"postgres", "rabbitmq", "minio", "prometheus"} <= set(SERVICES)
     assert {"store", "inference", "optimizer", "monitor", "migrate", "import"} <= set(LLMK)
 
 
@@ -39,6 +41,7 @@ def test_the_image_entry_point_is_llmk() -> None:
     dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["llmk"]' in dockerfile
     assert "make proto" in dockerfile
+    assert 'pip install ".[s3${EXTRAS:+,$EXTRAS}]"' in dockerfile, "every image reads objects from a bucket"
     assert re.search(r"^USER 10001", dockerfile, re.M), "the image runs as a non-root user"
     check_llmk_command(json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1)))  # type: ignore[union-attr]
 
@@ -46,8 +49,17 @@ def test_the_image_entry_point_is_llmk() -> None:
 @pytest.mark.parametrize("name", sorted(LLMK))
 def test_every_variable_a_container_sets_is_a_setting(name: str) -> None:
     env = LLMK[name].get("environment", {})
-    unknown = sorted(set(env) - settings_variables())
-    assert not unknown, f"{name} sets {unknown}, which llmk.config.Settings does not read"
+    unknown = sorted(set(env) - settings_variables() - AWS_VARIABLES)
+    assert not unknown, f"{name} sets {unknown}, which llmk.config.Settings does not read (nor boto3)"
+
+
+def test_the_allowed_aws_variables_are_ones_boto3_reads() -> None:
+    """The allow-list names real credential variables, not a hole for anything starting with AWS_."""
+    import botocore.session
+    from botocore.credentials import EnvProvider
+
+    region = botocore.session.Session().session_var_map["region"][1]
+    assert {EnvProvider.ACCESS_KEY, EnvProvider.SECRET_KEY, region} == AWS_VARIABLES
 
 
 def test_dependencies_wait_for_health_not_just_start() -> None:
@@ -92,15 +104,48 @@ def test_gpu_profile_reserves_a_gpu_for_a_cuda_inference_worker() -> None:
     assert devices[0]["capabilities"] == ["gpu"]
 
 
-def test_named_volumes_hold_the_database_and_object_files() -> None:
-    assert {"pgdata", "objects"} <= set(SPEC["volumes"])
+def test_named_volumes_hold_the_database_and_minio_holds_the_objects() -> None:
+    assert {"pgdata", "minio"} <= set(SPEC["volumes"])
+    assert not {"objects", "optimizer"} & set(SPEC["volumes"]), "no tier shares a disk any more"
     assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
-    for name in ("store", "import"):
-        assert "objects:/objects" in SERVICES[name]["volumes"]
-        assert SERVICES[name]["environment"]["LLMK_OBJECT_DIR"] == "/objects"
-    for name in ("inference", "inference-gpu"):  # workers read the store's files beside it, read-only
-        assert "objects:/objects:ro" in SERVICES[name]["volumes"]
-        assert SERVICES[name]["environment"]["LLMK_STORE_OBJECT_DIR"] == "/objects"
+    assert SERVICES["minio"]["volumes"] == ["minio:/data"]
+    assert SERVICES["minio"]["command"][:2] == ["server", "/data"]
+    for name, service in LLMK.items():
+        assert not any("objects" in v for v in service.get("volumes", [])), name
+        env = service["environment"]
+        assert not {"LLMK_OBJECT_DIR", "LLMK_STORE_OBJECT_DIR", "LLMK_OPTIMIZER_STATE_DIR"} & set(env), name
+        assert "volumes" not in service, f"{name}: objects and optimizer state are in the bucket"
+
+
+@pytest.mark.parametrize("name", sorted(LLMK))
+def test_every_llmk_service_reads_objects_from_the_minio_bucket_with_its_credentials(name: str) -> None:
+    from services.store.adapters.s3_bucket import Location
+
+    env = LLMK[name]["environment"]
+    where = Location.parse(env["LLMK_OBJECTS_URL"])  # an s3:// URL, or this raises
+    endpoint = urlparse(env["LLMK_S3_ENDPOINT"])
+    assert (endpoint.hostname, endpoint.port) == ("minio", 9000), env["LLMK_S3_ENDPOINT"]
+    minio = SERVICES["minio"]["environment"]
+    assert env["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+    assert env["AWS_DEFAULT_REGION"]
+    script = " ".join(SERVICES["bucket"]["command"])
+    assert f"mc mb --ignore-existing llmk/{where.bucket}" in script, "nothing creates the bucket"
+    assert "http://minio:9000" in script
+
+
+def test_minio_has_its_own_health_check_and_the_bucket_step_waits_for_it() -> None:
+    minio = SERVICES["minio"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert minio["image"].startswith("minio/minio:RELEASE.")
+    bucket = SERVICES["bucket"]
+    assert bucket["image"].startswith("minio/mc:RELEASE.")
+    assert bucket["restart"] == "no"
+    assert bucket["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert bucket["environment"] == minio["environment"]
+    assert len(bucket["environment"]["MINIO_ROOT_PASSWORD"].split(":-")[-1].rstrip("}")) >= 8  # MinIO's rule
+    for name in ("migrate", "import", "store", "optimizer"):
+        assert SERVICES[name]["depends_on"]["bucket"]["condition"] == "service_completed_successfully"
 
 
 def test_prometheus_scrapes_the_metrics_port_of_every_serving_tier() -> None:

@@ -3,11 +3,14 @@ Kubernetes and KEDA schemas, plus the rules a cluster would only show at run tim
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from deploy_support import (
+    AWS_VARIABLES,
     K8S,
     OVERLAYS,
     ROOT,
@@ -74,13 +77,16 @@ def test_containers_run_llmk_commands_with_llmk_settings(overlay: str) -> None:
     for secret in of_kind(overlay, "Secret").values():
         if secret["metadata"]["name"].startswith("llmk"):
             assert not {k for k in secret["data"] if k.startswith("LLMK_")} - known
+            assert not {k for k in secret["data"] if k.startswith("AWS_")} - AWS_VARIABLES
     for obj in objects(overlay):
         for c in containers(obj):
             if not c["image"].split("/")[-1].startswith("llmk-"):
                 continue
             assert "command" not in c, f"{c['name']}: the image's entry point is llmk"
             check_llmk_command(c["args"])
-            unknown = {e["name"] for e in c.get("env", []) if e["name"].startswith("LLMK_")} - known
+            named = {e["name"] for e in c.get("env", [])}
+            unknown = {n for n in named if n.startswith("LLMK_")} - known
+            unknown |= {n for n in named if n.startswith("AWS_")} - AWS_VARIABLES
             assert not unknown, f"{c['name']} sets {unknown}"
 
 
@@ -130,7 +136,8 @@ def test_keda_scales_the_queue_consumers_on_their_queues(overlay: str) -> None:
 def test_the_job_migrates_then_imports_the_model_the_workers_serve(overlay: str) -> None:
     job = of_kind(overlay, "Job")["llmk-migrate"]
     pod = job["spec"]["template"]["spec"]
-    assert [c["args"] for c in pod["initContainers"]] == [["db", "upgrade"]]
+    llmk_steps = [c["args"] for c in pod["initContainers"] if c["image"].split("/")[-1].startswith("llmk-")]
+    assert llmk_steps == [["db", "upgrade"]]
     (importer,) = pod["containers"]
     served = containers(of_kind(overlay, "Deployment")["llmk-inference"])[0]
     model = next(e["value"] for e in served["env"] if e["name"] == "LLMK_SERVE_MODEL").split("@")[0]
@@ -139,19 +146,74 @@ def test_the_job_migrates_then_imports_the_model_the_workers_serve(overlay: str)
     assert importer["args"][importer["args"].index("--model") + 1] == model
 
 
+def llmk_config(overlay: str) -> dict[str, str]:
+    return next(c["data"] for n, c in of_kind(overlay, "ConfigMap").items() if n.startswith("llmk-"))
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_object_files_are_on_a_read_write_many_volume_and_disruptions_are_bounded(overlay: str) -> None:
-    claims = of_kind(overlay, "PersistentVolumeClaim")
-    assert claims["llmk-objects"]["spec"]["accessModes"] == ["ReadWriteMany"]
+def test_objects_are_in_a_bucket_not_on_a_shared_volume_and_disruptions_are_bounded(overlay: str) -> None:
+    from services.store.adapters.s3_bucket import Location
+
+    config = llmk_config(overlay)
+    Location.parse(config["LLMK_OBJECTS_URL"])  # an s3:// URL, or this raises
+    assert "LLMK_OBJECT_DIR" not in config
+    assert not of_kind(overlay, "PersistentVolumeClaim"), (
+        "no shared volume: objects and state are in the bucket"
+    )
+    assert "LLMK_OPTIMIZER_STATE_DIR" not in config, "optimizer state goes to the bucket, beside the objects"
     budgets = of_kind(overlay, "PodDisruptionBudget")
     assert {"llmk-store", "llmk-inference"} <= set(budgets)
-    worker = of_kind(overlay, "Deployment")["llmk-inference"]
-    (served,) = containers(worker)
-    mounted = {m["name"]: m for m in served["volumeMounts"]}
-    assert mounted["objects"]["readOnly"] is True  # workers read the store's files beside it, never write
-    assert {"name": "LLMK_STORE_OBJECT_DIR", "value": mounted["objects"]["mountPath"]} in served["env"]
-    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["objects"]["persistentVolumeClaim"]["claimName"] == "llmk-objects"
+    for obj in objects(overlay):
+        for c in containers(obj):
+            assert all(m["mountPath"] != "/objects" for m in c.get("volumeMounts", [])), c["name"]
+            assert "LLMK_STORE_OBJECT_DIR" not in {e["name"] for e in c.get("env", [])}, c["name"]
+    (served,) = containers(of_kind(overlay, "Deployment")["llmk-inference"])
+    assert "/data" in {m["mountPath"] for m in served["volumeMounts"]}, "the worker's block cache"
+
+
+def test_dev_runs_minio_with_its_health_checks_and_creates_the_bucket_before_the_import() -> None:
+    from services.store.adapters.s3_bucket import Location
+
+    config = llmk_config("dev")
+    where = Location.parse(config["LLMK_OBJECTS_URL"])
+    endpoint = urlparse(config["LLMK_S3_ENDPOINT"])
+    service = of_kind("dev", "Service")[str(endpoint.hostname)]
+    assert endpoint.port in {p["port"] for p in service["spec"]["ports"]}
+    minio = of_kind("dev", "StatefulSet")["minio"]
+    assert service["spec"]["selector"].items() <= minio["spec"]["template"]["metadata"]["labels"].items()
+    (server,) = containers(minio)
+    assert server["readinessProbe"]["httpGet"]["path"] == "/minio/health/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/minio/health/live"
+
+    secrets = {n.rsplit("-", 1)[0]: s for n, s in of_kind("dev", "Secret").items()}
+
+    def secret(name: str, key: str) -> str:
+        return base64.b64decode(secrets[name]["data"][key]).decode()
+
+    assert secret("llmk", "AWS_ACCESS_KEY_ID") == secret("minio", "MINIO_ROOT_USER")
+    assert secret("llmk", "AWS_SECRET_ACCESS_KEY") == secret("minio", "MINIO_ROOT_PASSWORD")
+    assert len(secret("minio", "MINIO_ROOT_PASSWORD")) >= 8  # MinIO refuses shorter ones
+
+    pod = of_kind("dev", "Job")["llmk-migrate"]["spec"]["template"]["spec"]
+    first = pod["initContainers"][0]  # before the schema and the import: the bucket exists
+    assert first["image"].startswith("minio/mc:RELEASE.")
+    script = " ".join(first["args"])
+    assert f"mb --ignore-existing llmk/{where.bucket}" in script
+    assert f"@{endpoint.hostname}:{endpoint.port}" in script
+    assert {e["secretRef"]["name"].rsplit("-", 1)[0] for e in first["envFrom"]} == {"minio"}
+
+
+def test_prod_points_at_a_managed_bucket_and_runs_no_minio() -> None:
+    from services.store.adapters.s3_bucket import Location
+
+    config = llmk_config("prod")
+    assert (
+        Location.parse(config["LLMK_OBJECTS_URL"]).bucket
+        != Location.parse(llmk_config("dev")["LLMK_OBJECTS_URL"]).bucket
+    )
+    assert config["LLMK_S3_ENDPOINT"] == ""  # AWS itself; a MinIO-style service sets its URL here
+    assert "minio" not in of_kind("prod", "Service")
+    assert not of_kind("prod", "Secret"), "prod's credentials come from the cluster's secret manager"
 
 
 def test_dev_runs_its_own_postgres_and_rabbitmq_prod_points_at_managed_ones() -> None:

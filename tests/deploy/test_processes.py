@@ -5,8 +5,9 @@ file, each waited on with its compose health check, then a classify sent through
 queue and news published to the monitor's `news` queue.
 
 Only what a container would get from Docker changes: host names become loopback ports, volumes become
-folders, the broker is a fresh virtual host, and the import job imports synthetic:llama-tiny instead of
-SmolLM2 (fast; the model name stays the one the workers serve).
+folders, the broker is a fresh virtual host, MinIO is moto's S3 server (its bucket step creates the bucket the
+compose file names), and the import job imports synthetic:llama-tiny instead of SmolLM2 (fast; the model name
+stays the one the workers serve).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Stack:
     broker_url: str
     root: Path
     ports: dict[str, int]
+    s3_endpoint: str
 
     def environment(self, service: str) -> dict[str, str]:
         """The service's compose environment, its hosts and volumes mapped onto this machine."""
@@ -78,6 +80,8 @@ class Stack:
             return self.broker_url
         if key in ("LLMK_OBJECT_DIR", "LLMK_OPTIMIZER_STATE_DIR"):
             return str(self.root / "volumes" / value.strip("/"))
+        if key == "LLMK_S3_ENDPOINT":
+            return self.s3_endpoint
         if key == "LLMK_METRICS_PORT":
             return str(free_port())
         if key == "LLMK_LISTEN":
@@ -240,8 +244,19 @@ def check_the_monitor(broker_url: str, database_url: str) -> None:
     wait_until(lambda: queues(vhost)["news"]["messages"] == 0, 30, "the news were never acknowledged")
 
 
+def create_the_bucket(endpoint: str) -> None:
+    """What compose's `bucket` step does against MinIO: create the bucket its command names, if missing."""
+    import boto3
+
+    script = " ".join(SERVICES["bucket"]["command"])
+    bucket = re.search(r"mc mb --ignore-existing llmk/(\S+)", script).group(1)  # type: ignore[union-attr]
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=bucket)
+
+
 def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
-    postgres_url: str, vhost: str, tmp_path: Path
+    postgres_url: str, vhost: str, tmp_path: Path, s3_server: Any
 ) -> None:
     from llmk.bootstrap import Deployment
     from llmk.config import Settings
@@ -251,7 +266,8 @@ def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
     assert order[:3] == ["migrate", "import", "store"]
     assert set(order[3:5]) == {"inference", "optimizer"}
     assert order[5:] == ["monitor"]
-    stack = Stack(postgres_url, vhost, tmp_path, {n: free_port() for n in SERVICES})
+    stack = Stack(postgres_url, vhost, tmp_path, {n: free_port() for n in SERVICES}, s3_server.endpoint)
+    create_the_bucket(stack.s3_endpoint)
     running: list[Running] = []
     try:
         for name in order:
@@ -281,7 +297,9 @@ def test_the_compose_processes_come_up_healthy_and_classify_through_the_queue(
         pages = {r.name: scrape(r) for r in running if "LLMK_METRICS_PORT" in r.env}
         classified = r'llmk_inference_requests_total\{outcome="ok",task="classify"\} [1-9]'
         assert re.search(classified, pages["inference"])
-        assert re.search(r"llmk_store_fetched_bytes_total [1-9]", pages["store"]), "workers load from it"
+        cached = stack.root / "inference" / "cache" / "objects"  # LLMK_HOME of the inference service
+        assert any(cached.rglob("*")), "the worker did not read its model's blocks from the bucket itself"
+        assert "llmk_store_" in pages["store"]
         assert "llmk_optimizer_queue_lag_seconds" in pages["optimizer"]
         check_the_monitor(vhost, postgres_url)
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import torch
@@ -59,13 +58,14 @@ class ParameterStore(Protocol):
 
 
 class Blobs(Protocol):
-    """Content-addressed files for job inputs and optimizer state (an ObjectStore of its own)."""
+    """Content-addressed files for job inputs and optimizer state (an object store of their own: a folder,
+    or a prefix of the objects' bucket)."""
 
     def put_tensors(self, tensors: Mapping[str, torch.Tensor]) -> tuple[str, int]: ...
     def put_bytes(self, data: bytes) -> tuple[str, int]: ...
     def get_bytes(self, sha: str) -> bytes: ...
     def open_tensors(self, sha: str) -> Any: ...
-    def path(self, sha: str) -> Path: ...
+    def remove(self, sha: str, referenced: Callable[[], bool]) -> bool: ...
 
 
 class JobRepo(Protocol):

@@ -369,7 +369,7 @@ class JobRunner:
             fields |= {"head_version": self.store.version(job.spec.model, job.spec.branch).id, "metric": None}
         updated = self.repo.update(job.id, self.owner, job.step, **fields)
         if job.state_object and job.state_object != sha:
-            self.blobs.path(job.state_object).unlink(missing_ok=True)
+            self.blobs.remove(job.state_object, lambda: False)  # the row now names the new state
         s.step, s.head = number, updated.head_version or s.head
         if s.rebase:
             self._session = None

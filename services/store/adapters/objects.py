@@ -325,6 +325,12 @@ class TensorFile:
         except (Corrupt, SafetensorError) as e:
             raise Corrupt(f"object {self._sha[:12]}, {key}: {e}") from None
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Say which tensors will be read: a ranged reader (a bucket) then fetches them in a few large
+        requests; a local file needs no warning."""
+        if (plan := getattr(self._file, "plan", None)) is not None:
+            plan([self._coded[k][0] if k in self._coded else k for k in keys])
+
     def get_slice(self, key: str) -> Any:
         return self._file.get_slice(key)
 

@@ -337,10 +337,14 @@ class S3Objects:
         return 0.0 if code else time.time() - head["LastModified"].timestamp()
 
 
-def open_bucket_objects(settings: Settings, readonly: bool = False) -> S3Objects:
-    """The bucket LLMK_OBJECTS_URL names, checked now (reachable, and writable unless `readonly`)."""
-    bucket = Bucket(Location.parse(settings.objects_url), settings.s3_endpoint)
+def open_bucket_objects(settings: Settings, readonly: bool = False, subfolder: str = "") -> S3Objects:
+    """The bucket LLMK_OBJECTS_URL names, checked now (reachable, and writable unless `readonly`).
+    `subfolder`: a store of its own under the prefix (its keys never match the store's listings), uncached."""
+    where = Location.parse(settings.objects_url)
+    if subfolder:
+        where = Location(where.bucket, f"{where.prefix}{subfolder}/")
+    bucket = Bucket(where, settings.s3_endpoint)
     bucket.check(writable=not readonly)
-    limit = settings.object_cache_bytes
+    limit = 0 if subfolder else settings.object_cache_bytes
     cache = BlockCache(settings.cache_path / "objects", limit) if limit > 0 else None
     return S3Objects(bucket, cache, settings.s3_part_bytes, settings.max_header_bytes)

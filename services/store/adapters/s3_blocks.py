@@ -23,6 +23,7 @@ import torch
 from llmk.errors import Corrupt
 
 BLOCK = 256 * 1024  # the unit of download, check and cache: small, so a layer's edges cost little
+WINDOW = 128 << 20  # how far one request reads ahead through ranges a reader said it will want
 MAGIC = b"LLMKBLK1"
 _HEAD = struct.Struct("<8s32sQQ")  # magic, object sha256, object size, block size
 
@@ -86,6 +87,9 @@ class BlockCache:
     def _path(self, sha: str, name: str) -> Path:
         return self.root / sha[:2] / sha / name
 
+    def has(self, sha: str, block: int) -> bool:
+        return self._path(sha, str(block)).exists()
+
     def get(self, sha: str, name: str) -> bytes | None:
         path = self._path(sha, name)
         try:
@@ -136,7 +140,17 @@ class BlockReader:
     def __init__(self, manifest: Manifest, fetch: Fetch, cache: BlockCache | None):
         self.manifest, self._fetch, self._cache = manifest, fetch, cache
         self._edges: dict[int, bytes] = {}  # blocks shared by neighbouring reads, without a cache
+        self._planned: set[int] = set()  # blocks the reader said it will want (plan)
+        self._ahead: dict[int, bytes] = {}  # planned blocks downloaded early, dropped once read
         self.downloaded = 0
+
+    def plan(self, ranges: list[tuple[int, int]]) -> None:
+        """The byte ranges about to be read: a miss then downloads up to WINDOW bytes of the planned blocks
+        that follow it in the same request, so reading many tensors costs a few requests, not one each,
+        and never a block nobody asked for."""
+        for start, end in ranges:
+            if start < end:
+                self._planned.update(range(start // BLOCK, (min(end, self.manifest.size) - 1) // BLOCK + 1))
 
     def read(self, start: int, end: int) -> bytes:
         end = min(end, self.manifest.size)
@@ -152,32 +166,45 @@ class BlockReader:
             j = i
             while j + 1 <= last and j + 1 not in blocks:
                 j += 1
-            blocks.update(self._download(i, j))
+            if j == last:  # read ahead through planned blocks, up to the window
+                while j + 1 in self._planned and (j + 2 - i) * BLOCK <= WINDOW and not self._held(j + 1):
+                    j += 1
+            got = self._download(i, j)
+            blocks.update((k, v) for k, v in got.items() if k <= last)
+            self._ahead.update((k, v) for k, v in got.items() if k > last)
             i = j + 1
         data = b"".join(blocks[i] for i in range(first, last + 1))
         self._edges = {first: blocks[first], last: blocks[last]}
         return data[start - first * BLOCK : end - first * BLOCK]
 
+    def _held(self, i: int) -> bool:
+        return (
+            i in self._edges
+            or i in self._ahead
+            or bool(self._cache and self._cache.has(self.manifest.sha, i))
+        )
+
     def _known(self, i: int) -> bytes | None:
         if i in self._edges:
             return self._edges[i]
+        if (early := self._ahead.pop(i, None)) is not None:
+            return early
         found = self._cache.get(self.manifest.sha, str(i)) if self._cache else None
         return found if found is not None and self.manifest.check(i, found) else None
 
     def _download(self, first: int, last: int) -> dict[int, bytes]:
-        sha, out = self.manifest.sha, {}
-        buf, i = bytearray(), first
+        out, pending, i = {}, bytearray(), first
         for chunk in self._fetch(first * BLOCK, min((last + 1) * BLOCK, self.manifest.size)):
-            buf += chunk
             self.downloaded += len(chunk)
-            while len(buf) >= BLOCK or (i == last and len(buf) == self._block_len(i)):
-                block, buf = bytes(buf[: self._block_len(i)]), buf[self._block_len(i) :]
-                out[i] = self._checked(i, block)
-                i += 1
-                if i > last:
-                    break
+            pending += chunk
+            used = 0  # cut whole blocks off the front, then drop them once per chunk (not per block)
+            while i <= last and len(pending) - used >= self._block_len(i):
+                n = self._block_len(i)
+                out[i] = self._checked(i, bytes(pending[used : used + n]))
+                used, i = used + n, i + 1
+            del pending[:used]
         if i <= last:
-            raise Corrupt(f"object {sha[:12]} is shorter than its manifest says (truncated?)")
+            raise Corrupt(f"object {self.manifest.sha[:12]} is shorter than its manifest says (truncated?)")
         return out
 
     def _block_len(self, i: int) -> int:
@@ -231,6 +258,11 @@ class RangedSafetensors:
 
     def metadata(self) -> dict[str, str]:
         return self._meta
+
+    def plan(self, keys: list[str]) -> None:
+        """The tensors about to be read (BlockReader.plan)."""
+        spans = [self._tensors[k]["data_offsets"] for k in keys if k in self._tensors]
+        self._reader.plan([(self._base + start, self._base + end) for start, end in spans])
 
     def get_slice(self, key: str) -> RangedSlice:
         return RangedSlice(self._tensors[key])

@@ -1,8 +1,8 @@
 """A bucket reached with boto3, and every S3 failure turned into one line that names the setting to fix.
 
 `LLMK_OBJECTS_URL=s3://bucket/prefix` picks the bucket; `LLMK_S3_ENDPOINT` a MinIO-style server; region and
-credentials come from the usual AWS settings (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, profiles),
-which boto3 reads when the client is built.
+credentials come from the usual AWS settings (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
+profiles), which boto3 reads when the client is built.
 """
 
 from __future__ import annotations

@@ -91,9 +91,19 @@ def load(objects: Objects, p: Plan) -> dict[str, torch.Tensor]:
             handles[e.object] = objects.open_tensors(e.object).__enter__()
         return handles[e.object].get_tensor(part_key(e.name, name))
 
+    wanted: dict[str, list[str]] = {}  # object -> its tensors this load reads
+    for entries in p.lineage.values():
+        for e in entries:
+            keys = wanted.setdefault(e.object, [])
+            keys += [part_key(e.name, k) for k in deltas.PARTS[deltas.Kind(e.kind)]]
+    for sha, keys in wanted.items():
+        handles[sha] = objects.open_tensors(sha).__enter__()
+        handles[sha].prefetch(keys)
+
     out: dict[str, torch.Tensor] = {}
     if p.snapshot:
         with objects.open_tensors(p.snapshot) as f:
+            f.prefetch(p.snapshot_names)
             out = {k: f.get_tensor(k) for k in p.snapshot_names}
     for name, entries in p.lineage.items():
         value = out.get(name)

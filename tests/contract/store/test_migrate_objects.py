@@ -21,7 +21,7 @@ from services.store.usecases.object_migration import migrate
 from tests.s3_server import S3Server
 
 LLMK = [sys.executable, "-m", "llmk.cli.main"]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the checkout: its code, not the installed copy
 
 
 def cli_env(home: Path, server: S3Server) -> dict[str, str]:

@@ -169,6 +169,28 @@ def test_one_layer_downloads_about_that_layers_bytes(tiny_in_bucket: Settings) -
     store.catalog.engine.dispose()
 
 
+def test_a_whole_fetch_downloads_in_a_few_large_requests(tiny_in_bucket: Settings) -> None:
+    """A fetch says which tensors it will read, so the bucket sees a few ranged requests, not one a tensor
+    (each costs a round trip, and some servers copy the whole object per range)."""
+    from services.store.adapters.s3_blocks import WINDOW
+
+    store = Deployment(tiny_in_bucket.model_copy(update={"object_cache_bytes": 0})).local_store()
+    objects: Any = store.objects
+    ranges: list[str] = []
+    objects.bucket.client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: ranges.append(params.get("Range", "whole"))
+    )
+    values = store.fetch("tiny")
+    [sha] = {e.object for e in store.version("tiny", "main").entries}
+    size = objects.size(sha)
+    assert len(values) > 10
+    assert len(ranges) <= 3 + size // WINDOW, ranges  # manifest, header, then windows of tensors
+    assert objects.downloaded <= size + 64 * 1024  # nothing read twice: the manifest is small
+    expected = load_source("synthetic:llama-tiny").tensors
+    assert all(torch.equal(values[k], v) for k, v in expected.items())
+    store.catalog.engine.dispose()
+
+
 def test_a_restarted_worker_reads_from_its_cache_without_downloading(tiny_in_bucket: Settings) -> None:
     first = Deployment(tiny_in_bucket).local_store()
     values = first.fetch("tiny")
