@@ -50,7 +50,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['intents']['zero_shot_accuracy']} zero-shot and {r['intents']['final_accuracy']} at the end "
         "(goal 0.80). The replies job does not train intents.",
         "",
-        f"Goals: {goals}. Whole run {r['wall_seconds']} s.",
+        f"Goals: {goals}. Whole run {r['wall_seconds']} s, {r.get('cpu_seconds')} CPU-seconds in this "
+        f"process on {r.get('cpu_count')} cores; load average {r.get('load_average')} (start, end).",
         "",
         "## Serving",
         "",
@@ -58,7 +59,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{t['seconds']} s: "
         f"{t['completion_tokens']} completion tokens, {t['tokens_per_s']} tokens/s in all, "
         f"{t['stream_tokens_per_s_mean']} tokens/s per stream on average; time to first token p50 "
-        f"{t['ttft_p50_s']} s, p90 {t['ttft_p90_s']} s.",
+        f"{t['ttft_p50_s']} s, p90 {t['ttft_p90_s']} s. While training caught up, one client kept streaming "
+        f"dev messages without feedback ({len(r.get('probes', []))} requests), so the versions below were "
+        "measured as they were hot-applied.",
         "",
         "| version | served at (s after the first request) | dev NLL/token | bytes stored | full copy "
         "| ratio | feedback to served (s) | commit to served (s) | requests | tokens/s per stream "
@@ -120,7 +123,7 @@ def _replies(out: Path, r: dict[str, Any]) -> Path:
 def _serving(out: Path, r: dict[str, Any]) -> Path:
     import matplotlib.pyplot as plt
 
-    ex = r["exchanges"]
+    ex = r["exchanges"] + r.get("probes", [])
     start = min((e["started"] for e in ex), default=0.0)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     answered = [e for e in ex if e["first_token_s"] is not None]

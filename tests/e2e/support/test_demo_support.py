@@ -64,6 +64,9 @@ def test_the_report_names_each_served_version_with_its_figures(report: tuple[Pat
         assert v["feedback_to_served_s"] > 0
         assert v["dev_nll_per_token"] is not None
         assert math.isfinite(v["dev_nll_per_token"])
+    for probe in r["probes"]:  # streamed while training caught up: measured, never fed back
+        assert probe["rating"] == "none"
+        assert probe["examples"] == 0
     promoted = {c["version"] for c in r["commits"] if c["promoted"]}
     assert {v["version"] for v in trained} <= promoted
     for figures in (r["zero_shot"], r["final"]):
