@@ -82,6 +82,7 @@ def markdown(r: dict[str, Any]) -> str:
         "version's is the job's baseline).",
         "",
         f"Commits: {len(r['commits'])} ({sum(c['promoted'] for c in r['commits'])} promoted).",
+        *[f"- version {c['version']} held back: {c['reason']}" for c in r["commits"] if not c["promoted"]],
         "",
         "## Setup",
         "",
@@ -113,6 +114,9 @@ def _replies(out: Path, r: dict[str, Any]) -> Path:
         ax.plot([v for v, _ in dev], [x for _, x in dev], "o-", label="dev split (the job's gate)")
     held = [(m["version"], m["nll_per_token"]) for m in (r["zero_shot"], r["final"])]
     ax.plot([v for v, _ in held], [x for _, x in held], "s--", label="held-out conversations")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # versions are whole numbers
     ax.set_xlabel("served version")
     ax.set_ylabel("reference reply NLL per token (nats)")
     ax.set_title("Reply likelihood as feedback trains the served model")

@@ -99,7 +99,7 @@ def support(
         raise InvalidInput("need 0 < --topk <= 1 and --lr > 0")
     if out.exists() and not out.is_dir():
         raise InvalidInput(f"--out {out} is a file: name a folder for the report")
-    started, load_at_start = time.time(), list(os.getloadavg())
+    started, load_at_start = time.time(), [round(x, 2) for x in os.getloadavg()]
     splits = make_splits(Sizes(conversations, dev, held_out, intent_train, intent_held_out), seed)
     out.mkdir(parents=True, exist_ok=True)
     home = out / "home"
@@ -149,7 +149,7 @@ def support(
     # the machine may be shared: the CPU this run used and the load it ran under explain its wall time
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
-    report["load_average"] = {"start": load_at_start, "end": list(os.getloadavg())}
+    report["load_average"] = {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]}
     report["cpu_count"] = os.cpu_count()
     from services.support.adapters.demo_report import write
 
