@@ -8,7 +8,7 @@ GENERATED := shared/llmk/v1/.generated
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build here.
 TORCH ?= torch==2.13.0
 
-.PHONY: install proto lint test test-fast fuzz demo demo-rec demo-store bench images up down clean serve-store
+.PHONY: install proto lint test test-fast fuzz demo demo-rec demo-support demo-store bench images up down clean serve-store
 
 install: $(GENERATED)  # the generated gRPC code is part of a working install
 
@@ -55,8 +55,11 @@ fuzz: proto
 demo: proto
 	HF_HUB_OFFLINE=1 $(BIN)/llmk demo --out demo-out $(DEMO_ARGS)
 
-demo-rec: proto
+demo-rec: proto  # recommendation: embedding rows learning from every interaction
 	$(BIN)/llmk demo rec --out demo-rec-out $(DEMO_ARGS)
+
+demo-support: proto  # customer service: the OpenAI-compatible API learning from agents' corrections
+	HF_HUB_OFFLINE=1 $(BIN)/llmk demo support --out demo-support-out $(DEMO_ARGS)
 
 demo-store: proto
 	HF_HUB_OFFLINE=1 bash infra/demo.sh
@@ -72,6 +75,7 @@ images:
 	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=optimizer -t llmk-optimizer:latest .
 	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=inference \
 		--build-arg ACCELERATOR=$(ACCELERATOR) -t llmk-inference:$(ACCELERATOR) .
+	docker build -f infra/docker/Dockerfile --build-arg EXTRAS=support -t llmk-api:latest .
 
 # The whole monitor: PostgreSQL, RabbitMQ, the import job, every tier, Prometheus. GPU: `make up PROFILE=gpu`.
 up:

@@ -190,3 +190,13 @@ def test_the_build_context_keeps_what_the_image_needs() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     for needed in ("pyproject.toml", "README.md", "Makefile", "proto/", "shared/", "services/"):
         assert f"!{needed}" in ignore
+
+
+def test_the_gateway_is_a_service_over_the_inference_and_optimizer_services() -> None:
+    api = SERVICES["api"]
+    assert api["command"][:2] == ["serve", "api"]
+    assert api["environment"]["LLMK_INFERENCE_ADDRESS"] == "inference:50051"  # workers scale apart
+    assert api["environment"]["LLMK_OPTIMIZER_ADDRESS"] == "optimizer:50051"  # feedback trains there
+    assert "8000:8000" in api["ports"]
+    assert "http://127.0.0.1:8000/health" in " ".join(api["healthcheck"]["test"])
+    assert set(api["depends_on"]) == {"inference", "optimizer"}

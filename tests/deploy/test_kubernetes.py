@@ -232,3 +232,17 @@ def test_prod_inference_gets_a_gpu_and_the_cuda_image() -> None:
     assert {"name": "LLMK_DEVICE", "value": "cuda"} in container["env"]
     (dev,) = containers(of_kind("dev", "Deployment")["llmk-inference"])
     assert "nvidia.com/gpu" not in dev["resources"].get("limits", {})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_is_a_deployment_behind_a_service_probed_over_http(overlay: str) -> None:
+    deployment = of_kind(overlay, "Deployment")["llmk-api"]
+    (container,) = containers(deployment)
+    assert container["args"][:2] == ["serve", "api"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LLMK_INFERENCE_ADDRESS"] == "inference:50051"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    service = of_kind(overlay, "Service")["api"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["port"] == 8000

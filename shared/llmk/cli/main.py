@@ -13,7 +13,20 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from llmk.cli import demo, demo_rec, evaluate, feedback, health, infer, monitor, rec, store, task, train
+from llmk.cli import (
+    demo,
+    demo_rec,
+    demo_support,
+    evaluate,
+    feedback,
+    health,
+    infer,
+    monitor,
+    rec,
+    store,
+    task,
+    train,
+)
 from llmk.cli.context import deployment
 from llmk.config import Settings
 from llmk.domain.addresses import check_address
@@ -31,6 +44,7 @@ infer.register(app)
 monitor.register(app)
 feedback.register(app)
 demo_rec.register(demo.app)
+demo_support.register(demo.app)
 app.add_typer(demo.app, name="demo")
 health.register(app)
 db = typer.Typer(help="Metadata database schema.", no_args_is_help=True)
