@@ -28,7 +28,7 @@ def verdict(row: dict) -> str:
     goal = str(row.get("goal", ""))
     if "met" in goal or "missed" in goal:
         return goal
-    if (m := re.fullmatch(r">=\s*([\d.]+)(x?)", goal.strip())):
+    if m := re.fullmatch(r">=\s*([\d.]+)(x?)", goal.strip()):
         field = "ratio" if m.group(2) else "value"  # ">= 1.0x" bounds the ratio, ">= 500" the figure itself
         if isinstance(row.get(field), int | float):
             return f"{goal}: {'met' if row[field] >= float(m.group(1)) else 'missed'}"
