@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -40,7 +41,8 @@ class Recipe:
     rank: int = 0
     commit_every: int = 4
     tolerance: float = 0.03
-    local: bool = False  # apply deferred steps to the local weights (gradients at the moved weights)
+    local: bool = False  # the job trains at served + residuals (JobSpec.local_steps)
+    replay: int = 0  # earlier examples rehearsed in each step (JobSpec.replay)
     template: str | None = None
 
     def trainable(self) -> list[str]:
@@ -63,6 +65,9 @@ VARIANTS: dict[str, Recipe] = {
     "8layers": Recipe(layers=tuple(range(22, 30)), local=True),
     "rank8": Recipe(rank=8, local=True),
     "every1": Recipe(commit_every=1, topk=0.0125),
+    "local-replay16": Recipe(local=True, replay=16),
+    "local-replay32-lr3e-4": Recipe(local=True, replay=32, lr=3e-4),
+    "local-replay16-attn+mlp": Recipe(parts=("mlp", "attn"), local=True, replay=16),
 }
 
 
@@ -86,34 +91,45 @@ class Run:
     dev: list[float] = field(default_factory=list)  # held-out macro-F1 after each promoted version
     promoted: int = 0
     held_back: int = 0
+    gate: list[float] = field(default_factory=list)  # the gate's macro-F1 of each candidate version
     bytes_per_version: list[int] = field(default_factory=list)
 
 
 def run_recipe(t: FeedbackTrainer, r: Recipe, feedback: list[Example], gate: list[Example]) -> Run:
-    """The job runner's stepping, in one process: steps of 16, a version every `commit_every` steps."""
-    spec, state, run = OptimizerSpec(kind="adamw", lr=r.lr), {}, Run()
-    committed = {n: v.clone() for n, v in t.values().items()}
+    """The job runner's stepping (services/optimizer/usecases/training.py), in one process: steps of 16
+    new examples (plus `replay` earlier ones), a version every `commit_every` steps, the gate on each."""
+    spec, run = OptimizerSpec(kind="adamw", lr=r.lr), Run()
+    state: dict[str, torch.Tensor] = {}
+    served = {n: v.clone() for n, v in t.values().items()}
     metric = t.evaluate(gate)
+
+    def run_ahead() -> None:  # with local steps the job trains at served + residuals
+        if r.local:
+            t.set_values({n: v + state.get(f"{n}::residual", torch.zeros_like(v)) for n, v in served.items()})
+
     for number in range(1, len(feedback) // 16 + 1):
-        _, grads = t.loss_and_grads(feedback[(number - 1) * 16 : number * 16])
+        earlier = feedback[: (number - 1) * 16]
+        rehearsed = random.Random(number - 1).sample(earlier, min(r.replay, len(earlier)))
+        _, grads = t.loss_and_grads(feedback[(number - 1) * 16 : number * 16] + rehearsed)
         deltas = optimizer_step(spec, t.values(), grads, state)
         if number % r.commit_every:
             defer(state, deltas)
-            if r.local:
-                t.set_values({n: v + deltas[n] for n, v in t.values().items()})
+            run_ahead()
             continue
-        t.set_values(committed)  # the residuals hold every deferred step; the version starts from the served
-        update = compress(committed, deltas, state, r.topk, r.rank)
+        update = compress(served, deltas, state, r.topk, r.rank)
         t.set_values(update.values)
         m = t.evaluate(gate)
+        run.gate.append(round(m, 4))
         if m < metric - r.tolerance:
-            t.set_values(committed)
+            t.set_values(served)
             discard_residuals(state)
             run.held_back += 1
             continue
-        metric, committed = m, {n: v.clone() for n, v in update.values.items()}
+        metric, served = m, {n: v.clone() for n, v in update.values.items()}
+        run_ahead()
         run.promoted += 1
         run.bytes_per_version.append(update.nbytes)
+    t.set_values(served)  # what the workers serve at the end
     return run
 
 
@@ -143,6 +159,7 @@ def measure(model: Model, recipe: Recipe, seed: int, dev: bool) -> dict[str, Any
         task = replace(task, template=recipe.template)
     feedback, gate, held = rows(seed, dev)
     t = model.trainer(recipe.trainable(), task)
+    _share_frozen_outputs(t)
     zero = _figures(t, held)
     began = time.monotonic()
     run = run_recipe(t, recipe, feedback, gate)
@@ -153,9 +170,19 @@ def measure(model: Model, recipe: Recipe, seed: int, dev: bool) -> dict[str, Any
         "final": final,
         "promoted": run.promoted,
         "held_back": run.held_back,
+        "gate": run.gate,
         "bytes_per_version": max(run.bytes_per_version, default=0),
         "train_seconds": round(time.monotonic() - began, 1),
     }
+
+
+_SCORERS: dict[int, Any] = {}
+
+
+def _share_frozen_outputs(t: FeedbackTrainer) -> None:
+    """Recipes split at the same layer reuse what the frozen layers below make of each text."""
+    if (done := _SCORERS.setdefault(t.scorer.split, t.scorer)) is not t.scorer:
+        t.scorer.share_cache(done)
 
 
 def _figures(t: FeedbackTrainer, held: list[Example]) -> dict[str, float]:

@@ -50,6 +50,10 @@ class JobSpec:
     task: TaskSpec | None = None
     tolerance: float = 0.01
     author: str = "llmk-optimizer"
+    # Learning from examples only. Deferred steps move the job's own weights (it trains at the served
+    # values plus everything not yet committed), so each gradient is taken where training has got to.
+    local_steps: bool = False
+    replay: int = 0  # earlier examples rehearsed in each step of an open job, beside its new batch
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trainable", tuple(self.trainable))
@@ -75,6 +79,17 @@ class JobSpec:
         _require(
             isinstance(self.tolerance, int | float) and math.isfinite(self.tolerance),
             f"tolerance must be a finite number, got {self.tolerance!r}",
+        )
+        _require(
+            isinstance(self.replay, int) and not isinstance(self.replay, bool) and self.replay >= 0,
+            f"replay must be an integer >= 0, got {self.replay!r}",
+        )
+        _require(
+            isinstance(self.local_steps, bool), f"local_steps must be true or false, got {self.local_steps!r}"
+        )
+        _require(
+            self.kind in LEARNS_FROM_EXAMPLES or not (self.replay or self.local_steps),
+            "replay and local_steps apply to jobs that learn from examples, not to pushed gradients",
         )
         _require(self.kind != FEEDBACK or self.task is not None, "a feedback job needs a task")
         _require(

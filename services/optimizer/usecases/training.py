@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from llmk.domain.optim import optimizer_step
+from llmk.domain.sparsify import ErrorFeedback
 from llmk.domain.task_spec import CLASSIFICATION
 from llmk.domain.versions import CommitInfo
 from llmk.errors import AlreadyExists, Conflict, InvalidInput, LlmkError, NotFound, Unavailable
@@ -72,6 +74,7 @@ class Session:
     validation: list[Example] = field(default_factory=list)
     metric: float | None = None
     rebase: bool = False  # the serving branch moved under the job: reload from its new head
+    served: dict[str, Tensor] | None = None  # with local steps: the head's values (params run ahead)
 
 
 class JobRunner:
@@ -190,7 +193,11 @@ class JobRunner:
         else:
             params = self.store.fetch(spec.model, str(head), names=sorted(job.tensors))
         held_out = example_blobs.decode(self.blobs.get_bytes(job.validation)) if job.validation else []
-        return Session(job.id, job.step, head, state, params, trainer, validation=held_out)
+        s = Session(job.id, job.step, head, state, params, trainer, validation=held_out)
+        if trainer is not None and spec.local_steps:
+            s.served = {n: v.clone() for n, v in params.items()}
+            self._run_ahead(s)
+        return s
 
     def _read_state(self, sha: str | None) -> dict[str, Tensor]:
         if sha is None:
@@ -221,7 +228,10 @@ class JobRunner:
             return [s.items[(step * size + i) % job.pool] for i in range(size)]
         if len(s.items) < (step + 1) * size:
             return None
-        return s.items[step * size : (step + 1) * size]
+        earlier = s.items[: step * size]
+        # seeded by the job and step, so a resumed or redelivered step rehearses the same examples
+        rehearsed = random.Random(f"{job.id}:{step}").sample(earlier, min(job.spec.replay, len(earlier)))
+        return s.items[step * size : (step + 1) * size] + rehearsed
 
     # stepping -----------------------------------------------------------------------------------
     def _step(self, s: Session, job: Job, batch: list[Any]) -> None:
@@ -233,15 +243,29 @@ class JobRunner:
             step_deltas = optimizer_step(spec.optimizer, s.params, grads, s.state)
             if number % spec.commit_every and number != spec.steps:
                 defer(s.state, step_deltas)
+                self._run_ahead(s)
                 self._advance(s, job, number, None)
                 return
-            update = compress(s.params, step_deltas, s.state, spec.topk, spec.rank)
+            served = s.params if s.served is None else s.served
+            update = compress(served, step_deltas, s.state, spec.topk, spec.rank)
             record = self._commit(s, job, number, update, loss, batch)
+            if s.served is not None:
+                if record.promoted:
+                    s.served = {n: v.clone() for n, v in update.values.items()}
+                self._run_ahead(s)
         except LlmkError as e:
             if isinstance(e, Unavailable | Conflict):
                 raise
             raise type(e)(f"step {number}: {e}") from None
         self._advance(s, job, number, record)
+
+    def _run_ahead(self, s: Session) -> None:
+        """With local steps the job trains at the served values plus every update not yet committed (the
+        residuals): a function of the head and the saved state alone, so a resumed job is where it was."""
+        if s.served is None:
+            return
+        residual = ErrorFeedback(s.state).residual
+        self._set(s, {n: v if (r := residual(n)) is None else v + r.to(v.dtype) for n, v in s.served.items()})
 
     def _gradients(self, s: Session, job: Job, batch: list[Any]) -> tuple[float | None, dict[str, Tensor]]:
         if s.trainer is not None:
@@ -264,7 +288,7 @@ class JobRunner:
         self, s: Session, job: Job, number: int, update: Update, loss: float | None, batch: list[Any]
     ) -> StepRecord:
         spec = job.spec
-        before = {n: v.clone() for n, v in s.params.items()}
+        before = {n: v.clone() for n, v in (s.params if s.served is None else s.served).items()}
         self._set(s, update.values)
         loss_after = s.trainer.loss(batch) if s.trainer else None
         metric = s.trainer.evaluate(s.validation) if s.trainer and s.validation else None

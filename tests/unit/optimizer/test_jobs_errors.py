@@ -145,8 +145,26 @@ def test_an_update_that_overflows_fails_the_job_with_nothing_committed(runtime: 
         (lambda m: JobSpec(model=m, task=TaskSpec(labels=("a", "b"), template="no slot")), "must contain"),
         (lambda m: JobSpec(model=m), "needs a task"),
         (lambda m: JobSpec(model=m, kind="gradients"), "must name its trainable"),
+        (lambda m: JobSpec(model=m, task=TASK, replay=-1), "replay must be an integer >= 0"),
+        (lambda m: JobSpec(model=m, task=TASK, replay=True), "replay must be an integer >= 0"),
+        (lambda m: JobSpec(model=m, task=TASK, local_steps="yes"), "local_steps must be true or false"),  # type: ignore[arg-type]
+        (
+            lambda m: JobSpec(model=m, kind="gradients", trainable=("x",), replay=4),
+            "apply to jobs that learn from examples",
+        ),
     ],
-    ids=["lr", "topk", "labels", "template", "no-task", "no-trainable"],
+    ids=[
+        "lr",
+        "topk",
+        "labels",
+        "template",
+        "no-task",
+        "no-trainable",
+        "replay<0",
+        "replay-bool",
+        "local",
+        "replay-grads",
+    ],
 )
 def test_a_bad_job_spec_is_refused_before_anything_is_stored(
     runtime: Runtime, model: str, build: Callable[[str], JobSpec], message: str
