@@ -14,9 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llmk.errors import LlmkError
 from services.monitor.usecases.evaluation import Score, evaluate
 from services.monitor.usecases.items import Item
 from services.monitor.usecases.monitor import Monitor, Scoring, Summary
@@ -57,6 +59,7 @@ class Timeline:
     trained_at: float | None = None  # when the job was first seen past its last full batch
     evaluation_seconds: float = 0.0  # every held-out pass, including those a newer version cut short
     evaluation_passes: int = 0
+    scored_pinned: list[int] = field(default_factory=list)  # scored after the run, on a client pinned to it
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -206,6 +209,29 @@ class DemoRun:
                 self.timeline.scores[score.version] = score
                 self.timeline.served_at.setdefault(score.version, self.timeline.now())
                 self.show(self)
+
+    def score_replaced(self, pinned: Callable[[int], AbstractContextManager[Scoring]]) -> None:
+        """Score each version the workers served that no live pass finished on (a newer one replaced it
+        mid-pass), through a client pinned to that version, so every served version has a figure."""
+        t = self.timeline
+        for version in sorted(set(t.served_at) - set(t.scores)):
+            self.phase = f"held-out evaluation of version {version}, pinned (it was replaced mid-pass)"
+            self.show(self)
+            began = time.monotonic()
+            try:
+                with pinned(version) as scoring:
+                    score = evaluate(scoring, *self._held_out(), self.plan.labels)
+            except LlmkError as e:
+                log.warning("version %d could not be scored pinned: %s", version, e)
+                continue
+            finally:
+                t.evaluation_seconds += time.monotonic() - began
+                t.evaluation_passes += 1
+            if score is not None and score.version == version:
+                t.scores[version] = score
+                t.scored_pinned.append(version)
+        self.phase = "done" if not self.unsettled else f"did not settle: {self.unsettled}"
+        self.show(self)
 
     def _held_out(self) -> tuple[list[str], list[str]]:
         return [t for t, _ in self.plan.held_out], [label for _, label in self.plan.held_out]

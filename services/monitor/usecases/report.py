@@ -62,6 +62,7 @@ def _version(v: int, t: Timeline, stored: dict[int, tuple[int, int]]) -> dict[st
         "served_at_s": round(t.served_at[v], 1),
         "macro_f1": _r(score.macro_f1) if score else None,
         "accuracy": _r(score.accuracy) if score else None,
+        "scored": None if not score else "pinned, after it was replaced" if v in t.scored_pinned else "live",
         "not_scored_because": None if score else _why_not_scored(v, t),
         "bytes_stored": size,
         "bytes_full_copy": full,
@@ -232,11 +233,18 @@ def _end_lines(r: dict[str, Any]) -> list[str]:
 
 
 def _not_scored_lines(r: dict[str, Any]) -> list[str]:
-    return [
+    pinned = [str(v["version"]) for v in r["versions"] if v.get("scored", "live") != "live" and v["scored"]]
+    lines = [
         f"Version {v['version']} has no held-out figure: {v['not_scored_because']}."
         for v in r["versions"]
         if v["macro_f1"] is None
     ]
+    if pinned:
+        lines.append(
+            f"Version(s) {', '.join(pinned)} were replaced before a live held-out pass finished on them; "
+            "each was scored after the run on a client pinned to it (same rows, same task)."
+        )
+    return lines
 
 
 def _baseline_lines(r: dict[str, Any]) -> list[str]:

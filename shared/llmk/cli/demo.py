@@ -282,10 +282,41 @@ def _run(
             run.run(settle_seconds)
         finally:  # the demo's job ends with it: a later optimizer must not resume it
             jobs.cancel_job(job.id)
+        run.score_replaced(lambda version: _pinned(tiers, str(version)))
         stored = {s.version: (s.stored_bytes, s.full_bytes) for s in store.stats(MODEL)}
         scores = repo.scores(MODEL, None, None, run_id)
         twice = len(scores) - len({s.item_id for s in scores})
         return Result(run, jobs.get_job(job.id), stored, repo.alerts(MODEL, run_id), twice)
+
+
+@contextmanager
+def _pinned(tiers: Deployment, version: str) -> Iterator[_Pinned]:
+    """Classify on one version of the demo's model (built in this process from the store when no
+    inference address is set), closed after its pass."""
+    client = tiers.inference(MODEL, version)
+    try:
+        yield _Pinned(client)
+    finally:
+        client.close()
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    client: Any
+
+    def submit(self, texts: Any) -> _Answered:
+        return _Answered(self.client.classify(list(texts)).encode())
+
+
+@dataclass(frozen=True)
+class _Answered:
+    answer: dict[str, Any]
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        return self.answer
+
+    def ready(self) -> bool:
+        return True
 
 
 def _baselines(tiers: Deployment, plan: Plan, job: Job, dense: bool) -> dict[str, dict[str, float]]:

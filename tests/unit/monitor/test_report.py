@@ -49,6 +49,17 @@ def test_a_version_never_scored_says_why_in_words_and_no_none_is_printed() -> No
     assert r["versions"][0]["not_scored_because"] is None
 
 
+def test_a_version_scored_pinned_after_it_was_replaced_says_so() -> None:
+    t = Timeline()
+    t.served_at = {1: 0.0, 2: 10.0, 3: 11.0}
+    t.zero_shot = Score(1, 0.17, 0.3, 300, 12.0, [100.0])
+    t.scores = {1: t.zero_shot, 2: Score(2, 0.4, 0.5, 300, 9.0, [90.0]), 3: Score(3, 0.5, 0.6, 300, 9.0, [])}
+    t.scored_pinned = [2]
+    r = build(t, Summary("r", "smol", read=1, scored=1), None, {}, [], {}, 30.0, 0)
+    assert [v["scored"] for v in r["versions"]] == ["live", "pinned, after it was replaced", "live"]
+    assert "Version(s) 2 were replaced before a live held-out pass finished on them" in markdown(r)
+
+
 def test_report_explains_committed_promoted_and_served_counts() -> None:
     text = markdown(_report())
     assert "the optimizer committed 5 (one every 4 steps)" in text
