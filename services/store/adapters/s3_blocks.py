@@ -235,13 +235,13 @@ class _Download:
 
     def _room(self, i: int) -> bool:
         """Wait until block i is within AHEAD of the reader; False once closed, or when the reader has not
-        moved for STALL seconds (a handle left open: give the connection and the memory back)."""
+        moved for STALL seconds (a handle left open: give the connection and the memory back). At least a
+        segment ahead: a block is handed over once its segment is complete (and cached)."""
         if not self._background:
             return True
+        ahead = max(AHEAD // BLOCK, SEGMENT)
         with self._cond:
-            moved = self._cond.wait_for(
-                lambda: self._closed or (i - self._taken) * BLOCK < AHEAD, timeout=STALL
-            )
+            moved = self._cond.wait_for(lambda: self._closed or i - self._taken < ahead, timeout=STALL)
             return moved and not self._closed
 
     def _run(self) -> None:
