@@ -31,8 +31,8 @@ from llmk.config import Settings
 from llmk.domain import indices
 from llmk.errors import AlreadyExists, Corrupt
 from services.store.adapters.objects import CREATED_MEMORY, TensorFile, sha256_file
-from services.store.adapters.s3_blocks import BlockCache, BlockReader, Manifest, RangedSafetensors
-from services.store.adapters.s3_bucket import MISSING_KEY, Bucket, Location
+from services.store.adapters.s3_blocks import BlockCache, BlockReader, Body, Manifest, RangedSafetensors
+from services.store.adapters.s3_bucket import MISSING_KEY, Bucket, Location, RangedBody
 from services.store.usecases.ports import FileState
 
 SHA_META = "llmk-sha256"
@@ -196,12 +196,14 @@ class S3Objects:
     def reader(self, sha: str) -> BlockReader:
         key = self.bucket.key("objects", sha)
 
-        def fetch(start: int, end: int) -> Iterator[bytes]:
-            for chunk in self.bucket.streamed(key, start, end):
-                self.downloaded += len(chunk)
-                yield chunk
+        def fetch(start: int, end: int) -> Body:
+            return _Counted(self, self.bucket.ranged(key, start, end))
 
         return BlockReader(self.manifest(sha), fetch, self.cache)
+
+    def count(self, n: int) -> None:
+        with self._lock:  # downloads run on threads of their own
+            self.downloaded += n
 
     def get_bytes(self, sha: str) -> bytes:
         reader = self.reader(sha)
@@ -211,9 +213,11 @@ class S3Objects:
             raise
         except Exception as e:  # a key gone between the manifest and the read
             raise Corrupt(f"object {sha[:12]} is missing from {self}: {e}") from None
+        finally:
+            reader.close()
         if hashlib.sha256(data).hexdigest() != sha:
             raise Corrupt(f"object {sha[:12]} failed its checksum ({self}): refusing to serve it")
-        return data
+        return bytes(data)
 
     def open_tensors(self, sha: str) -> TensorFile:
         return TensorFile(RangedSafetensors(self.reader(sha), self.max_header_bytes), sha)  # type: ignore[arg-type]
@@ -335,6 +339,21 @@ class S3Objects:
     def _age(self, key: str) -> float:
         code, head = self.bucket.attempt("head_object", Key=key)
         return 0.0 if code else time.time() - head["LastModified"].timestamp()
+
+
+class _Counted:
+    """A ranged response whose bytes count towards S3Objects.downloaded."""
+
+    def __init__(self, objects: S3Objects, body: RangedBody):
+        self._objects, self._body = objects, body
+
+    def read(self, n: int) -> bytes:
+        data = self._body.read(n)
+        self._objects.count(len(data))
+        return data
+
+    def close(self) -> None:
+        self._body.close()
 
 
 def open_bucket_objects(settings: Settings, readonly: bool = False, subfolder: str = "") -> S3Objects:

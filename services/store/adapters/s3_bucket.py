@@ -144,7 +144,25 @@ class Bucket:
             answer = self.client.list_multipart_uploads(Bucket=self.where.bucket, Prefix=self.where.prefix)
         return list(answer.get("Uploads", []))
 
-    def streamed(self, key: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    def ranged(self, key: str, start: int, end: int) -> RangedBody:
+        """Bytes start..end-1 of the key as one response, read as the caller goes."""
         answer = self.call("read", "get_object", Key=key, Range=f"bytes={start}-{end - 1}")
-        with self.calling("read"):
-            yield from answer["Body"].iter_chunks(chunk)
+        return RangedBody(self, answer["Body"])
+
+
+class RangedBody:
+    """An open ranged GET: `read(n)` gives the next n bytes (fewer only at its end), each failure an llmk
+    error."""
+
+    def __init__(self, bucket: Bucket, body: Any):
+        self._bucket, self._body = bucket, body
+
+    def read(self, n: int) -> bytes:
+        with self._bucket.calling("read"):
+            data: bytes = self._body.read(n)
+            while 0 < len(data) < n and (more := self._body.read(n - len(data))):  # a short read mid-body
+                data += more
+        return data
+
+    def close(self) -> None:
+        self._body.close()
