@@ -128,7 +128,7 @@ class _Files:
         return value
 
     def _part(self, e: Entry, part: str) -> torch.Tensor:
-        return self._file(e.object).get_tensor(part_key(e.name, part))  # type: ignore[no-any-return]
+        return self._file(e.object).get_tensor(part_key(e.name, part))
 
 
 class _Scratch:

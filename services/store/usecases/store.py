@@ -21,7 +21,7 @@ from llmk.domain.names import (
 )
 from llmk.domain.task_spec import TASK_KEY, decode_task
 from llmk.domain.versions import MAIN, CommitInfo, Entry, Model, Version, VersionEvent, part_key
-from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
+from llmk.errors import AlreadyExists, Frozen, InvalidInput, NotFound
 from services.store.interface import Change, Step, VersionStats
 from services.store.usecases import disk_usage, exports, full_diff, materialize
 from services.store.usecases.commit_checks import (
