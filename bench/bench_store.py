@@ -316,8 +316,6 @@ def machine_load(before: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    from bench.store_commit_file import commit_from_file  # it uses this module's helpers
-
     load_before = os.getloadavg()[0]
     home = Path(tempfile.mkdtemp(prefix="llmk-bench-"))
     settings = Settings(home=home, listen="127.0.0.1:0", cache_chain_length=10_000)  # no cache until asked
@@ -332,7 +330,6 @@ def main() -> None:
     rows += materialize(store, flat, flat.stat().st_size)
     rows += grpc_fetch(store, settings, flat.stat().st_size)
     rows += full_commit(store, full)
-    rows += commit_from_file(store, home)  # bench.store_commit_file
     rows.append(machine_load(load_before))
     write("store", rows, "python -m bench.bench_store")
 

@@ -94,13 +94,13 @@ def _same(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 
 def _stored_meta(objects: Objects, p: materialize.Plan) -> dict[str, Meta]:
-    metas = {n: (es[0].shape, _dtype(es[0].dtype)) for n, es in p.lineage.items()}
+    metas = {n: (es[0].shape, stored_dtype(es[0].dtype)) for n, es in p.lineage.items()}
     if p.snapshot:
         with objects.open_tensors(p.snapshot) as f:
             for n in p.snapshot_names:
                 if n not in metas:
                     sl = f.get_slice(n)
-                    metas[n] = (tuple(sl.get_shape()), _dtype(sl.get_dtype()))
+                    metas[n] = (tuple(sl.get_shape()), stored_dtype(sl.get_dtype()))
     return metas
 
 
@@ -214,7 +214,8 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _dtype(name: str) -> torch.dtype:
+def stored_dtype(name: str) -> torch.dtype:
+    """The dtype an entry row ("float32") or a safetensors header ("F32") names."""
     aliases = {
         "F32": "float32",
         "F16": "float16",
@@ -222,6 +223,7 @@ def _dtype(name: str) -> torch.dtype:
         "F64": "float64",
         "I64": "int64",
         "I32": "int32",
+        "I16": "int16",
         "I8": "int8",
         "U8": "uint8",
         "BOOL": "bool",

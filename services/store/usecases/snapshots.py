@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import TypeVar
 
 import torch
 
@@ -24,6 +25,7 @@ from services.store.usecases.ports import Catalog, Objects
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 TOUCH_EVERY_S = 60.0  # how stale a snapshot's last-used time may get: eviction order needs no finer grain
 
 
@@ -42,10 +44,17 @@ class SnapshotCache:
         self, model: str, version_id: int, want: Callable[[str], bool]
     ) -> tuple[materialize.Plan, dict[str, torch.Tensor]]:
         """Plan and load a version, through its snapshot when it has a readable one."""
+        return self.through(model, version_id, want, partial(materialize.load, self.objects))
+
+    def through(
+        self, model: str, version_id: int, want: Callable[[str], bool], read: Callable[[materialize.Plan], T]
+    ) -> tuple[materialize.Plan, T]:
+        """Plan a version and `read` it, through its snapshot when it has a readable one (a damaged one is
+        dropped and the version read again from its deltas)."""
         p: materialize.Plan | None = None
         try:
             p = materialize.plan(self.catalog, self.objects, model, version_id, want)
-            tensors = materialize.load(self.objects, p)
+            found = read(p)
         except Corrupt as e:
             if p is not None and p.snapshot is None:
                 raise  # damage in the deltas themselves: never read around
@@ -54,10 +63,10 @@ class SnapshotCache:
                 log.warning("snapshot %s of %s@%s dropped: %s", snapshot[:12], model, version_id, e)
                 self._forget(snapshot)
             p = materialize.plan(self.catalog, self.objects, model, version_id, want)
-            return p, materialize.load(self.objects, p)
+            return p, read(p)
         if p.snapshot:
             self._mark_used(p.snapshot)
-        return p, tensors
+        return p, found
 
     def locate(
         self, model: str, version_id: int, want: Callable[[str], bool], whole: bool

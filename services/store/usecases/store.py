@@ -21,9 +21,9 @@ from llmk.domain.names import (
 )
 from llmk.domain.task_spec import TASK_KEY, decode_task
 from llmk.domain.versions import MAIN, CommitInfo, Entry, Model, Version, VersionEvent, part_key
-from llmk.errors import AlreadyExists, Frozen, InvalidDelta, InvalidInput, NotFound
+from llmk.errors import AlreadyExists, Frozen, InvalidInput, NotFound
 from services.store.interface import Change, Step, VersionStats
-from services.store.usecases import disk_usage, exports, materialize
+from services.store.usecases import disk_usage, exports, full_diff, materialize
 from services.store.usecases.commit_checks import (
     Admitted,
     Bounds,
@@ -164,22 +164,17 @@ class Store(History):
         parent: int | None = None,
         info: CommitInfo = CommitInfo(),
     ) -> Version:
-        """Commit complete new values; the store keeps the cheapest exact encoding of each change."""
+        """Commit complete new values; the store keeps the cheapest exact encoding of each change.
+
+        Compared tensor by tensor with the parent's object files (usecases.full_diff), never materialized.
+        """
         head = parent if parent is not None else self.resolve(model, branch)
-        current = self.fetch(model, str(head), names=list(tensors))
-        entries: dict[str, deltas.Delta] = {}
-        for name, new in tensors.items():
-            old = current.get(name)
-            if old is not None and (old.shape != new.shape or old.dtype != new.dtype):
-                if changes_architecture(info.metadata):
-                    entries[name] = deltas.full(new)
-                    continue
-                raise InvalidDelta(
-                    f"{name}: {tuple(new.shape)} {new.dtype} does not match stored "
-                    f"{tuple(old.shape)} {old.dtype}"
-                )
-            if (d := deltas.encode_exact(old, new)) is not None:
-                entries[name] = d
+        vid = self.resolve(model, str(head))  # NotFound for an unknown parent
+        want = materialize.selector_filter("", list(tensors))
+        reshape = changes_architecture(info.metadata)
+        _, entries = self.snapshots.through(
+            model, vid, want, lambda p: full_diff.entries(self.objects, p, tensors, reshape)
+        )
         if not entries:
             raise InvalidInput(f"nothing changed against {model}@{head}")
         return self.commit(model, entries, branch, head, info)

@@ -258,7 +258,8 @@ def encode_exact(old: Tensor | None, new: Tensor) -> Delta | None:
     rows = np.empty(0, np.int64)
     if new.dim() >= 2:
         row_len = new.numel() // new.shape[0]
-        rows = np.unique(idx // row_len)  # idx ascends, so this is a cheap pass over the changes only
+        at_row = idx // row_len  # idx ascends, so each row's changes are adjacent: one pass, no sort
+        rows = at_row[np.flatnonzero(np.diff(at_row, prepend=-1))]
         options.append((rows.size * (item + row_len * size), Kind.ROWS_SET))
     kind = min(options, key=lambda o: o[0])[1]  # ties go to the earlier option, as before
     if kind is Kind.FULL:

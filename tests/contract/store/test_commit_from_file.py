@@ -11,9 +11,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmk.errors import InvalidInput, NotFound
+from llmk.domain.deltas import Delta, Kind
+from llmk.errors import InvalidDelta, InvalidInput, NotFound
 from services.store.adapters.objects import read_safetensors
-from tests.contract.store.contract_support import EMBED, NORM, UP0, assert_same_tensors
+from tests.contract.store.contract_support import (
+    DOWN1,
+    EMBED,
+    K1,
+    NORM,
+    Q0,
+    UP0,
+    assert_same_tensors,
+    rows,
+    same_bits,
+    sparse,
+)
 
 F32x4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
 
@@ -106,3 +118,83 @@ def test_a_sparse_change_to_every_tensor_commits_as_sparse_entries_bit_for_bit(e
     exported = tmp_path / "exported.safetensors"
     env.client.export(env.model, str(v.id), exported)
     assert_same_tensors(load_file(str(exported)), load_file(str(new)))
+
+
+def changed_at(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Flat positions whose bits differ, ascending."""
+    return (old.reshape(-1).view(torch.int32) != new.reshape(-1).view(torch.int32)).nonzero().view(-1)
+
+
+def test_a_file_commit_on_a_chain_stores_exactly_the_changed_positions(env, tmp_path: Path) -> None:
+    """Above every kind of delta (repeated positions in additive ones included), a file with 1% of each
+    tensor changed commits as sparse entries naming exactly the positions whose bits differ from the
+    parent, with the file's values; the version equals the file."""
+    g = torch.Generator().manual_seed(11)
+    chain = [
+        {UP0: sparse([5, 3, 5, 100], [0.1, 0.2, 0.3, 0.4]), EMBED: rows([7, 7, 9], torch.ones(3, 64))},
+        {
+            UP0: sparse([3, 64], [1.5, -2.0], Kind.SPARSE_SET),
+            DOWN1: rows([2], torch.zeros(1, 128), Kind.ROWS_SET),
+        },
+        {Q0: Delta(Kind.DENSE, {"diff": torch.randn(64, 64, generator=g)}), NORM: sparse([0, 0], [1.0, 1.0])},
+        {
+            K1: Delta(
+                Kind.LOW_RANK, {"a": torch.randn(32, 2, generator=g), "b": torch.randn(2, 64, generator=g)}
+            )
+        },
+    ]
+    for entries in chain:
+        parent = env.client.commit(env.model, entries).id
+    stored = env.client.fetch(env.model, str(parent))
+    new = {n: t.clone() for n, t in stored.items()}
+    for t in new.values():
+        flat = t.view(-1)
+        at = torch.randperm(flat.numel(), generator=g)[: max(2, flat.numel() // 100)]
+        flat[at[1:]] += 0.25
+        flat[at[0]] = flat[at[0]].clone()  # written, but the same bits: no change
+    new[UP0].view(-1)[[3, 5, 64, 100]] += 1.0  # positions the chain touched change too
+    path = tmp_path / "new.safetensors"
+    save_file(new, str(path))
+
+    v = env.client.commit_full(env.model, read_safetensors(path, env.settings.max_header_bytes))
+    steps = env.client.steps(env.model, parent, v.id)
+    assert steps is not None
+    assert len(steps) == 1
+    entries = steps[0].entries
+    assert sorted(entries) == sorted(new)
+    for name, d in entries.items():
+        want = changed_at(stored[name], new[name])
+        assert d.kind is Kind.SPARSE_SET, name
+        assert torch.equal(d.parts["indices"].long(), want), name
+        assert same_bits(d.parts["values"], new[name].reshape(-1)[want]), name
+    assert_same_tensors(env.client.fetch(env.model, str(v.id)), new)
+
+
+def test_an_unchanged_file_says_nothing_changed_and_writes_nothing(env, tmp_path: Path) -> None:
+    env.client.commit(env.model, {UP0: sparse([1, 1], [0.5, 0.5]), EMBED: rows([3], torch.ones(1, 64))})
+    path = tmp_path / "same.safetensors"
+    env.client.export(env.model, None, path)
+    before, files = env.history(), sorted(p.name for p in env.objects.rglob("*") if p.is_file())
+    with pytest.raises(InvalidInput, match=f"nothing changed against {env.model}@{env.head()}"):
+        env.client.commit_full(env.model, read_safetensors(path, env.settings.max_header_bytes))
+    assert env.history() == before
+    assert sorted(p.name for p in env.objects.rglob("*") if p.is_file()) == files
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["a shape", "a dtype"],
+)
+def test_a_file_that_changes_a_shape_or_dtype_is_refused_in_one_line(
+    env, tmp_path: Path, change: str
+) -> None:
+    tensors = {n: t.clone() for n, t in env.client.fetch(env.model).items()}
+    tensors[NORM] = torch.ones(65) if change == "a shape" else tensors[NORM].double()
+    tensors[UP0][0, 0] += 1  # a change that would otherwise commit
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path))
+    before = env.history()
+    with pytest.raises(InvalidDelta, match=f"^{NORM}: .* does not match stored") as e:
+        env.client.commit_full(env.model, read_safetensors(path, env.settings.max_header_bytes))
+    assert "\n" not in str(e.value)
+    assert env.history() == before

@@ -90,6 +90,26 @@ def test_a_damaged_object_is_refused_and_scrub_quarantines_it(backend: tuple[Any
     assert objects.get_bytes(good) == b"intact"
 
 
+def read_then_check(objects: Any, sha: str) -> None:
+    with objects.open_unchecked(sha) as f:
+        for key in f.keys():
+            f.get_tensor(key)
+    objects.check(sha)
+
+
+def test_an_object_read_before_its_check_is_still_refused(backend: tuple[Any, Damage]) -> None:
+    """open_unchecked lets a reader overlap reading with hashing (a commit's diff); the check that must
+    follow still refuses a damaged object (a folder hashes the file, a bucket each block it downloads)."""
+    objects, damage = backend
+    sha, _ = objects.put_tensors(PACK)
+    with objects.open_unchecked(sha) as f:
+        assert torch.equal(f.get_tensor("w"), PACK["w"])
+    objects.check(sha)
+    damage(sha)
+    with pytest.raises(Corrupt, match="failed its checksum"):
+        read_then_check(objects, sha)
+
+
 def test_gc_takes_only_unkept_objects_past_the_grace_period(backend: tuple[Any, Damage]) -> None:
     objects, _ = backend
     kept, _ = objects.put_bytes(b"referenced")
