@@ -66,6 +66,8 @@ VARIANTS: dict[str, Recipe] = {
     "rank8": Recipe(rank=8, local=True),
     "every1": Recipe(commit_every=1, topk=0.0125),
     "local-replay16": Recipe(local=True, replay=16),
+    "replay16": Recipe(replay=16),
+    "dense-local": Recipe(topk=1.0, local=True),
     "local-replay32-lr3e-4": Recipe(local=True, replay=32, lr=3e-4),
     "local-replay16-attn+mlp": Recipe(parts=("mlp", "attn"), local=True, replay=16),
 }
