@@ -76,12 +76,22 @@ def test_train_recommend_stream_and_bad_input(tmp_path: Path) -> None:
         (InvalidInput.exit_code, ("rec", "recommend", "--model", "m", "--user", "1", "--k", "0")),
         (InvalidInput.exit_code, ("rec", "stream", "--model", "m", "--source", str(movies))),
         (InvalidInput.exit_code, ("rec", "train", "-m", "x", "--ratings", f"{train}", "--content-model=l")),
+        (
+            InvalidInput.exit_code,
+            ("rec", "evaluate", "-m", "m", "--ratings", f"{stream}", "--commit-every-seconds", "0"),
+        ),
+        (
+            InvalidInput.exit_code,
+            ("rec", "evaluate", "-m", "m", "--ratings", f"{stream}", "--served-after", "-1"),
+        ),
     )
     assert errors[0]["popular_fallback"]
     assert "no such file" in errors[1]
     assert "k must be" in errors[2]
     assert "header lacks" in errors[3]
     assert "give --items too" in errors[4]
+    assert "--online needs --commit-every or --commit-every-seconds" in errors[5]
+    assert "must be >= 0" in errors[6]
 
 
 def test_recommend_through_the_embedded_queue(tmp_path: Path) -> None:

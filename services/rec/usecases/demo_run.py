@@ -91,6 +91,9 @@ class ThroughApi:
     def __init__(self, client: RecClient, streamer: Streamer, timeline: Timeline):
         self.client, self.streamer, self.timeline = client, streamer, timeline
 
+    def at(self, timestamp: int) -> None:
+        pass  # the demo runs on the wall clock: the worker serves versions as they come
+
     def recommend(self, user: int, k: int, exclude: frozenset[int]) -> list[int]:
         answer = self.client.recommend(user, k, exclude)
         self.timeline.answers[answer.version] += 1

@@ -1,6 +1,10 @@
 """Prequential evaluation: replay interactions in time order; for each positive, the system recommends
 first (the user's already-seen items excluded), then learns from it.
 
+Time is the ratings' own clock: before each interaction every system is told its timestamp, so llmk online
+commits a version every S seconds of that clock and serves it only `served_after` seconds later, as a
+stream committing every S seconds with that interaction-to-served time would; ALS retrains on day changes.
+
 Each positive is one test: ndcg@k is 1/log2(rank + 2) when the item is in the top k (else 0), recall@k is
 1 or 0. The systems compared in one run see the same interactions and the same seen-item exclusions:
 llmk online (serving the last committed version, learning through the streamer), llmk frozen, the most
@@ -10,19 +14,24 @@ popular items so far, and implicit's ALS retrained from scratch on everything se
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.rec.interface import Interaction
 from services.rec.usecases.serving import Served
 from services.rec.usecases.streaming import Streamer
 
+if TYPE_CHECKING:
+    from llmk.domain.deltas import Delta
+    from llmk.domain.versions import Version
+
 DAY = 86400
 
 
 class System(Protocol):
+    def at(self, timestamp: int) -> None: ...
     def recommend(self, user: int, k: int, exclude: frozenset[int]) -> list[int]: ...
     def learn(self, interaction: Interaction) -> None: ...
 
@@ -66,6 +75,8 @@ def prequential(
         seen[r.user].add(r.item)
     scores = {name: Score() for name in systems}
     for r in stream:
+        for system in systems.values():
+            system.at(r.timestamp)
         if r.rating >= threshold and r.item not in seen[r.user]:
             exclude = frozenset(seen[r.user])
             for name, system in systems.items():
@@ -79,10 +90,28 @@ def prequential(
 
 
 class Llmk:
-    """A served version; with a streamer, each interaction goes into the stream after it was served."""
+    """A served version; with a streamer, each interaction goes into the stream after it was served.
 
-    def __init__(self, served: Served, streamer: Streamer | None = None):
-        self.served, self.streamer = served, streamer
+    A version the streamer commits (`publish`) is applied to the served copy once the ratings' clock has
+    moved `served_after` seconds past its commit: the interaction-to-served time of a deployment."""
+
+    def __init__(self, served: Served, streamer: Streamer | None = None, served_after: float = 0.0):
+        self.served, self.streamer, self.served_after = served, streamer, served_after
+        self.now = 0
+        self._pending: deque[tuple[float, int, Mapping[str, Delta]]] = deque()
+
+    def clock(self) -> float:
+        """The ratings' clock, for a streamer committing every S seconds of it."""
+        return self.now
+
+    def publish(self, version: Version, entries: Mapping[str, Delta]) -> None:
+        self._pending.append((self.now + self.served_after, version.id, entries))
+
+    def at(self, timestamp: int) -> None:
+        self.now = timestamp
+        while self._pending and self._pending[0][0] <= timestamp:
+            _, version, entries = self._pending.popleft()
+            self.served.apply(version, entries)
 
     def recommend(self, user: int, k: int, exclude: frozenset[int]) -> list[int]:
         return [s.item for s in self.served.recommend(user, k, exclude).items]
@@ -99,6 +128,9 @@ class Popular:
         self.threshold = threshold
         self.counts: Counter[int] = Counter(r.item for r in history if r.rating >= threshold)
 
+    def at(self, timestamp: int) -> None:
+        pass
+
     def recommend(self, user: int, k: int, exclude: frozenset[int]) -> list[int]:
         return [i for i, _ in self.counts.most_common(k + len(exclude)) if i not in exclude][:k]
 
@@ -108,17 +140,24 @@ class Popular:
 
 
 class DailyAls:
-    """implicit's ALS, retrained from scratch on every positive seen so far when a new day starts;
-    users it has not been trained on get the popular items of that day."""
+    """implicit's ALS, retrained from scratch on every positive seen so far when a new day starts (before
+    that day's first interaction is served); users it has not been trained on get the popular items."""
 
     def __init__(self, history: Sequence[Interaction], threshold: float, factors: int, seed: int):
         self.threshold, self.factors, self.seed = threshold, factors, seed
         self.positives = [(r.user, r.item) for r in history if r.rating >= threshold]
         self.popular = Popular(history, threshold)
-        self.day = -1
+        self.day = history[-1].timestamp // DAY if history else -1
         self.retrains = 0
         self._recommend: Callable[[int, int, frozenset[int]], list[int] | None] = lambda u, k, e: None
         self.retrain()
+
+    def at(self, timestamp: int) -> None:
+        day = timestamp // DAY
+        if day != self.day:
+            if self.day >= 0:
+                self.retrain()
+            self.day = day
 
     def recommend(self, user: int, k: int, exclude: frozenset[int]) -> list[int]:
         found = self._recommend(user, k, exclude)
@@ -128,10 +167,6 @@ class DailyAls:
         self.popular.learn(interaction)
         if interaction.rating >= self.threshold:
             self.positives.append((interaction.user, interaction.item))
-        day = interaction.timestamp // DAY
-        if self.day >= 0 and day != self.day:
-            self.retrain()
-        self.day = day
 
     def retrain(self) -> None:
         from services.rec.usecases.als import train_als

@@ -33,7 +33,8 @@ def create(
     spec: TrainSpec,
     content: Mapping[int, Tensor] | None = None,
 ) -> Version:
-    """A new model whose first version is BPR trained on `ratings`; titles are stored as a model file.
+    """A new model whose first version is BPR trained on `ratings`; titles (the whole catalog's, so items
+    the stream appends later keep theirs) are stored as a model file.
     With `content` (item -> content vector), every titled item nobody rated gets a row placed from it."""
     if not ratings:
         raise InvalidInput("the ratings file holds no rating")
@@ -41,7 +42,8 @@ def create(
     cold = place_cold_items(tables, content, sorted(titles)) if content else []
     last = max(r.timestamp for r in ratings)
     mark = Watermark(last, {(r.user, r.item) for r in ratings if r.timestamp == last})
-    known = {str(i): titles[i] for i in tables.items.of if i in titles}
+    # every title of the catalog, rated or not: an item the stream appends later is named like the rest
+    known = {str(i): title for i, title in titles.items()}
     info = CommitInfo(
         author="llmk-rec-train",
         message=f"rec train: {len(ratings)} ratings, {config.dim} dims, {spec.epochs} epochs, "

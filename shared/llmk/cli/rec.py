@@ -178,7 +178,13 @@ def evaluate(
     history: Annotated[Path | None, typer.Option(help="The ratings the model was trained on")] = None,
     k: Annotated[int, typer.Option(help="Cut-off of ndcg and recall")] = 10,
     online: Annotated[bool, typer.Option("--online/--frozen", help="Learn while replaying, or not")] = True,
-    commit_every: Annotated[int, typer.Option(help="Interactions per version when online")] = 50,
+    commit_every: Annotated[int, typer.Option(help="Interactions per version when online (0: off)")] = 0,
+    commit_every_seconds: Annotated[
+        float, typer.Option(help="Seconds of the ratings' own clock per version when online (0: off)")
+    ] = 1.0,
+    served_after: Annotated[
+        float, typer.Option(help="Seconds of the ratings' clock from a commit to its first answer")
+    ] = 5.0,
     baselines: Annotated[bool, typer.Option(help="Also most-popular and ALS retrained daily")] = False,
     json_: Json = False,
 ) -> None:
@@ -186,10 +192,12 @@ def evaluate(
     from services.rec.adapters import files
     from services.rec.usecases.replay import ReplaySpec, replay
 
-    if commit_every < 1:
-        raise InvalidInput("--commit-every must be >= 1")
+    if commit_every < 0 or commit_every_seconds < 0 or served_after < 0:
+        raise InvalidInput("--commit-every, --commit-every-seconds and --served-after must be >= 0")
+    if online and not (commit_every or commit_every_seconds):
+        raise InvalidInput("--online needs --commit-every or --commit-every-seconds above 0")
+    spec = ReplaySpec(k, online, commit_every, commit_every_seconds, served_after, baselines)
     past = files.ratings(history) if history else []
-    spec = ReplaySpec(k=k, online=online, every=commit_every, baselines=baselines)
     with store_session() as session:
         result = replay(session.store, model, None, past, files.ratings(ratings), spec)
     _emit(result, json_)

@@ -234,3 +234,61 @@ def test_the_online_steps_closed_form_gradients_equal_autograds() -> None:
     found = bpr_row_gradients(user, items, bias, 1e-3)
     for name in ("user", "item", "bias"):
         torch.testing.assert_close(found[name], expected[name])
+
+
+def test_a_replayed_version_answers_only_after_its_served_delay_on_the_ratings_clock(
+    store: Store, model: str
+) -> None:
+    """The replay serves a committed version `served_after` seconds of the ratings' clock later, as a
+    deployment with that interaction-to-served time would: never sooner."""
+    served = recommender.serve(store, model)
+    first = served.version
+    llmk = ev.Llmk(served, served_after=10.0)
+    tables, head = recommender.load(store, model)
+    policy = CommitPolicy(every_seconds=1.0)
+    llmk.streamer = Streamer(store, model, "main", head, tables, policy, llmk.publish, clock=llmk.clock)
+    llmk.at(5000)
+    llmk.learn(Interaction(3, 25, 5.0, 5000))  # the clock moved from 0: committed at once
+    committed = llmk.streamer.head.id
+    assert committed != first
+    llmk.at(5009)
+    assert served.version == first
+    llmk.at(5010)
+    assert served.version == committed
+
+
+def test_replay_refuses_a_cadence_or_delay_it_cannot_run(store: Store, model: str) -> None:
+    with pytest.raises(InvalidInput, match="needs a version every"):
+        ReplaySpec(every=0, every_seconds=0)
+    with pytest.raises(InvalidInput, match="must be >= 0"):
+        ReplaySpec(served_after=-1)
+    assert ReplaySpec(online=False, every=0, every_seconds=0).online is False
+
+
+def test_daily_als_retrains_before_a_new_days_first_interaction_is_served() -> None:
+    day = ev.DAY
+    history = clustered(range(30), t0=day * 10)
+    als = ev.DailyAls(history, 4.0, factors=4, seed=0)
+    assert als.retrains == 1
+    als.at(day * 10 + 500)  # the history's last day: no retrain
+    als.learn(Interaction(99, 3, 5.0, day * 10 + 500))
+    assert als.retrains == 1
+    assert als.recommend(99, 5, frozenset()) == als.popular.recommend(99, 5, frozenset())
+    als.at(day * 11 + 1)
+    assert als.retrains == 2
+    assert 3 not in als.recommend(99, 5, frozenset({3}))
+    assert als._recommend(99, 5, frozenset()) is not None  # trained on user 99's positive now
+
+
+def test_an_item_the_stream_appends_is_answered_with_its_id_and_catalog_title(store: Store) -> None:
+    catalog = {1: "One", 45: "Forty-five (1999)"}  # 45: in the catalog, rated by nobody in training
+    recommender.create(store, "named", clustered(range(30)), catalog, CONFIG, SPEC)
+    tables, head = recommender.load(store, "named")
+    s = Streamer(store, "named", "main", head, tables, CommitPolicy())
+    for n, user in enumerate(range(15)):  # the first side's users all like 45
+        s.offer(Interaction(user, 45, 5.0, 5000 + n))
+    s.commit()
+    served = recommender.serve(store, "named")
+    answer = served.recommend(200, k=50)  # unknown user: every item by popularity, 45 first
+    assert (answer.items[0].item, answer.items[0].title) == (45, "Forty-five (1999)")
+    assert {x.item: x.title for x in served.recommend(3, k=50).items}[45] == "Forty-five (1999)"
