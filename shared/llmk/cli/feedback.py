@@ -52,6 +52,17 @@ def add(
     lr: Annotated[float, typer.Option(help="Learning rate (for a new job)")] = 1e-4,
     topk: Annotated[float, typer.Option(help="Fraction of each tensor's update committed (new job)")] = 0.05,
     commit_every: Annotated[int, typer.Option(help="Optimizer steps per version (new job)")] = 4,
+    rank: Annotated[
+        int, typer.Option(help="Rank of each matrix's update per version; 0: --topk entries (new job)")
+    ] = 0,
+    local_steps: Annotated[
+        bool,
+        typer.Option(
+            help="The job trains ahead of the served version, each step where the last left it (new job; "
+            "pair with --rank)"
+        ),
+    ] = False,
+    replay: Annotated[int, typer.Option(help="Earlier examples rehearsed in each step (new job)")] = 0,
     tolerance: Annotated[
         float, typer.Option(help="How much worse a version's held-out metric may be and still serve")
     ] = 0.03,
@@ -86,9 +97,8 @@ def add(
         task = require_task(h, model, branch)
     examples = read_examples(file, task)
     check_examples(task, examples, tiers.settings.optimizer_max_examples)  # the whole file, before any job
-    spec = replace(
-        job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance), batch_size=batch_size
-    )
+    spec = job_spec(model, branch, task, lr, topk, commit_every, trainable, tolerance, rank, local_steps)
+    spec = replace(spec, batch_size=batch_size, replay=replay)
     with tiers.jobs(worker=embedded) as jobs:
         job, examples = standing_job(jobs, spec, examples, holdout)
         key = hashlib.sha256(job.id.encode() + file.read_bytes()).hexdigest()
@@ -161,6 +171,9 @@ def job_spec(
     commit_every: int,
     trainable: list[str] | None,
     tolerance: float = 0.01,
+    rank: int = 0,
+    local_steps: bool = False,
+    replay: int = 0,
 ) -> JobSpec:
     """A standing feedback job: AdamW, runs until cancelled, steps as labels arrive."""
     from llmk.domain.optim import OptimizerKind, OptimizerSpec
@@ -175,8 +188,11 @@ def job_spec(
         commit_every=commit_every,
         steps=None,
         topk=topk,
+        rank=rank,
         task=task,
         tolerance=tolerance,
+        local_steps=local_steps,
+        replay=replay,
         author="llmk feedback",
     )
 

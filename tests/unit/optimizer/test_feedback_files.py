@@ -79,3 +79,21 @@ def test_job_ids_keys_and_limits_are_checked_before_the_database(runtime: Runtim
         assert "SQL" not in str(error.value), label
     job = runtime.jobs.get_job(job_id)
     assert (job.done, job.items) == (False, 0)
+
+
+def test_a_new_job_takes_the_recipe_options_and_refuses_bad_ones(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    imported = llmk(home, "store", "import", "synthetic:llama-tiny", "-m", "m", "--task", "sentiment")
+    assert imported.returncode == 0, imported.stderr
+    rows = [f"headline {i},{['positive', 'negative', 'neutral'][i % 3]}" for i in range(24)]
+    (tmp_path / "good.csv").write_text("\n".join(["text,label", *rows]) + "\n")
+    add = ("feedback", "add", "-m", "m", "--file", str(tmp_path / "good.csv"), "--holdout", "4")
+    refused = llmk(home, *add, "--replay", "-1")
+    assert refused.returncode == InvalidInput.exit_code
+    assert refused.stderr.strip().splitlines() == ["llmk: error: replay must be an integer >= 0, got -1"]
+    assert json.loads(llmk(home, "jobs", "--json").stdout) == []
+
+    done = llmk(home, *add, "--batch-size", "4", "--rank", "2", "--local-steps", "--replay", "3")
+    assert done.returncode == 0, done.stderr
+    [job] = json.loads(llmk(home, "jobs", "--json").stdout)
+    assert (job["spec"]["rank"], job["spec"]["local_steps"], job["spec"]["replay"]) == (2, True, 3)
