@@ -90,7 +90,8 @@ def test_feedback_add_says_how_many_rows_a_first_version_needs(env: dict[str, st
     job = llmk(env, *args, "--holdout", "4", "--json")
     assert (job["step"], job["versions"]) == (0, [])
     assert job["until_next_version"].startswith("58 more examples: the job steps on each 16")
-    assert "48 + 64 = 112 rows" in " ".join(llmk(env, "feedback", "add", "--help").split())
+    help_text = llmk(env, "feedback", "add", "--help").replace("\u2502", " ")  # rich's box edges
+    assert "48 + 64 = 112 rows" in " ".join(help_text.split())
 
 
 def test_json_lines_from_standard_input(env: dict[str, str]) -> None:

@@ -116,6 +116,8 @@ class ReplyJobs:
     commit_every: int = 1
     tolerance: float = 0.03
     trainable: tuple[str, ...] = ()
+    rank: int = 0  # > 0: each matrix's update as a rank-`rank` delta (top-k entries otherwise)
+    local_steps: bool = False  # the job trains ahead of the served version
 
     def spec(self, model: str) -> JobSpec:
         return JobSpec(
@@ -128,6 +130,8 @@ class ReplyJobs:
             commit_every=self.commit_every,
             steps=None,
             topk=self.topk,
+            rank=self.rank,
+            local_steps=self.local_steps,
             tolerance=self.tolerance,
             author="llmk feedback",
         )

@@ -79,6 +79,10 @@ def support(
     layers: Annotated[
         int, typer.Option(help="Trainable: the MLPs of this many last layers")
     ] = REPLIES_LAYERS,
+    rank: Annotated[int, typer.Option(help="Rank of each matrix's update (0: --topk entries)")] = 0,
+    local_steps: Annotated[
+        bool, typer.Option(help="The replies job trains ahead of the served version (pair with --rank)")
+    ] = False,
     probe: Annotated[
         bool, typer.Option(help="Also a linear probe on the model's features (a pass over the intent rows)")
     ] = False,
@@ -95,8 +99,8 @@ def support(
         raise InvalidInput(
             "need --clients, --batch, --commit-every, --max-tokens, --layers >= 1, --generate >= 0"
         )
-    if not 0 < topk <= 1 or lr <= 0:
-        raise InvalidInput("need 0 < --topk <= 1 and --lr > 0")
+    if not 0 < topk <= 1 or lr <= 0 or rank < 0:
+        raise InvalidInput("need 0 < --topk <= 1, --lr > 0 and --rank >= 0")
     if out.exists() and not out.is_dir():
         raise InvalidInput(f"--out {out} is a file: name a folder for the report")
     started, load_at_start = time.time(), [round(x, 2) for x in os.getloadavg()]
@@ -122,6 +126,8 @@ def support(
         "lr": lr,
         "topk": topk,
         "commit_every": commit_every,
+        "rank": rank,
+        "local_steps": local_steps,
         "trainable": f"last {layers} MLPs",
     }
     run = serve_and_learn(tiers, splits, job_setup, layers, clients, max_tokens, settle_seconds, json_)
@@ -268,6 +274,8 @@ def serve_and_learn(
         topk=job_setup["topk"],
         commit_every=job_setup["commit_every"],
         trainable=trainable,
+        rank=job_setup["rank"],
+        local_steps=job_setup["local_steps"],
     )
     dev = [reply_example([("user", p.instruction)], p.response, UP) for p in splits.dev]
     with tiers.jobs(worker=True) as jobs:
